@@ -1,0 +1,41 @@
+# The two commands that must stay true on a fresh machine: `make up` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build that lies on dev/CI machines; GPU hosts use deploy/worker.Dockerfile (a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install up test test-fast lint fmt gpu-check clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Run the whole service in the foreground: migrations, demo model, API on :8000 and one worker. Ctrl-C stops it.
+up: install
+	bash scripts/up.sh
+
+## The whole suite against the real Postgres/Redis on 127.0.0.1, a fresh database per run.
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+## Everything but the tests that train or start servers.
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix .
+
+gpu-check: install
+	bash scripts/gpu-check
+
+clean:
+	rm -rf var/work

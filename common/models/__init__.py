@@ -1,0 +1,10 @@
+from common.models.api_key import ApiKey
+from common.models.base import Base
+from common.models.checkpoint import Checkpoint
+from common.models.file import File
+from common.models.job import Job
+from common.models.job_event import JobEvent
+from common.models.model import Model
+from common.models.tenant import Tenant
+
+__all__ = ["ApiKey", "Base", "Checkpoint", "File", "Job", "JobEvent", "Model", "Tenant"]

@@ -1,0 +1,20 @@
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from common.models.base import Base, TimestampMixin
+
+
+class ApiKey(TimestampMixin, Base):
+    """A key is shown once; only its sha256 is kept. `role` is 'member' or 'admin'."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

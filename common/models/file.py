@@ -1,0 +1,27 @@
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from common.models.base import Base, TimestampMixin
+
+
+class File(TimestampMixin, Base):
+    """An uploaded dataset. `status`: uploaded → processed | error (with `errors`)."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32), default="fine-tune")
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    storage_key: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default="uploaded")
+    format: Mapped[str | None] = mapped_column(String(32), default=None)
+    stages: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    row_count: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)

@@ -1,0 +1,35 @@
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from common.models.base import Base, TimestampMixin
+
+
+class Job(TimestampMixin, Base):
+    """A fine-tuning job. Postgres is its truth; `attempt` is the fencing epoch of its current owner."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    base_model: Mapped[str] = mapped_column(String(256))
+    training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), default=None)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    worker: Mapped[str | None] = mapped_column(String(256), default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512), default=None)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_progress: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64), default=None)

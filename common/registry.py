@@ -1,0 +1,31 @@
+"""Base models come from TUNEQUEUE_BASE_MODELS (id → local path or hub id at a revision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.errors import InvalidRequest
+from common.settings import BaseModelEntry, Settings
+
+
+def registered(settings: Settings) -> dict[str, BaseModelEntry]:
+    return settings.base_models
+
+
+def resolve(settings: Settings, model_id: str, *, param: str = "base_model") -> BaseModelEntry:
+    entry = settings.base_models.get(model_id)
+    if entry is None:
+        names = ", ".join(sorted(settings.base_models)) or "(none registered)"
+        raise InvalidRequest(
+            f"base model {model_id!r} is not registered on this server; registered base models: {names}",
+            param=param, code="model_not_found",
+        )
+    return entry
+
+
+def is_local(entry: BaseModelEntry) -> bool:
+    return entry.path.startswith(("/", ".", "~")) or Path(entry.path).exists()
+
+
+def local_path(entry: BaseModelEntry) -> Path | None:
+    return Path(entry.path).expanduser().resolve() if is_local(entry) else None

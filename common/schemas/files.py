@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from common.models import File
+from common.schemas.common import PublicModel, unix
+
+
+class FilePublic(PublicModel):
+    """The OpenAI file object, plus what validation found."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None = None
+    sha256: str
+    format: str | None
+    stages: list[str]
+    row_count: int
+    errors: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, row: File) -> FilePublic:
+        details = None
+        if row.status == "error" and row.errors:
+            details = "; ".join(e["message"] for e in row.errors[:3])
+        return cls(
+            id=row.id, bytes=row.bytes, created_at=unix(row.created_at) or 0, filename=row.filename,
+            purpose=row.purpose, status=row.status, status_details=details, sha256=row.sha256, format=row.format,
+            stages=list(row.stages or []), row_count=row.row_count, errors=list(row.errors or []),
+        )

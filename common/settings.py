@@ -1,0 +1,77 @@
+"""One Settings object for every process (api, worker, serve, CLI), read from TUNEQUEUE_* variables."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BaseModelEntry(BaseModel):
+    """A registered base model: a local folder or a hub id at a pinned revision."""
+
+    path: str = Field(description="Local folder with config.json + safetensors, or a hub id such as 'org/name'.")
+    revision: str | None = Field(default=None, description="Hub revision (commit or tag); ignored for local paths.")
+    trust_remote_code: bool = Field(default=False, description="Only an admin sets this; off by default.")
+    template: str | None = Field(default=None, description="Chat template name when the tokenizer has none.")
+
+
+DEV_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tunequeue"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEQUEUE_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = DEV_DATABASE_URL
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    artifacts: str = Field(default="var/artifacts", description="Local folder, or s3://bucket/prefix (planned).")
+    work_dir: str = Field(default="var/work", description="Scratch space for training children.")
+    base_models: dict[str, BaseModelEntry] = Field(
+        default_factory=lambda: {"tiny-llama": BaseModelEntry(path="var/models/tiny-llama", template="chatml")}
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    celery_queue: str = Field(default="tunequeue.jobs", description="Broker queue that carries job ids.")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_validation_errors: int = 20
+    lease_seconds: int = Field(default=60, ge=5)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    cancel_grace_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    metrics_event_every: int = Field(default=10, ge=1, description="Keep one metrics event per N steps.")
+    train_python: str | None = Field(default=None, description="Interpreter for training children; default: ours.")
+
+    @field_validator("base_models", mode="before")
+    @classmethod
+    def _parse_base_models(cls, value: Any) -> Any:
+        # Accept {"id": "path"} shorthand as well as {"id": {"path": ..., "revision": ...}}.
+        if isinstance(value, str):
+            value = json.loads(value)
+        if isinstance(value, dict):
+            return {k: ({"path": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.environment == "production" and self.database_url == DEV_DATABASE_URL:
+            raise ValueError("TUNEQUEUE_DATABASE_URL must be set explicitly in production")
+        return self
+
+    @property
+    def artifacts_path(self) -> Path:
+        return Path(self.artifacts).resolve()
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work_dir).resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
