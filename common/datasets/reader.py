@@ -1,0 +1,293 @@
+"""Containers and rows: open a plain or gzip file, tell JSON Lines from a JSON array, and yield one `Record`
+per row with its line number. JSON Lines are streamed line by line (memory stays flat for any file size); a
+JSON array has to be read whole, so it is limited to `MAX_JSON_ARRAY_BYTES`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+from common.datasets.report import Issue
+
+MAX_LINE_BYTES = 32 * 1024 * 1024
+MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
+
+BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
+UNSUPPORTED_MAGIC = {
+    b"PK\x03\x04": "a zip archive",
+    b"PAR1": "a Parquet file",
+    b"BZh": "bzip2-compressed",
+    b"\xfd7zXZ\x00": "xz-compressed",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed",
+}
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_WS = re.compile(r"[ \t\n\r]*")
+_MISSING: Any = object()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON; use null or a number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+@dataclass(slots=True)
+class Record:
+    """One row (`row=True`) or a file-level problem (`row=False`). A row has a `value` or an `issue`."""
+
+    line: int
+    where: str | None
+    value: Any = _MISSING
+    issue: Issue | None = None
+    row: bool = True
+
+
+@contextmanager
+def open_dataset(path: Path) -> Iterator[IO[bytes]]:
+    """Open `path` for binary reading, decompressing gzip (recognised by its magic bytes, not its name)."""
+    with open(path, "rb") as raw:
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic == GZIP_MAGIC:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                yield cast(IO[bytes], gz)
+        else:
+            yield raw
+
+
+def iter_records(path: Path) -> Iterator[Record]:
+    """Every non-blank row of the file, in order: its parsed value, or why it could not be parsed."""
+    path = Path(path)
+    with open(path, "rb") as raw:
+        head = raw.read(8)
+    for magic, what in UNSUPPORTED_MAGIC.items():
+        if head.startswith(magic):
+            yield _file_issue(
+                "unsupported_container",
+                f"the file is {what}; upload JSON Lines (one JSON object per line) or a JSON array, "
+                "optionally gzip-compressed",
+            )
+            return
+    if head.startswith(UTF16_BOMS):
+        text = "the file is UTF-16 encoded; save it as UTF-8 and upload it again"
+        yield Record(1, "line 1", issue=Issue(None, "invalid_utf8", text), row=False)
+        return
+    try:
+        first = _first_significant_byte(path)
+    except (OSError, EOFError, zlib.error):
+        yield _file_issue("invalid_gzip", "the gzip data is corrupt or truncated; compress the file again")
+        return
+    with open_dataset(path) as f:
+        yield from (_iter_array(f) if first == b"[" else _iter_jsonl(f))
+
+
+def _file_issue(code: str, text: str, line: int = 0) -> Record:
+    return Record(line=line, where=None, issue=Issue(None, code, text), row=False)
+
+
+def _first_significant_byte(path: Path) -> bytes:
+    """The first byte that is not whitespace or a BOM, read in chunks (a file may start with blank lines)."""
+    with open_dataset(path) as f:
+        chunk = f.read(64 * 1024)
+        if chunk.startswith(BOM):
+            chunk = chunk[len(BOM) :]
+        while chunk:
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[:1]
+            chunk = f.read(64 * 1024)
+    return b""
+
+
+def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
+    n = 0
+    while True:
+        try:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+        except (OSError, EOFError, zlib.error):
+            yield _file_issue(
+                "invalid_gzip",
+                f"the gzip data is corrupt or truncated after line {n}; compress the file again",
+                n + 1,
+            )
+            return
+        if not raw:
+            return
+        n += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            _skip_rest_of_line(f)
+            yield Record(n, f"line {n}", issue=Issue(None, "line_too_long", _too_long_text()))
+            continue
+        if n == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        if not raw or raw.isspace():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Record(n, f"line {n}", issue=_utf8_issue(raw, exc))
+            continue
+        value, issue = parse_json_line(text)
+        yield Record(n, f"line {n}", value=value, issue=issue)
+
+
+def _skip_rest_of_line(f: IO[bytes]) -> None:
+    while True:
+        chunk = f.readline(1024 * 1024)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _too_long_text() -> str:
+    return (
+        f"the line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB; split the example or shorten it "
+        "(each line must be one JSON object)"
+    )
+
+
+def _utf8_issue(raw: bytes, exc: UnicodeDecodeError) -> Issue:
+    bad = raw[exc.start : exc.start + 1].hex()
+    return Issue(
+        None,
+        "invalid_utf8",
+        f"byte 0x{bad} at position {exc.start + 1} of the line is not valid UTF-8; save the file as UTF-8 "
+        "(it may be Latin-1 or Windows-1252 encoded)",
+    )
+
+
+def parse_json_line(text: str) -> tuple[Any, Issue | None]:
+    """Parse one line of JSON, explaining a failure the way a person would fix it."""
+    try:
+        return _DECODER.decode(text), None
+    except json.JSONDecodeError as exc:
+        return _MISSING, Issue(None, "invalid_json", _json_error_text(exc))
+    except ValueError as exc:  # NaN / Infinity, rejected by _reject_constant
+        return _MISSING, Issue(None, "invalid_json", str(exc))
+    except RecursionError:
+        return _MISSING, Issue(None, "invalid_json", "the JSON is nested too deeply to read")
+
+
+def _json_error_text(exc: json.JSONDecodeError, *, with_line: bool = False) -> str:
+    where = f"line {exc.lineno}, column {exc.colno}" if with_line else f"column {exc.colno}"
+    text = f"not valid JSON: {exc.msg} at {where}"
+    hint = _json_hint(exc.doc, exc.pos)
+    return f"{text}; {hint}" if hint else text
+
+
+def _json_hint(doc: str, pos: int) -> str | None:
+    before = doc[max(0, pos - 200) : pos].rstrip()
+    after = doc[pos : pos + 200].lstrip()
+    if (before.endswith(",") and after[:1] in ("}", "]")) or (
+        after.startswith(",") and after[1:].lstrip()[:1] in ("}", "]")
+    ):
+        return "remove the trailing comma before the closing bracket (JSON does not allow one)"
+    if after.startswith("'"):
+        return "use double quotes for keys and strings (this looks like a Python dict, not JSON)"
+    if not after:
+        if before in ("{", "["):
+            return "the object continues on the next line; JSON Lines needs each row on a single line"
+        return "the line ends before the JSON is complete; each row must be one whole JSON object on one line"
+    return None
+
+
+def _iter_array(f: IO[bytes]) -> Iterator[Record]:
+    try:
+        data = f.read(MAX_JSON_ARRAY_BYTES + 1)
+    except (OSError, EOFError, zlib.error):
+        yield _file_issue("invalid_gzip", "the gzip data is corrupt or truncated; compress the file again")
+        return
+    if len(data) > MAX_JSON_ARRAY_BYTES:
+        yield _file_issue(
+            "file_too_large",
+            f"a JSON array is read whole and may be at most {MAX_JSON_ARRAY_BYTES // (1024 * 1024)} MiB; "
+            "convert it to JSON Lines (one object per line), e.g. jq -c '.[]' data.json > data.jsonl",
+        )
+        return
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        issue = _utf8_issue(data, exc)
+        yield _file_issue(issue.code, f"line {line} of the JSON array: {issue.text}", line)
+        return
+    del data
+    yield from _array_rows(text)
+
+
+def _array_rows(text: str) -> Iterator[Record]:
+    idx = _skip_ws(text, 0) + 1  # just past the "["
+    line, counted = 1, 0
+    n = 0
+    idx = _skip_ws(text, idx)
+    if text.startswith("]", idx):
+        yield from _array_tail(text, idx + 1)
+        return
+    while True:
+        n += 1
+        line += text.count("\n", counted, idx)
+        counted = idx
+        where = f"row {n} (line {line})"
+        try:
+            value, idx = _DECODER.raw_decode(text, idx)
+        except json.JSONDecodeError as exc:
+            yield Record(n, where, issue=Issue(None, "invalid_json", _array_error_text(exc)))
+            return
+        except ValueError as exc:
+            yield Record(n, where, issue=Issue(None, "invalid_json", f"{exc}; the rest of the array cannot be read"))
+            return
+        except RecursionError:
+            yield Record(n, where, issue=Issue(None, "invalid_json", "the JSON is nested too deeply to read"))
+            return
+        yield Record(n, where, value=value)
+        idx = _skip_ws(text, idx)
+        sep = text[idx : idx + 1]
+        if sep == "]":
+            yield from _array_tail(text, idx + 1)
+            return
+        if sep != ",":
+            yield Record(n, where, issue=Issue(None, "invalid_json", _array_error_text(_error_at(text, idx, sep))))
+            return
+        idx = _skip_ws(text, idx + 1)
+        if text.startswith("]", idx):
+            trailing = json.JSONDecodeError("Expecting value", text, idx)
+            yield Record(n, where, issue=Issue(None, "invalid_json", _array_error_text(trailing)), row=False)
+            return
+
+
+def _skip_ws(text: str, idx: int) -> int:
+    match = _WS.match(text, idx)
+    return match.end() if match else idx
+
+
+def _error_at(text: str, idx: int, sep: str) -> json.JSONDecodeError:
+    msg = "Expecting ',' delimiter" if sep else "Expecting ',' or ']' (the array is not closed)"
+    return json.JSONDecodeError(msg, text, idx)
+
+
+def _array_error_text(exc: json.JSONDecodeError) -> str:
+    return f"{_json_error_text(exc, with_line=True)}; the rest of the array cannot be read"
+
+
+def _array_tail(text: str, idx: int) -> Iterator[Record]:
+    end = _skip_ws(text, idx)
+    if end < len(text):
+        line = text.count("\n", 0, end) + 1
+        yield _file_issue(
+            "invalid_json",
+            f"line {line}: there is more data after the JSON array closes; upload one array, or JSON Lines "
+            "with one object per line",
+            line,
+        )
+    return
+    yield  # pragma: no cover - makes this a generator
