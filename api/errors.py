@@ -1,0 +1,89 @@
+"""One handler per exception family; every error leaves as {"error": {message, type, param, code}}."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import TuneQueueError
+
+log = logging.getLogger("tunequeue.api")
+
+_HTTP_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error",
+               413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def _shape(status: int, message: str, *, type: str, param: str | None, code: str | None) -> JSONResponse:
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-\w+\[.*\]|"
+                        r"union\[.*\]|tagged-union\[.*\]|json-or-python\[.*\]|lax-or-strict\[.*\])$")
+
+
+def _loc_to_param(loc: tuple[int | str, ...]) -> str | None:
+    # pydantic tags each union branch in `loc` (…learning_rate.float); a user only wants the field.
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")
+             and not _UNION_TAG.match(str(p))]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out or None
+
+
+def _validation_message(err: dict) -> tuple[str, str]:
+    param = _loc_to_param(tuple(err.get("loc", ()))) or "body"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown field `{param}`: remove it (see docs/job-spec.md for the fields this endpoint takes)", \
+            "unknown_field"
+    if kind == "missing":
+        return f"`{param}` is required", "missing_field"
+    if kind == "json_invalid":
+        return f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}", "invalid_json"
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    got = err.get("input")
+    suffix = f"; got {got!r}" if got is not None and not isinstance(got, dict | list) and "got" not in msg else ""
+    return f"`{param}`: {msg}{suffix}", "invalid_value"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(TuneQueueError)
+    async def _tunequeue(_: Request, exc: TuneQueueError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content=exc.to_dict())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        first = errors[0] if errors else {}
+        param = _loc_to_param(tuple(first.get("loc", ())))
+        # A union field fails once per branch: say all the branches in one sentence.
+        same = [e for e in errors if _loc_to_param(tuple(e.get("loc", ()))) == param]
+        message, code = _validation_message(first)
+        if len(same) > 1:
+            alternatives = " or ".join(dict.fromkeys(e.get("msg", "").removeprefix("Value error, ") for e in same))
+            got = first.get("input")
+            message = f"`{param}`: {alternatives}" + (f"; got {got!r}" if not isinstance(got, dict | list) else "")
+        rest = len(errors) - len(same)
+        if rest > 0:
+            message += f" (and {rest} more problem{'s' if rest > 1 else ''})"
+        return _shape(422, message, type="invalid_request_error", param=param, code=code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = exc.status_code
+        message = "no such route; see /docs for the API" if status == 404 else str(exc.detail)
+        return _shape(status, message, type=_HTTP_TYPES.get(status, "invalid_request_error"), param=None,
+                      code={404: "not_found", 405: "method_not_allowed"}.get(status))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _shape(500, "internal server error; the operators have the log", type="server_error", param=None,
+                      code="internal_error")

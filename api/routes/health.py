@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import SessionDep, StoreDep
+from common.progress import get_redis
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep, store: StoreDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    for name, probe in (
+        ("postgres", lambda: session.execute(text("SELECT 1"))),
+        ("redis", lambda: get_redis().ping()),
+        ("artifacts", store.check),
+    ):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+    ready = all(v == "ok" for v in checks.values())
+    if ready:
+        return JSONResponse({"status": "ready", "checks": checks})
+    failing = ", ".join(k for k, v in checks.items() if v != "ok")
+    return JSONResponse(status_code=503, content={
+        "error": {"message": f"not ready: {failing} not answering", "type": "server_error", "param": None,
+                  "code": "not_ready"},
+        "checks": checks,
+    })

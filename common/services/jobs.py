@@ -1,0 +1,129 @@
+"""Job creation, listing, cancel — the domain rules both the native and OpenAI surfaces use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from common import state
+from common.errors import InvalidRequest
+from common.ids import new_id
+from common.models import File, Job
+from common.registry import resolve
+from common.schemas.job_spec import SUPPORTED_METHODS, SUPPORTED_STAGES, JobSpec, resolved_hyperparameters
+from common.services.queries import get_owned, paginate
+from common.settings import Settings
+
+
+def _spec_hash(spec: JobSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _check_file(session: Session, tenant_id: str, file_id: str, *, param: str, stage: str) -> File:
+    row = get_owned(session, File, file_id, tenant_id, what="file", param=param)
+    if row.status != "processed":
+        first = "; ".join(e["message"] for e in (row.errors or [])[:3]) or f"its status is {row.status}"
+        raise InvalidRequest(
+            f"{param} {file_id} did not pass validation: {first}. Fix the file and upload it again.",
+            param=param, code="invalid_training_file" if param == "training_file" else "invalid_validation_file",
+        )
+    if stage not in (row.stages or []):
+        raise InvalidRequest(
+            f"{param} {file_id} is in {row.format} format, which feeds {', '.join(row.stages) or 'no stage'}; "
+            f"stage {stage!r} needs another format (see docs/datasets.md)",
+            param=param, code="invalid_training_file",
+        )
+    return row
+
+
+def check_supported(spec: JobSpec) -> None:
+    if spec.stage not in SUPPORTED_STAGES:
+        raise InvalidRequest(
+            f"stage {spec.stage!r} is not available on this server yet; available: {', '.join(SUPPORTED_STAGES)}",
+            param="stage", code="unsupported_stage",
+        )
+    if spec.method.type not in SUPPORTED_METHODS:
+        raise InvalidRequest(
+            f"method.type {spec.method.type!r} is not available on this server yet; "
+            f"available: {', '.join(SUPPORTED_METHODS)}",
+            param="method.type", code="unsupported_method",
+        )
+
+
+def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
+               idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Validate against what the server has, insert `queued`. Returns (job, created). The caller commits, then
+    enqueues — never before the commit."""
+    spec_hash = _spec_hash(spec)
+    if idempotency_key:
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key, spec_hash)
+        if existing is not None:
+            return existing, False
+    check_supported(spec)
+    resolve(settings, spec.base_model)
+    train = _check_file(session, tenant_id, spec.training_file, param="training_file", stage=spec.stage)
+    if spec.validation_file:
+        _check_file(session, tenant_id, spec.validation_file, param="validation_file", stage=spec.stage)
+    stored = spec.model_dump(mode="json")
+    stored["resolved_hyperparameters"] = resolved_hyperparameters(spec, train.row_count)
+    job = Job(
+        id=new_id("ftjob"), tenant_id=tenant_id, base_model=spec.base_model, training_file_id=spec.training_file,
+        validation_file_id=spec.validation_file, spec=stored, status="validating_files", attempt=0,
+        idempotency_key=idempotency_key, idempotency_hash=spec_hash if idempotency_key else None,
+    )
+    session.add(job)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race.
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key or "", spec_hash)
+        if existing is None:
+            raise
+        return existing, False
+    state.add_event(session, job, f"Created fine-tuning job: {job.id}")
+    state.add_event(session, job, f"Training file {train.id} is valid: {train.row_count} rows ({train.format})")
+    state.mark_queued(session, job)
+    return job, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str, spec_hash: str) -> Job | None:
+    existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if existing is not None and existing.idempotency_hash != spec_hash:
+        raise InvalidRequest(
+            "this Idempotency-Key was already used with a different request body; use a new key for a new job",
+            param="Idempotency-Key", code="idempotency_key_reused",
+        )
+    return existing
+
+
+def list_jobs(session: Session, tenant_id: str, *, after: str | None, limit: int,
+              status: str | None = None) -> tuple[list[Job], bool]:
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        if status not in state.TRANSITIONS:
+            raise InvalidRequest(f"status must be one of {', '.join(state.TRANSITIONS)}; got {status!r}",
+                                 param="status")
+        stmt = stmt.where(Job.status == status)
+    return paginate(session, stmt, Job, after=after, limit=limit, tenant_id=tenant_id)
+
+
+def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = get_owned(session, Job, job_id, tenant_id, what="job", param="job_id", for_update=True)
+    state.request_cancel(session, job)
+    session.flush()
+    return job
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    if job.status != "queued":
+        return None
+    ahead: Any = session.scalar(
+        select(func.count()).select_from(Job).where(Job.status == "queued", Job.created_at < job.created_at)
+    )
+    return int(ahead or 0) + 1
