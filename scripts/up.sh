@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make up`: database + migrations + demo model + dev key, then the API and one worker in the foreground.
+# Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export TUNEQUEUE_PORT="${TUNEQUEUE_PORT:-8000}"
+export TUNEQUEUE_HOST="${TUNEQUEUE_HOST:-127.0.0.1}"
+mkdir -p var
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  echo "Postgres is not answering on 127.0.0.1:5432; start it (e.g. pg_ctlcluster 15 main start) or set TUNEQUEUE_DATABASE_URL" >&2
+fi
+"$BIN/tunequeue" dev setup --key-file var/dev-api-key
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo; echo "stopping…"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait || true
+}
+trap stop INT TERM EXIT
+
+"$BIN/uvicorn" api.main:app --host "$TUNEQUEUE_HOST" --port "$TUNEQUEUE_PORT" --proxy-headers &
+pids+=($!)
+"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 &
+pids+=($!)
+
+cat <<MSG
+
+TuneQueue is starting on http://$TUNEQUEUE_HOST:$TUNEQUEUE_PORT  (docs: /docs)
+  API key: $(cat var/dev-api-key)   (saved in var/dev-api-key)
+  base model: tiny-llama (var/models/tiny-llama)
+Ctrl-C stops the API and the worker.
+
+MSG
+wait -n

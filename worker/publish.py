@@ -1,0 +1,60 @@
+"""Publish a trained adapter: copy its files to the artifact store under an attempt-scoped key, write a manifest
+with the sha256 of each file, and record the `models` row in the same transaction as the fenced `succeeded`."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from common import state
+from common.artifacts import LocalArtifactStore
+from common.models import Job, Model
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class PublishError(Exception):
+    pass
+
+
+def model_name(job: Job) -> str:
+    suffix = job.spec.get("suffix")
+    return f"ft:{job.base_model}:{suffix}:{job.id}" if suffix else f"ft:{job.base_model}:{job.id}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload_adapter(store: LocalArtifactStore, job: Job, attempt: int, adapter_dir: Path) -> tuple[str, dict[str, Any]]:
+    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
+    if missing:
+        raise PublishError(f"the training process produced no {', '.join(missing)} in {adapter_dir}")
+    key = f"models/{job.tenant_id}/{job.id}/attempt-{attempt}"
+    files = []
+    for name in ADAPTER_FILES:
+        path = adapter_dir / name
+        store.put_file(f"{key}/{name}", path)
+        files.append({"path": name, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
+    manifest = {"model": model_name(job), "base_model": job.base_model, "job_id": job.id, "attempt": attempt,
+                "format": "peft-lora", "files": files}
+    return key, manifest
+
+
+def record_model(session: Session, job: Job, attempt: int, key: str, manifest: dict[str, Any]) -> Model | None:
+    """Insert the models row and mark the job succeeded, fenced by attempt. None: we no longer own the job."""
+    name = model_name(job)
+    if not state.finish(session, job.id, attempt, "succeeded", fine_tuned_model=name):
+        return None
+    row = Model(id=name, tenant_id=job.tenant_id, job_id=job.id, base_model=job.base_model, storage_key=key,
+                manifest=manifest, bytes=sum(f["bytes"] for f in manifest["files"]))
+    session.add(row)
+    session.flush()
+    return row
