@@ -24,7 +24,9 @@ def resolve(settings: Settings, model_id: str, *, param: str = "base_model") -> 
 
 
 def is_local(entry: BaseModelEntry) -> bool:
-    return entry.path.startswith(("/", ".", "~")) or Path(entry.path).exists()
+    """A folder, not a hub id: absolute, ./ ../ ~, two or more '/' (hub ids are 'name' or 'org/name'), or on disk."""
+    path = entry.path
+    return path.startswith(("/", ".", "~")) or path.count("/") >= 2 or Path(path).exists()
 
 
 def local_path(entry: BaseModelEntry) -> Path | None:

@@ -58,10 +58,12 @@ def adapter_archive(store: LocalArtifactStore, row: Model) -> IO[bytes]:
             with store.open(f"{row.storage_key}/{entry['path']}") as fh:
                 info = tarfile.TarInfo(entry["path"])
                 info.size = entry["bytes"]
+                info.mtime = int(row.created_at.timestamp())
                 tar.addfile(info, fh)
         manifest = json.dumps(row.manifest, indent=2).encode()
         info = tarfile.TarInfo("manifest.json")
         info.size = len(manifest)
+        info.mtime = int(row.created_at.timestamp())
         tar.addfile(info, io.BytesIO(manifest))
     spool.seek(0)
     return spool
