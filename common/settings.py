@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     cancel_grace_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    serve_url: str = Field(default="http://127.0.0.1:8001", description="Where the API forwards inference.")
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8001
+    serve_max_adapters: int = Field(default=32, ge=1, description="Adapters kept loaded per base model (LRU).")
+    serve_queue_size: int = Field(default=64, ge=1, description="Pending requests per base model before 429.")
+    gpu_sample_seconds: float = Field(default=2.0, gt=0, description="How often the worker samples NVML.")
+    worker_ttl_seconds: int = Field(default=30, ge=5, description="A worker's registration expires after this.")
     metrics_event_every: int = Field(default=10, ge=1, description="Keep one metrics event per N steps.")
     train_python: str | None = Field(default=None, description="Interpreter for training children; default: ours.")
 

@@ -54,6 +54,7 @@ class Hyperparameters(StrictModel):
     learning_rate: float | Auto = Field(default="auto", description="Peak learning rate; auto: 2e-4 for LoRA.")
     max_seq_length: int = Field(default=2048, ge=16, le=131072, description="Longer rows are truncated.")
     logging_steps: int = Field(default=1, ge=1, description="Report progress every this many steps.")
+    packing: bool = Field(default=False, description="Pack short rows into max_seq_length windows, no cross-attention.")
 
     @field_validator("n_epochs")
     @classmethod
@@ -81,6 +82,12 @@ class JobSpec(StrictModel):
     base_model: str = Field(description="A registered base model id; GET /v1/models lists them.")
     training_file: str = Field(description="A processed file id (file-…).")
     validation_file: str | None = Field(default=None, description="Optional processed file id for evaluation.")
+    validation_split: float | None = Field(default=None, gt=0, lt=0.5,
+                                           description="Hold out this fraction of training_file for evaluation.")
+    template: str | None = Field(default=None, description="Chat template for base models without one: chatml, "
+                                 "llama-3 or default. None: the tokenizer's own, else the registry's.")
+    train_on_inputs: bool = Field(default=False, description="Also train on system/user tokens (default: "
+                                  "assistant tokens only).")
     stage: Stage = Field(default="sft", description="sft, dpo, orpo, kto, pt or rm.")
     method: Method = Field(default_factory=Method)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
@@ -105,6 +112,8 @@ class JobSpec(StrictModel):
 
     @model_validator(mode="after")
     def _combinations(self) -> JobSpec:
+        if self.validation_file and self.validation_split:
+            raise ValueError("give validation_file or validation_split, not both")
         return self
 
 
@@ -123,4 +132,5 @@ def resolved_hyperparameters(spec: JobSpec, n_rows: int) -> dict[str, Any]:
         "learning_rate": learning_rate,
         "max_seq_length": hp.max_seq_length,
         "logging_steps": hp.logging_steps,
+        "packing": hp.packing,
     }
