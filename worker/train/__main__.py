@@ -1,0 +1,76 @@
+"""`python -m worker.train <job_dir>`: one training attempt in a fresh interpreter.
+
+Exit codes: 0 with a result event, 1 with an error event, 143 after SIGTERM (a cancel) with a "cancelled"
+warning and no result, 2 for a wrong command line. Events go to stdout (see `worker.train.reporter`);
+everything else, library output included, goes to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import traceback
+
+from worker.train.reporter import Reporter
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _run(argv: list[str], reporter: Reporter, stop: threading.Event) -> int:
+    if len(argv) != 1:
+        print("usage: python -m worker.train <job_dir>", file=sys.stderr)
+        return EXIT_USAGE
+    # Imported here, after the SIGTERM handler is in place: loading torch and transformers takes seconds.
+    from worker.train.config import JobFileError, load_job
+    from worker.train.errors import TRAINING_ERROR, TrainingCancelled, describe_failure
+
+    try:
+        job = load_job(argv[0])
+    except JobFileError as exc:
+        reporter.error(TRAINING_ERROR, str(exc))
+        return EXIT_FAILED
+    try:
+        _quiet_libraries()
+        from worker.train.sft import train
+
+        train(job, reporter, stop=stop)
+    except TrainingCancelled as exc:
+        reporter.log(str(exc), "warning")
+        return EXIT_CANCELLED
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        failure = describe_failure(exc)
+        reporter.error(failure.code, failure.message, failure.param)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    reporter = Reporter(sys.stdout)  # the real stdout: events only
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stray print()s of libraries
+            return _run(sys.argv[1:] if argv is None else argv, reporter, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

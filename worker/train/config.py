@@ -1,0 +1,79 @@
+"""What the worker parent hands the training child: `<job_dir>/job.json`, parsed once into `JobConfig`.
+
+Keys this child does not know are ignored, so a newer parent can add fields (checkpoint settings, say)
+before the child reads them. Everything the child does read is validated here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.schemas.job_spec import JobSpec
+
+JOB_FILE = "job.json"
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TrainHyperparameters(_Lenient):
+    """Hyperparameters with every "auto" already resolved by the parent (`resolved_hyperparameters`)."""
+
+    n_epochs: int = Field(ge=1, le=100, description="Passes over the training rows.")
+    batch_size: int = Field(ge=1, le=1024, description="Rows per optimizer step (no gradient accumulation).")
+    learning_rate: float = Field(gt=0, le=1, description="Peak learning rate of the linear decay schedule.")
+    max_seq_length: int = Field(ge=16, description="Tokens kept per row; longer rows are cut at the end.")
+    logging_steps: int = Field(default=1, ge=1, description="Emit a progress event every this many steps.")
+
+
+class BaseModelRef(_Lenient):
+    """The registry entry of the base model, resolved by the parent."""
+
+    id: str = Field(description="The registered model id, e.g. 'tiny-llama'; used in messages.")
+    path: str = Field(description="A local directory (absolute path) or a hub id to load from.")
+    revision: str | None = Field(default=None, description="Hub revision; ignored for local directories.")
+    trust_remote_code: bool = Field(default=False, description="Run the model's own Python code. Admin-only.")
+    template: str | None = Field(
+        default=None,
+        description="A template name from worker.train.templates (e.g. 'chatml'); None: the tokenizer's own.",
+    )
+
+
+class JobConfig(_Lenient):
+    """One attempt of one job, as the child sees it."""
+
+    job_id: str = Field(description="ftjob-…; used in messages only.")
+    attempt: int = Field(default=1, ge=1, description="The claim epoch; used in messages only.")
+    spec: JobSpec = Field(description="The job spec as submitted (may still hold 'auto' values).")
+    hyperparameters: TrainHyperparameters
+    base_model: BaseModelRef
+    training_file: Path = Field(description="Absolute path of the chat JSONL to train on.")
+    validation_file: Path | None = Field(default=None, description="Optional chat JSONL for a loss per epoch.")
+    output_dir: Path = Field(description="Where the adapter is written (output_dir/adapter).")
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.output_dir / "adapter"
+
+
+class JobFileError(Exception):
+    """job.json is missing or malformed: a bug or a version mismatch between parent and child."""
+
+
+def load_job(job_dir: str | Path) -> JobConfig:
+    """Read and validate `<job_dir>/job.json`."""
+    job_file = Path(job_dir) / JOB_FILE
+    try:
+        raw = json.loads(job_file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise JobFileError(f"{job_file} does not exist; the worker must write it before starting the child") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobFileError(f"{job_file} is not readable JSON ({exc})") from exc
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise JobFileError(f"{job_file} does not match what this worker expects: {exc}") from exc
