@@ -37,13 +37,18 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    celery_queue: str = Field(default="tunequeue.jobs", description="Broker queue that carries job ids.")
+    celery_queue: str = Field(default="tunequeue.jobs", description="Broker queue that carries job ids to GPU workers.")
+    validate_queue: str = Field(default="tunequeue.validate", description="Queue of new jobs whose files to check.")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_validation_errors: int = 20
     lease_seconds: int = Field(default=60, ge=5)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     cancel_grace_seconds: float = Field(default=10.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, description="Claims of one job before it fails with worker_lost.")
+    cancel_poll_seconds: float = Field(default=1.0, gt=0, description="How often a worker checks for a cancel.")
+    maintenance_seconds: float = Field(default=10.0, gt=0, description="Reaper/reconciler period in each worker.")
+    reconcile_after_seconds: float = Field(default=30.0, ge=0,
+                                           description="Republish a queued job the broker lost after this.")
     serve_url: str = Field(default="http://127.0.0.1:8001", description="Where the API forwards inference.")
     serve_host: str = "127.0.0.1"
     serve_port: int = 8001

@@ -24,7 +24,10 @@ trap stop INT TERM EXIT
 
 "$BIN/uvicorn" api.main:app --host "$TUNEQUEUE_HOST" --port "$TUNEQUEUE_PORT" --proxy-headers &
 pids+=($!)
-"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 &
+"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "gpu0@%h" -Q tunequeue.jobs &
+pids+=($!)
+# New jobs have their files tokenised and checked on a CPU queue of their own, so they never wait behind training.
+"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "validate@%h" -Q tunequeue.validate &
 pids+=($!)
 
 cat <<MSG

@@ -31,6 +31,7 @@ os.environ.update({
     "TUNEQUEUE_WORK_DIR": str(ROOT / "work"),
     "TUNEQUEUE_BASE_MODELS": f'{{"tiny-llama": {{"path": "{TINY_MODEL}", "template": "chatml"}}}}',
     "TUNEQUEUE_CELERY_QUEUE": f"tunequeue.test.{RUN_ID}",
+    "TUNEQUEUE_VALIDATE_QUEUE": f"tunequeue.test-validate.{RUN_ID}",
     "TUNEQUEUE_HEARTBEAT_SECONDS": "1",
     "TUNEQUEUE_CANCEL_GRACE_SECONDS": "5",
     "TUNEQUEUE_METRICS_EVENT_EVERY": "1",
@@ -56,7 +57,8 @@ def database() -> Iterator[str]:
     from common.db import get_engine
     from common.progress import get_redis
 
-    get_redis().delete(os.environ["TUNEQUEUE_CELERY_QUEUE"])  # messages for jobs no worker of this run took
+    # messages for jobs no worker of this run took
+    get_redis().delete(os.environ["TUNEQUEUE_CELERY_QUEUE"], os.environ["TUNEQUEUE_VALIDATE_QUEUE"])
     get_engine().dispose()
     get_engine.cache_clear()
     with engine.connect() as conn:

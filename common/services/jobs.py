@@ -57,8 +57,8 @@ def check_supported(spec: JobSpec) -> None:
 
 def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
                idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Validate against what the server has, insert `queued`. Returns (job, created). The caller commits, then
-    enqueues — never before the commit."""
+    """Validate against what the server has, insert `validating_files`. Returns (job, created). The caller
+    commits, then enqueues (common.queue.enqueue_job) — never before the commit."""
     spec_hash = _spec_hash(spec)
     if idempotency_key:
         existing = _by_idempotency_key(session, tenant_id, idempotency_key, spec_hash)
@@ -87,8 +87,7 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
             raise
         return existing, False
     state.add_event(session, job, f"Created fine-tuning job: {job.id}")
-    state.add_event(session, job, f"Training file {train.id} is valid: {train.row_count} rows ({train.format})")
-    state.mark_queued(session, job)
+    state.add_event(session, job, f"Validating training file: {train.id} ({train.row_count} rows, {train.format})")
     return job, True
 
 

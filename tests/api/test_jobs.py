@@ -1,5 +1,5 @@
-"""POST /jobs validation and the cancel of a queued job. No worker listens on this module's queue, so the jobs
-created here stay queued: that is what lets a cancel be observed before any training."""
+"""POST /jobs validation and the cancel of a job before it trains. No worker listens on this run's queues, so
+the jobs created here stay in `validating_files`: that is what lets a cancel be observed before any training."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ def test_create_job_is_queued(client, tenant, good_file) -> None:  # type: ignor
     assert resp.status_code == 200, resp.text
     job = resp.json()
     assert job["object"] == "fine_tuning.job" and job["id"].startswith("ftjob-")
-    assert (job["status"], job["model"], job["training_file"]) == ("queued", "tiny-llama", good_file)
+    assert (job["status"], job["model"], job["training_file"]) == ("validating_files", "tiny-llama", good_file)
     assert job["stage"] == "sft"
     assert job["metadata"] == {"team": "search"} and job["hyperparameters"]["batch_size"] == 4
     got = client.get(f"/jobs/{job['id']}", headers=auth(tenant[1])).json()
-    assert got["status"] == "queued" and got["queue_position"] >= 1
+    assert got["status"] == "validating_files" and got["queue_position"] is None
     events = client.get(f"/jobs/{job['id']}/events", headers=auth(tenant[1])).json()
-    assert [e["message"] for e in events["data"]][0] == "Job queued"
+    assert [e["message"] for e in events["data"]][0].startswith(f"Validating training file: {good_file}")
 
 
 def test_auto_hyperparameters_are_resolved(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
@@ -94,7 +94,7 @@ def test_other_tenants_file_and_job_are_404(client, tenant, good_file) -> None: 
     assert client.get("/jobs", headers=auth(other)).json()["data"] == []
 
 
-def test_cancel_queued_job(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_job_before_it_trains(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
     job_id = post_job(client, tenant[1], spec(good_file)).json()["id"]
     resp = client.post(f"/jobs/{job_id}/cancel", headers=auth(tenant[1]))
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
@@ -120,6 +120,6 @@ def test_list_jobs_filters_by_status(client, tenant, good_file) -> None:  # type
     b = post_job(client, tenant[1], spec(good_file)).json()["id"]
     client.post(f"/jobs/{a}/cancel", headers=auth(tenant[1]))
     cancelled = client.get("/jobs?status=cancelled", headers=auth(tenant[1])).json()["data"]
-    queued = client.get("/jobs?status=queued", headers=auth(tenant[1])).json()["data"]
+    queued = client.get("/jobs?status=validating_files", headers=auth(tenant[1])).json()["data"]
     assert [j["id"] for j in cancelled] == [a] and [j["id"] for j in queued] == [b]
     assert_error(client.get("/jobs?status=nope", headers=auth(tenant[1])), 400, param="status")

@@ -1,0 +1,135 @@
+"""The reaper and the reconciler. Postgres holds every job; the broker is a doorbell that may lose messages
+(a Redis restart without persistence) or ring twice (visibility timeout). Both passes are idempotent, so every
+worker may run them; an advisory lock keeps two from doing the same pass at once.
+
+- reaper: a `running` job whose lease expired lost its worker. Requeue it (the next claim makes attempt + 1 and
+  resumes from the newest checkpoint), or fail it with `worker_lost` after `max_attempts` claims.
+- reconciler: a `queued` job that no broker message carries is published again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import redis
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from common import state
+from common.db import session_scope
+from common.models import Job
+from common.queue import enqueue_job, enqueue_run
+from common.settings import Settings, get_settings
+
+log = logging.getLogger("tunequeue.maintenance")
+LOCK_ID = 0x7475_6E65  # "tune": pg_try_advisory_xact_lock key for one maintenance pass at a time
+
+
+def reap_expired(session: Session, settings: Settings) -> list[str]:
+    """Requeue or fail running jobs whose lease has expired. Returns the ids that were requeued."""
+    expired = session.scalars(
+        select(Job).where(Job.status == "running", Job.lease_until < state.now()).with_for_update(skip_locked=True)
+    ).all()
+    requeued = []
+    for job in expired:
+        lost = f"worker {job.worker} stopped renewing its lease (attempt {job.attempt})"
+        if job.cancel_requested:
+            job.status, job.finished_at, job.lease_until = "cancelled", state.now(), None
+            state.add_event(session, job, f"The job was cancelled ({lost})", type="state",
+                            data={"status": "cancelled"})
+        elif job.attempt >= settings.max_attempts:
+            error = {"code": "worker_lost", "param": None,
+                     "message": f"{lost}; it was tried {job.attempt} times (max_attempts), so it is not retried"}
+            job.status, job.error, job.finished_at, job.lease_until = "failed", error, state.now(), None
+            state.add_event(session, job, f"The job failed: {error['message']}", type="state", level="error",
+                            data={"status": "failed", "error": error})
+        else:
+            job.status, job.lease_until, job.worker = "queued", None, None
+            state.add_event(session, job, f"Requeued: {lost}; the next attempt resumes from the newest checkpoint",
+                            type="state", level="warning", data={"status": "queued", "reason": "lease_expired"})
+            requeued.append(job.id)
+    session.flush()
+    return requeued
+
+
+def broker_job_ids(client: redis.Redis, queue: str) -> str:
+    """Everything the broker holds for `queue` (waiting and delivered-unacked), as one string to search."""
+    waiting = client.lrange(queue, 0, -1)
+    unacked = client.hvals("unacked")
+    return "\n".join(m.decode(errors="replace") for m in [*waiting, *unacked])  # type: ignore[union-attr]
+
+
+def reconcile_queued(session: Session, settings: Settings, client: redis.Redis,
+                     status: str = "queued") -> list[str]:
+    """Publish again every `status` job (queued, or validating_files) older than `reconcile_after_seconds` that no
+    broker message carries."""
+    cutoff = state.now() - timedelta(seconds=settings.reconcile_after_seconds)
+    candidates = session.scalars(select(Job.id).where(Job.status == status, Job.created_at < cutoff)).all()
+    if not candidates:
+        return []
+    queue = settings.celery_queue if status == "queued" else settings.validate_queue
+    held = broker_job_ids(client, queue)
+    missing = [job_id for job_id in candidates if job_id not in held]
+    for job_id in missing:
+        state.add_event(session, job_id, "Published to the queue again: the broker had no message for this job",
+                        level="warning")
+    return missing
+
+
+def run_pass(settings: Settings | None = None) -> tuple[list[str], list[str]]:
+    """One reaper + reconciler pass. Returns (requeued, republished); enqueues after the commit."""
+    from common.progress import get_redis
+
+    settings = settings or get_settings()
+    with session_scope() as session:
+        if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_ID}):
+            return [], []
+        requeued = reap_expired(session, settings)
+        republished = reconcile_queued(session, settings, get_redis())
+        revalidate = reconcile_queued(session, settings, get_redis(), status="validating_files")
+    for job_id in [*requeued, *republished]:
+        enqueue_run(job_id)
+    for job_id in revalidate:
+        enqueue_job(job_id)
+    republished += revalidate
+    if requeued or republished:
+        log.warning("maintenance: requeued %s, republished %s", requeued, republished)
+    return requeued, republished
+
+
+class MaintenanceLoop(threading.Thread):
+    """Runs `run_pass` every `maintenance_seconds` in a worker process until stopped."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(daemon=True, name="tunequeue-maintenance")
+        self.settings = settings or get_settings()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.maintenance_seconds):
+            try:
+                run_pass(self.settings)
+            except Exception:  # Postgres or Redis away: try again next period
+                log.exception("maintenance pass failed")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def requeue_for_shutdown(job_id: str, attempt: int, reason: str) -> bool:
+    """A worker that is shutting down hands its job back at once instead of waiting for the lease to expire."""
+    with session_scope() as session:
+        row = session.execute(
+            update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running",
+                              Job.cancel_requested.is_(False))
+            .values(status="queued", lease_until=None, worker=None).returning(Job.tenant_id)
+        ).one_or_none()
+        if row is None:
+            return False
+        state.add_event(session, job_id, f"Requeued: {reason}; the next attempt resumes from the newest checkpoint",
+                        tenant_id=row.tenant_id, type="state", level="warning",
+                        data={"status": "queued", "reason": "worker_shutdown"}, attempt=attempt)
+    enqueue_run(job_id)
+    return True
