@@ -17,6 +17,8 @@ from common.settings import Settings, get_settings
 
 
 def get_session() -> Iterator[Session]:
+    """One transaction per request. scope="function" at the use sites: the commit runs before the response is
+    sent, so a client never gets an id it cannot read back yet."""
     session = session_factory()()
     try:
         yield session
@@ -39,7 +41,7 @@ class Caller:
         return self.role == "admin"
 
 
-def get_caller(session: Annotated[Session, Depends(get_session)],
+def get_caller(session: Annotated[Session, Depends(get_session, scope="function")],
                authorization: Annotated[str | None, Header()] = None) -> Caller:
     if not authorization:
         raise AuthenticationError(
@@ -64,7 +66,7 @@ def get_artifact_store() -> LocalArtifactStore:
     return get_store()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CurrentCaller = Annotated[Caller, Depends(get_caller)]
 AdminCaller = Annotated[Caller, Depends(require_admin)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,6 +1,16 @@
-"""Containers and rows: open a plain or gzip file, tell JSON Lines from a JSON array, and yield one `Record`
-per row with its line number. JSON Lines are streamed line by line (memory stays flat for any file size); a
-JSON array has to be read whole, so it is limited to `MAX_JSON_ARRAY_BYTES`."""
+"""Containers and rows: open a plain or gzip file, tell which container it is (JSON Lines, a JSON array, CSV,
+TSV, Parquet, plain text), and yield one `Record` per row with its line number. JSON Lines, CSV/TSV, text and
+Parquet are streamed (memory stays flat for any file size); a JSON array has to be read whole, so it is limited
+to `MAX_JSON_ARRAY_BYTES`.
+
+Which container (`open_records`), in order:
+1. magic bytes: Parquet (PAR1), gzip (decompressed, then the rest applies to what is inside), refused archives;
+2. content: a first non-blank line that is a JSON object is JSON Lines, whatever the name; a file starting with
+   `[` is a JSON array unless its name says CSV, TSV or text;
+3. the file name's extension (`.gz` removed): .jsonl/.ndjson/.json, .csv, .tsv/.tab, .txt/.text, .parquet;
+4. no known extension: a first line that is a CSV/TSV header naming a dataset column (instruction, text, ...) is
+   CSV/TSV; anything else is read as JSON Lines (and its first error says how to name other containers).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,7 @@ import gzip
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +31,20 @@ MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
 
 BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
 UNSUPPORTED_MAGIC = {
     b"PK\x03\x04": "a zip archive",
-    b"PAR1": "a Parquet file",
     b"BZh": "bzip2-compressed",
     b"\xfd7zXZ\x00": "xz-compressed",
     b"\x28\xb5\x2f\xfd": "zstd-compressed",
 }
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "text")
+EXTENSIONS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
+    ".txt": "text", ".text": "text", ".parquet": "parquet",
+}  # fmt: skip
+ACCEPTED = "JSON Lines, a JSON array, CSV, TSV, Parquet or plain text (.txt), optionally gzip-compressed"
 _WS = re.compile(r"[ \t\n\r]*")
 _MISSING: Any = object()
 
@@ -64,38 +80,101 @@ def open_dataset(path: Path) -> Iterator[IO[bytes]]:
             yield raw
 
 
-def iter_records(path: Path) -> Iterator[Record]:
-    """Every non-blank row of the file, in order: its parsed value, or why it could not be parsed."""
+def iter_records(path: Path, name: str | None = None) -> Iterator[Record]:
+    """Every non-blank row of the file, in order: its parsed value, or why it could not be parsed. `name` is
+    the uploaded file's name (default: the path's), whose extension helps tell the container."""
+    yield from open_records(path, name)[1]
+
+
+def container_of(name: str) -> tuple[str | None, bool]:
+    """The container a file name's extension names (None: no known one), and whether it ends in .gz."""
+    low = name.lower()
+    gz = low.endswith(".gz")
+    suffix = Path(low[:-3] if gz else low).suffix
+    return EXTENSIONS.get(suffix), gz
+
+
+def open_records(path: Path, name: str | None = None) -> tuple[str | None, Iterator[Record]]:
+    """(the container, its records). The container is decided here, from the first bytes and the name; the
+    records are read lazily. The container is None when the file cannot be read at all."""
     path = Path(path)
+    named, _ = container_of(name or path.name)
     with open(path, "rb") as raw:
         head = raw.read(8)
+    if head.startswith(PARQUET_MAGIC):
+        from common.datasets.tables import iter_parquet
+
+        return "parquet", iter_parquet(path)
     for magic, what in UNSUPPORTED_MAGIC.items():
         if head.startswith(magic):
-            yield _file_issue(
-                "unsupported_container",
-                f"the file is {what}; upload JSON Lines (one JSON object per line) or a JSON array, "
-                "optionally gzip-compressed",
-            )
-            return
+            return None, iter([file_issue("unsupported_container", f"the file is {what}; upload {ACCEPTED}")])
     if head.startswith(UTF16_BOMS):
         text = "the file is UTF-16 encoded; save it as UTF-8 and upload it again"
-        yield Record(1, "line 1", issue=Issue(None, "invalid_utf8", text), row=False)
-        return
+        return None, iter([Record(1, "line 1", issue=Issue(None, "invalid_utf8", text), row=False)])
     try:
-        first = _first_significant_byte(path)
+        first = _first_line(path)
     except (OSError, EOFError, zlib.error):
-        yield _file_issue("invalid_gzip", "the gzip data is corrupt or truncated; compress the file again")
-        return
+        text = "the gzip data is corrupt or truncated; compress the file again"
+        return None, iter([file_issue("invalid_gzip", text)])
+    if first.startswith(PARQUET_MAGIC) or named == "parquet":
+        what = "gzip-compressed Parquet" if head.startswith(GZIP_MAGIC) else "named .parquet but is not Parquet"
+        text = f"the file is {what}; upload the .parquet file itself (Parquet is compressed already) or {ACCEPTED}"
+        return None, iter([file_issue("unsupported_container", text)])
+    container = _sniff(first, named)
+    if container in ("csv", "tsv"):
+        from common.datasets.tables import iter_csv
+
+        return container, _with_open(path, lambda f: iter_csv(f, "\t" if container == "tsv" else ","))
+    if container == "text":
+        from common.datasets.plaintext import iter_text
+
+        return container, iter_text(path)
+    if container == "json":
+        return container, _with_open(path, _iter_array)
+    records = _with_open(path, _iter_jsonl)
+    return "jsonl", records if named is not None else _hint_other_containers(records)
+
+
+def _with_open(path: Path, read: Callable[[IO[bytes]], Iterator[Record]]) -> Iterator[Record]:
     with open_dataset(path) as f:
-        yield from (_iter_array(f) if first == b"[" else _iter_jsonl(f))
+        yield from read(f)
 
 
-def _file_issue(code: str, text: str, line: int = 0) -> Record:
+def _sniff(first: bytes, named: str | None) -> str:
+    """The container of a file whose first non-blank line is `first` and whose name says `named`."""
+    if first.startswith(b"{") and isinstance(parse_json_line(first.decode("utf-8", "replace"))[0], dict):
+        return "jsonl"
+    if named in ("csv", "tsv", "text"):
+        return named
+    if first.startswith(b"["):
+        return "json"
+    if named is not None:  # .json / .jsonl that does not start with "[": JSON Lines, its errors say why
+        return "jsonl"
+    from common.datasets.tables import sniff_header
+
+    return sniff_header(first.decode("utf-8", "replace")) or "jsonl"
+
+
+def _hint_other_containers(records: Iterator[Record]) -> Iterator[Record]:
+    """A nameless file read as JSON Lines by default: its first JSON error also says how to name the others."""
+    hinted = False
+    for record in records:
+        if not hinted and record.issue is not None and record.issue.code == "invalid_json":
+            hinted = True
+            text = (
+                f"{record.issue.text}. If this is CSV, TSV or plain text, give it a .csv, .tsv or .txt name "
+                "(or a header row naming its columns)"
+            )
+            record.issue = record.issue._replace(text=text)
+        yield record
+
+
+def file_issue(code: str, text: str, line: int = 0) -> Record:
     return Record(line=line, where=None, issue=Issue(None, code, text), row=False)
 
 
-def _first_significant_byte(path: Path) -> bytes:
-    """The first byte that is not whitespace or a BOM, read in chunks (a file may start with blank lines)."""
+def _first_line(path: Path) -> bytes:
+    """The first line that is not blank (without a BOM), at most 64 KiB of it; b"" for an empty file."""
     with open_dataset(path) as f:
         chunk = f.read(64 * 1024)
         if chunk.startswith(BOM):
@@ -103,7 +182,10 @@ def _first_significant_byte(path: Path) -> bytes:
         while chunk:
             stripped = chunk.lstrip()
             if stripped:
-                return stripped[:1]
+                line = stripped.split(b"\n", 1)[0]
+                if b"\n" not in stripped and len(stripped) < 64 * 1024:
+                    line += f.readline(64 * 1024 - len(stripped))
+                return line.rstrip(b"\r\n")
             chunk = f.read(64 * 1024)
     return b""
 
@@ -114,7 +196,7 @@ def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
         try:
             raw = f.readline(MAX_LINE_BYTES + 1)
         except (OSError, EOFError, zlib.error):
-            yield _file_issue(
+            yield file_issue(
                 "invalid_gzip",
                 f"the gzip data is corrupt or truncated after line {n}; compress the file again",
                 n + 1,
@@ -125,7 +207,7 @@ def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
         n += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             _skip_rest_of_line(f)
-            yield Record(n, f"line {n}", issue=Issue(None, "line_too_long", _too_long_text()))
+            yield Record(n, f"line {n}", issue=Issue(None, "line_too_long", too_long_text()))
             continue
         if n == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
@@ -134,7 +216,7 @@ def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield Record(n, f"line {n}", issue=_utf8_issue(raw, exc))
+            yield Record(n, f"line {n}", issue=utf8_issue(raw, exc))
             continue
         value, issue = parse_json_line(text)
         yield Record(n, f"line {n}", value=value, issue=issue)
@@ -147,14 +229,13 @@ def _skip_rest_of_line(f: IO[bytes]) -> None:
             return
 
 
-def _too_long_text() -> str:
+def too_long_text(what: str = "the line", advice: str = "(each line must be one JSON object)") -> str:
     return (
-        f"the line is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB; split the example or shorten it "
-        "(each line must be one JSON object)"
-    )
+        f"{what} is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB; split the example or shorten it {advice}"
+    ).rstrip()
 
 
-def _utf8_issue(raw: bytes, exc: UnicodeDecodeError) -> Issue:
+def utf8_issue(raw: bytes, exc: UnicodeDecodeError) -> Issue:
     bad = raw[exc.start : exc.start + 1].hex()
     return Issue(
         None,
@@ -203,10 +284,10 @@ def _iter_array(f: IO[bytes]) -> Iterator[Record]:
     try:
         data = f.read(MAX_JSON_ARRAY_BYTES + 1)
     except (OSError, EOFError, zlib.error):
-        yield _file_issue("invalid_gzip", "the gzip data is corrupt or truncated; compress the file again")
+        yield file_issue("invalid_gzip", "the gzip data is corrupt or truncated; compress the file again")
         return
     if len(data) > MAX_JSON_ARRAY_BYTES:
-        yield _file_issue(
+        yield file_issue(
             "file_too_large",
             f"a JSON array is read whole and may be at most {MAX_JSON_ARRAY_BYTES // (1024 * 1024)} MiB; "
             "convert it to JSON Lines (one object per line), e.g. jq -c '.[]' data.json > data.jsonl",
@@ -218,8 +299,8 @@ def _iter_array(f: IO[bytes]) -> Iterator[Record]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        issue = _utf8_issue(data, exc)
-        yield _file_issue(issue.code, f"line {line} of the JSON array: {issue.text}", line)
+        issue = utf8_issue(data, exc)
+        yield file_issue(issue.code, f"line {line} of the JSON array: {issue.text}", line)
         return
     del data
     yield from _array_rows(text)
@@ -283,7 +364,7 @@ def _array_tail(text: str, idx: int) -> Iterator[Record]:
     end = _skip_ws(text, idx)
     if end < len(text):
         line = text.count("\n", 0, end) + 1
-        yield _file_issue(
+        yield file_issue(
             "invalid_json",
             f"line {line}: there is more data after the JSON array closes; upload one array, or JSON Lines "
             "with one object per line",

@@ -31,6 +31,7 @@ class ValidationReport:
     row_count: int
     errors: list[RowError] = field(default_factory=list)
     error_count: int = 0
+    container: str | None = None  # jsonl, json, csv, tsv, parquet or text; None when unreadable
 
     @property
     def ok(self) -> bool:
@@ -40,6 +41,7 @@ class ValidationReport:
         return {
             "ok": self.ok,
             "format": self.format,
+            "container": self.container,
             "stages": list(self.stages),
             "row_count": self.row_count,
             "error_count": self.error_count,

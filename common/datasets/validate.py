@@ -18,20 +18,32 @@ from common.datasets.formats import (
     detect_format,
     unknown_format_text,
 )
-from common.datasets.reader import Record, iter_records
+from common.datasets.reader import Record, open_records
 from common.datasets.report import ErrorCollector, Issue, ValidationReport
 
 DETECT_WINDOW = 100
+_EMPTY_ADVICE = {
+    "jsonl": "upload at least one JSON object (one per line)",
+    "json": "upload an array with at least one JSON object",
+    "csv": "after the header line, add at least one row",
+    "tsv": "after the header line, add at least one row",
+    "parquet": "the Parquet file holds no rows",
+    "text": "add some text",
+}
 
 
-def validate_file(path: Path, *, format: str | None = None, max_errors: int = 20) -> ValidationReport:
-    """Check every row of `path`; `format` skips detection. Raises ValueError for an unknown `format` name."""
+def validate_file(
+    path: Path, *, format: str | None = None, max_errors: int = 20, name: str | None = None
+) -> ValidationReport:
+    """Check every row of `path`; `format` skips detection; `name` is the uploaded file's name (its extension
+    helps tell the container; default: the path's). Raises ValueError for an unknown `format` name."""
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}")
+    container, records = open_records(Path(path), name)
     run = _Run(format, ErrorCollector(max_errors))
-    for record in iter_records(Path(path)):
+    for record in records:
         run.feed(record)
-    run.finish()
+    run.finish(container)
     fmt = run.fmt
     errors = run.out
     return ValidationReport(
@@ -40,6 +52,7 @@ def validate_file(path: Path, *, format: str | None = None, max_errors: int = 20
         row_count=run.rows,
         errors=errors.errors,
         error_count=errors.count,
+        container=container,
     )
 
 
@@ -65,15 +78,12 @@ class _Run:
             return
         self._check(record)
 
-    def finish(self) -> None:
+    def finish(self, container: str | None) -> None:
         if self.pending:
             self._give_up()
         if self.rows == 0 and self.out.count == 0:
-            self.out.add(
-                0,
-                None,
-                Issue(None, "empty_file", "the file has no rows; upload at least one JSON object (one per line)"),
-            )
+            advice = _EMPTY_ADVICE.get(container or "jsonl", _EMPTY_ADVICE["jsonl"])
+            self.out.add(0, None, Issue(None, "empty_file", f"the file has no rows; {advice}"))
 
     def _flush(self) -> None:
         pending, self.pending = self.pending, []

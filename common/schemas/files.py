@@ -33,3 +33,40 @@ class FilePublic(PublicModel):
             purpose=row.purpose, status=row.status, status_details=details, sha256=row.sha256, format=row.format,
             stages=list(row.stages or []), row_count=row.row_count, errors=list(row.errors or []),
         )
+
+
+class PreviewSegment(PublicModel):
+    """A run of consecutive tokens that all carry loss (`trained`) or all do not."""
+
+    text: str
+    trained: bool
+    tokens: int
+
+
+class PreviewSequence(PublicModel):
+    """One token sequence of a row: "text" (sft, pt), "chosen"/"rejected" (dpo, orpo, rm), "completion" (kto)."""
+
+    name: str
+    tokens: int
+    trained_tokens: int
+    segments: list[PreviewSegment]
+
+
+class PreviewRow(PublicModel):
+    line: int
+    row: dict[str, Any]
+    sequences: list[PreviewSequence]
+    error: str | None = None
+
+
+class FilePreview(PublicModel):
+    """`GET /files/{id}/preview`: the first rows as the trainer will see them."""
+
+    object: Literal["file.preview"] = "file.preview"
+    file_id: str
+    format: str
+    stage: str
+    base_model: str
+    template: str | None
+    train_on_inputs: bool
+    data: list[PreviewRow]

@@ -1,13 +1,22 @@
-"""iter_chat_rows: sharegpt and alpaca (with system and history) become chat messages; bad rows skipped."""
+"""iter_chat_rows: sharegpt and alpaca (with system and history) become chat messages; bad rows skipped.
+iter_stage_rows: every stage's shape."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from common.datasets import iter_chat_rows, iter_valid_rows, validate_file
+from common.datasets import (
+    check_stage,
+    iter_chat_rows,
+    iter_stage_records,
+    iter_stage_rows,
+    iter_valid_rows,
+    validate_file,
+)
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -115,3 +124,144 @@ def test_non_chat_formats_do_not_convert_but_iterate_raw() -> None:
         "Once upon a time...",
         "The end.",
     ]
+
+
+# --- iter_stage_rows: the shapes the trainer reads ------------------------------------------------------------
+
+
+def _write(tmp_path: Path, name: str, *rows: object) -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sft_stage_is_iter_chat_rows_for_every_chat_format() -> None:
+    for name, fmt in [("chat_good.jsonl", "chat"), ("sharegpt.jsonl", "sharegpt"), ("alpaca.csv", "alpaca")]:
+        assert list(iter_stage_rows(CORPUS / name, fmt, "sft")) == list(iter_chat_rows(CORPUS / name, fmt))
+    rows = list(iter_stage_rows(CORPUS / "alpaca.parquet", "alpaca", "sft"))
+    assert rows[1] == {"messages": [{"role": "user", "content": "Add\n2+2"}, {"role": "assistant", "content": "4"}]}
+
+
+def test_preference_strings_become_one_message_each() -> None:
+    for stage in ("dpo", "orpo", "rm"):
+        first = next(iter_stage_rows(CORPUS / "preference_trl.jsonl", "preference", stage))
+        assert first == {
+            "prompt": [{"role": "user", "content": "Capital of France?"}],
+            "chosen": [{"role": "assistant", "content": "Paris."}],
+            "rejected": [{"role": "assistant", "content": "Lyon."}],
+        }
+
+
+def test_openai_dpo_maps_input_preferred_and_non_preferred(tmp_path: Path) -> None:
+    (row,) = iter_stage_rows(CORPUS / "preference_openai.jsonl", "preference", "dpo")
+    assert row == {
+        "prompt": [{"role": "user", "content": "Hello, can you tell me how cold San Francisco is today?"}],
+        "chosen": [{"role": "assistant", "content": "Today in San Francisco, it is 15 °C."}],
+        "rejected": [{"role": "assistant", "content": "It is not particularly cold."}],
+    }
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    path = _write(
+        tmp_path,
+        "dpo.jsonl",
+        {
+            "input": {
+                "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                "tools": tools,
+            },
+            "preferred_output": [{"role": "assistant", "content": [{"type": "text", "text": "good"}], "weight": 1}],
+            "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+        },
+    )
+    (row,) = iter_stage_rows(path, "preference", "orpo")
+    assert row["prompt"] == [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "good"}]  # parts joined, weight dropped
+    assert row["tools"] == tools
+
+
+def test_implicit_prompt_is_the_shared_leading_messages(tmp_path: Path) -> None:
+    user = {"role": "user", "content": "Q"}
+    path = _write(
+        tmp_path,
+        "implicit.jsonl",
+        {
+            "chosen": [user, {"role": "assistant", "content": "A"}],
+            "rejected": [user, {"role": "assistant", "content": "B"}],
+        },
+        {"chosen": "A", "rejected": "B"},
+        {"chosen": [{"role": "assistant", "content": "A"}], "rejected": [{"role": "assistant", "content": "A"}]},
+    )
+    rows = list(iter_stage_rows(path, "preference", "dpo"))
+    assert rows[0] == {
+        "prompt": [user],
+        "chosen": [{"role": "assistant", "content": "A"}],
+        "rejected": [{"role": "assistant", "content": "B"}],
+    }
+    assert rows[1] == {
+        "prompt": [],
+        "chosen": [{"role": "assistant", "content": "A"}],
+        "rejected": [{"role": "assistant", "content": "B"}],
+    }
+    assert rows[2]["prompt"] == [] and len(rows[2]["chosen"]) == 1  # each side keeps its last message
+
+
+def test_kto_rows(tmp_path: Path) -> None:
+    rows = list(iter_stage_rows(CORPUS / "kto.jsonl", "kto", "kto"))
+    assert rows[1] == {
+        "prompt": [{"role": "user", "content": "Is the sky blue?"}],
+        "completion": [{"role": "assistant", "content": "Never."}],
+        "label": False,
+    }
+    path = _write(
+        tmp_path,
+        "kto.jsonl",
+        {
+            "prompt": [{"role": "user", "content": "Q"}],
+            "completion": [{"role": "assistant", "content": "A"}],
+            "label": True,
+        },
+    )
+    assert list(iter_stage_rows(path, "kto", "kto")) == [
+        {
+            "prompt": [{"role": "user", "content": "Q"}],
+            "completion": [{"role": "assistant", "content": "A"}],
+            "label": True,
+        }
+    ]
+    assert [r["label"] for r in iter_stage_rows(CORPUS / "kto.csv", "kto", "kto")] == [True, False]
+
+
+def test_pt_rows_from_every_text_container() -> None:
+    assert list(iter_stage_rows(CORPUS / "text.jsonl", "text", "pt")) == [
+        {"text": "Once upon a time..."},
+        {"text": "The end."},
+    ]
+    assert [r["text"] for r in iter_stage_rows(CORPUS / "paragraphs.txt", "text", "pt")][0] == (
+        "Chapter one.\nIt was a dark night."
+    )
+    assert len(list(iter_stage_rows(CORPUS / "text.csv", "text", "pt"))) == 2
+
+
+def test_stage_records_carry_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "gaps.jsonl"
+    row = json.dumps({"text": "x"})
+    path.write_text(f"\n{row}\n\n{row}\n{{broken\n{row}\n")
+    assert [line for line, _ in iter_stage_records(path, "text", "pt")] == [2, 4, 6]
+    assert [line for line, _ in iter_stage_records(CORPUS / "alpaca.csv", "alpaca", "sft")] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "stage", "says"),
+    [
+        ("chat", "dpo", "a chat file feeds sft, not dpo; stage dpo needs a file in preference format"),
+        ("preference", "sft", "stage sft needs a file in chat or sharegpt or alpaca format"),
+        ("chat", "pt", "stage pt needs a file in text format"),
+        ("text", "kto", "a text file feeds pt, not kto"),
+        ("chat", "grpo", "unknown stage 'grpo'; expected one of sft, dpo, orpo, rm, kto, pt"),
+        ("csv", "sft", "unknown dataset format 'csv'"),
+    ],
+)
+def test_a_format_that_does_not_feed_the_stage_is_a_value_error(fmt: str, stage: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        list(iter_stage_rows(CORPUS / "chat_good.jsonl", fmt, stage))
+    with pytest.raises(ValueError, match=re.escape(says)):
+        check_stage(fmt, stage)

@@ -22,6 +22,15 @@ GOOD = [
     ("preference_openai.jsonl", "preference", ["dpo", "orpo", "rm"], 1),
     ("kto.jsonl", "kto", ["kto"], 2),
     ("text.jsonl", "text", ["pt"], 2),
+    # CSV / TSV / Parquet / plain text
+    ("alpaca.csv", "alpaca", ["sft"], 2),  # a quoted multi-line output; a padding row of empty cells is blank
+    ("alpaca.tsv", "alpaca", ["sft"], 2),  # CRLF
+    ("text.csv", "text", ["pt"], 2),
+    ("chat.parquet", "chat", ["sft"], 2),  # null struct fields (weight) count as absent
+    ("alpaca.parquet", "alpaca", ["sft"], 2),
+    ("preference.parquet", "preference", ["dpo", "orpo", "rm"], 1),
+    ("paragraphs.txt", "text", ["pt"], 2),  # blank lines between paragraphs: one document each
+    ("lines.txt", "text", ["pt"], 3),  # no blank line between two texts (trailing ones do not count): one per line
 ]
 
 BAD = [
@@ -77,6 +86,24 @@ BAD = [
     ("alpaca_bad_history.jsonl", "alpaca", 1, [("wrong_type", 1, "history[1]")]),
     ("preference_missing_rejected.jsonl", "preference", 2, [("missing_field", 2, "rejected")]),
     ("sharegpt_bad_role.jsonl", "sharegpt", 1, [("unrecognized_role", 1, "conversations[0].from")]),
+    # CSV / TSV / Parquet / plain text: `line` is the physical line a CSV row starts on, a Parquet row's index + 1
+    (
+        "alpaca_bad.csv",
+        "alpaca",
+        4,
+        [("invalid_csv", 3, None), ("missing_content", 4, "output"), ("invalid_csv", 5, None)],
+    ),
+    ("bad_header.csv", None, 0, [("invalid_csv", 1, None)]),
+    ("kto.csv", "kto", 3, [("wrong_type", 4, "label")]),
+    ("latin1.csv", "text", 2, [("invalid_utf8", 3, None)]),
+    ("unknown_columns.csv", None, 1, [("unknown_format", 2, None)]),
+    (
+        "chat_bad.parquet",
+        "chat",
+        3,
+        [("invalid_weight", 2, "messages[0].weight"), ("unrecognized_role", 3, "messages[1].role")],
+    ),
+    ("bad_utf8.txt", "text", 3, [("invalid_utf8", 3, None)]),
 ]
 
 

@@ -1,0 +1,243 @@
+"""Tabular containers: CSV/TSV (a header row, then one row per example) and Parquet. A row becomes a dict of
+column → value, so format detection and the row checks are the same as for JSON.
+
+CSV/TSV
+- The first non-blank line is the header; column names are trimmed and must be unique and non-empty.
+- Quoting follows RFC 4180 (what Python's csv, pandas and spreadsheets write) for both CSV and TSV: a field
+  holding the delimiter, a quote or a line break is wrapped in double quotes, with inner quotes doubled. A row's
+  `line` is the physical line it starts on (a quoted field may span lines).
+- Every cell is a string. Two columns are converted: `label` (KTO) from true/false/1/0/yes/no, and `history`
+  (Alpaca) from a JSON list of [question, answer] pairs (an empty cell is no history). Message lists
+  (`messages`, `conversations`, conversational preference rows) need JSON or Parquet.
+
+Parquet
+- Read in batches of `PARQUET_BATCH_ROWS` rows; a row's `line` is its index + 1 ("row 12"). Nested columns
+  (a `messages` list of structs) work as in JSON; a null field inside a struct counts as absent (Parquet gives
+  every struct every field of the schema).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from common.datasets import reader
+from common.datasets.formats import SIGNATURE_KEYS
+from common.datasets.reader import BOM, Record
+from common.datasets.report import Issue
+
+PARQUET_BATCH_ROWS = 512
+HEADER_WORDS = frozenset(SIGNATURE_KEYS) | {"input", "system", "history"}
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+csv.field_size_limit(reader.MAX_LINE_BYTES)  # a cell may be as long as a JSON line; also bounds a runaway quote
+
+
+def sniff_header(line: str) -> str | None:
+    """'tsv' or 'csv' when `line` is a header naming at least one dataset column; else None."""
+    delimiter = "\t" if "\t" in line else ","
+    names = {name.strip().lower() for name in next(csv.reader([line], delimiter=delimiter), [])}
+    if not names & HEADER_WORDS:
+        return None
+    return "tsv" if delimiter == "\t" else "csv"
+
+
+class _TooLong(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+class _Lines:
+    """Decoded physical lines for csv.reader. Counts them, and keeps why a line was not UTF-8 (the line is
+    still handed on, with replacement characters, so that quoting stays in step)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.count = 0
+        self.bad: dict[int, Issue] = {}
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self.f.readline(reader.MAX_LINE_BYTES + 1)
+        if not raw:
+            raise StopIteration
+        self.count += 1
+        if len(raw) > reader.MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise _TooLong(self.count)
+        if self.count == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.bad.setdefault(self.count, reader.utf8_issue(raw, exc))
+            return raw.decode("utf-8", "replace")
+
+    def first_bad(self, start: int) -> Issue | None:
+        """The first decoding problem in lines start..count (the record just read), forgetting them."""
+        found = next((self.bad[n] for n in sorted(self.bad) if n >= start), None)
+        self.bad.clear()
+        return found
+
+
+def iter_csv(f: IO[bytes], delimiter: str) -> Iterator[Record]:
+    what = "TSV" if delimiter == "\t" else "CSV"
+    lines = _Lines(f)
+    rows = csv.reader(lines, delimiter=delimiter, strict=True)
+    header: list[str] | None = None
+    header_line = 0
+    while True:
+        start = lines.count + 1
+        try:
+            fields = next(rows)
+        except StopIteration:
+            return
+        except _TooLong as exc:
+            text = f"{reader.too_long_text(advice='')}; the rest of the file is not read"
+            yield Record(exc.line, f"line {exc.line}", issue=Issue(None, "line_too_long", text))
+            return
+        except csv.Error as exc:
+            issue = Issue(None, "invalid_csv", _csv_error_text(str(exc), what, start, lines.count))
+            yield Record(start, f"line {start}", issue=issue, row=header is not None)
+            if header is None:
+                return
+            continue
+        except (OSError, EOFError, zlib.error):
+            yield reader.file_issue(
+                "invalid_gzip",
+                f"the gzip data is corrupt or truncated after line {lines.count}; compress the file again",
+                lines.count + 1,
+            )
+            return
+        if not any(field.strip() for field in fields):
+            continue  # a blank line, or a row of empty cells (spreadsheets pad with those)
+        bad = lines.first_bad(start)
+        if header is None:
+            problem = bad or _header_problem(fields, what)
+            if problem is not None:
+                yield Record(start, f"line {start} (the header)", issue=problem, row=False)
+                return
+            header, header_line = [name.strip() for name in fields], start
+            continue
+        where = f"line {start}"
+        if bad is not None:
+            yield Record(start, where, issue=bad)
+        elif len(fields) != len(header):
+            text = (
+                f"the row has {len(fields)} fields but the header (line {header_line}) has {len(header)} "
+                f"columns; wrap a field that contains {_delimiter_name(delimiter)}, a quote or a line break in "
+                'double quotes (and double the quotes inside it: "")'
+            )
+            yield Record(start, where, issue=Issue(None, "invalid_csv", text))
+        else:
+            yield Record(start, where, value=_row(header, fields))
+
+
+def _header_problem(fields: list[str], what: str) -> Issue | None:
+    names = [name.strip() for name in fields]
+    if "" in names:
+        text = (
+            f"column {names.index('') + 1} of the {what} header has no name; the first line must name every "
+            "column, e.g. instruction,input,output or text"
+        )
+        return Issue(None, "invalid_csv", text)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return Issue(None, "invalid_csv", f"the {what} header names the column '{name}' twice; rename one")
+        seen.add(name)
+    return None
+
+
+def _row(header: list[str], fields: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = dict(zip(header, fields, strict=True))
+    label = row.get("label")
+    if isinstance(label, str):
+        low = label.strip().lower()
+        row["label"] = True if low in _TRUE else False if low in _FALSE else label
+    history = row.get("history")
+    if isinstance(history, str):
+        if not history.strip():
+            del row["history"]
+        elif history.lstrip().startswith("["):
+            with contextlib.suppress(ValueError):  # else left a string: the check says it must be a list of pairs
+                row["history"] = json.loads(history)
+    return row
+
+
+def _csv_error_text(message: str, what: str, start: int, end: int) -> str:
+    if "field larger than field limit" in message:
+        return (
+            f"a field starting on line {start} runs past {reader.MAX_LINE_BYTES // (1024 * 1024)} MiB, usually "
+            'because a quote (") is never closed; close it, or double the quotes inside a quoted field ("")'
+        )
+    if "unexpected end of data" in message:
+        return (
+            f"the quoted field starting on line {start} is never closed (the file ends inside it); add the "
+            'closing quote, or double the quotes inside a quoted field ("")'
+        )
+    message = message.replace("'\t'", "a tab")
+    span = f" (lines {start}-{end})" if end > start else ""
+    return (
+        f"not valid {what}{span}: {message}; a quoted field must end right after its closing quote, and quotes "
+        'inside a quoted field are doubled ("")'
+    )
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return "a tab" if delimiter == "\t" else "a comma"
+
+
+def iter_parquet(path: Path) -> Iterator[Record]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow comes with `datasets`
+        yield reader.file_issue(
+            "unsupported_container",
+            "this server cannot read Parquet (pyarrow is missing); "
+            f"upload {reader.ACCEPTED.replace('Parquet or ', '')}",
+        )
+        return
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        yield reader.file_issue(
+            "invalid_parquet",
+            f"the Parquet file cannot be read ({exc}); write it again, "
+            "e.g. with pandas DataFrame.to_parquet or datasets Dataset.to_parquet",
+        )
+        return
+    n = 0
+    batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+    while True:
+        try:
+            batch = next(batches, None)
+            values = batch.to_pylist() if batch is not None else None
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            yield reader.file_issue(
+                "invalid_parquet",
+                f"rows after row {n} of the Parquet file cannot be read ({exc}); write the file again",
+                n + 1,
+            )
+            return
+        if values is None:
+            return
+        for value in values:
+            n += 1
+            yield Record(n, f"row {n}", value=_drop_nulls(value))
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value

@@ -1,0 +1,258 @@
+"""Rows as token ids with the trained positions marked, the way the trainer sees them: for the file preview
+(`GET /files/{id}/preview`) and the token statistics of the `validating_files` step.
+
+Rendering and masking are the trainer's own functions (`worker.train.data.resolve_chat_template`,
+`tokenize_chat`), imported lazily so that an upload never loads transformers. Per stage, on rows shaped by
+`iter_stage_rows`:
+- sft: `tokenize_chat` of the messages; the trained tokens are its assistant mask without `weight: 0` turns
+  (all tokens with `train_on_inputs`).
+- dpo, orpo, rm: two sequences, prompt + chosen and prompt + rejected (`encode_completion`); the trained tokens
+  are the completion's assistant tokens after the rendered prompt.
+- kto: prompt + completion, as one side of a pair.
+- pt: the tokenizer's encoding of the text (its own special tokens) plus the eos token; every token is trained.
+A row's length is its longest sequence: that is what `max_seq_length` cuts.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.registry import local_path
+from common.settings import BaseModelEntry
+
+IGNORE_INDEX = -100
+PAIR_STAGES = ("dpo", "orpo", "rm")
+LONG_ROWS = "truncated"  # what the trainer does to a row longer than max_seq_length: keeps its first tokens
+NO_TRAINED_TOKEN = "dropped"  # ... and to a row left without a trained token
+USE_LOCK = threading.Lock()  # a fast tokenizer is not safe to share between threads mid-call
+
+
+class TokenizeError(Exception):
+    """Rows cannot be tokenized for this model/template: `code`, `message` (how to fix it), `param`."""
+
+    def __init__(self, code: str, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+@dataclass
+class Sequence:
+    """One token sequence of a row ("text"; "chosen"/"rejected"; "completion") and its labels (-100: no loss)."""
+
+    name: str
+    input_ids: list[int]
+    labels: list[int]
+
+    def trained(self, limit: int | None = None) -> int:
+        """Tokens that carry loss among the first `limit` (all when None)."""
+        labels = self.labels if limit is None else self.labels[:limit]
+        return sum(1 for label in labels if label != IGNORE_INDEX)
+
+
+def load_tokenizer(model_id: str, entry: BaseModelEntry) -> Any:
+    """The base model's tokenizer (cached per process), or TokenizeError base_model_unavailable."""
+    folder = local_path(entry)
+    if folder is not None and not folder.is_dir():
+        raise TokenizeError(
+            "base_model_unavailable",
+            f"base model {model_id!r} points at {folder}, which does not exist on this machine; build it "
+            "(`tunequeue dev tiny-model PATH`) or fix TUNEQUEUE_BASE_MODELS",
+            "base_model",
+        )
+    stamp = folder.stat().st_mtime_ns if folder is not None else 0
+    try:
+        return _load(str(folder or entry.path), entry.revision, entry.trust_remote_code, stamp)
+    except Exception as exc:  # transformers raises many kinds for a missing or broken tokenizer
+        raise TokenizeError(
+            "base_model_unavailable",
+            f"the tokenizer of base model {model_id!r} could not be loaded ({type(exc).__name__}: {exc})",
+            "base_model",
+        ) from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, revision: str | None, trust_remote_code: bool, stamp: int) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def has_own_template(tokenizer: Any) -> bool:
+    own = getattr(tokenizer, "chat_template", None)
+    return bool(own.get("default") if isinstance(own, dict) else own)
+
+
+@dataclass
+class Encoder:
+    """How one job (or one preview) turns rows of its stage into `Sequence`s."""
+
+    tokenizer: Any
+    stage: str
+    template: str | None  # the Jinja text; None for pt
+    template_name: str | None  # a built-in name; None: the tokenizer's own template (or pt)
+    train_on_inputs: bool = False
+
+    @classmethod
+    def for_model(
+        cls,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        stage: str,
+        template: str | None = None,
+        registry_template: str | None = None,
+        train_on_inputs: bool = False,
+    ) -> Encoder:
+        """Pick the chat template as the job spec describes it: `template` when given (a built-in name), else
+        the tokenizer's own, else the one the base model is registered with. TokenizeError when none fits."""
+        if stage == "pt":
+            return cls(tokenizer, stage, None, None, train_on_inputs)
+        from worker.train.data import resolve_chat_template
+        from worker.train.errors import TrainingError
+        from worker.train.templates import TEMPLATES
+
+        if template is not None and template not in TEMPLATES:
+            raise TokenizeError(
+                "invalid_template",
+                f"template {template!r} is not a built-in chat template; use one of {', '.join(sorted(TEMPLATES))}, "
+                "or leave it out to use the base model's own",
+                "template",
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise TokenizeError(
+                "unsupported_on_worker",
+                f"the tokenizer of base model {model_id!r} has no fast (tokenizers) version, which marking the "
+                "trained tokens needs; register a model that ships tokenizer.json",
+                "base_model",
+            )
+        name = template or (None if has_own_template(tokenizer) else registry_template)
+        try:
+            text = resolve_chat_template(tokenizer, name, model_id)
+        except TrainingError as exc:
+            param = "template" if template is not None or name is None else exc.param
+            raise TokenizeError(exc.code, exc.message, param) from exc
+        return cls(tokenizer, stage, text, name, train_on_inputs)
+
+    def encode(self, row: dict[str, Any]) -> list[Sequence]:
+        """The sequences of one `iter_stage_rows` row. Raises what the template raises for a row it refuses."""
+        if self.stage == "pt":
+            ids = list(self.tokenizer(row["text"])["input_ids"])
+            eos = self.tokenizer.eos_token_id
+            if eos is not None and (not ids or ids[-1] != eos):
+                ids.append(eos)
+            return [Sequence("text", ids, list(ids))]
+        if self.stage == "sft":
+            ids, labels = self._chat(row["messages"])
+            return [Sequence("text", ids, labels)]
+        if self.stage == "kto":
+            return [self._completion("completion", row["prompt"], row["completion"])]
+        if self.stage in PAIR_STAGES:
+            return [
+                self._completion("chosen", row["prompt"], row["chosen"]),
+                self._completion("rejected", row["prompt"], row["rejected"]),
+            ]
+        raise ValueError(f"unknown stage {self.stage!r}")
+
+    def _chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+        from worker.train.data import tokenize_chat
+
+        assert self.template is not None
+        return tokenize_chat(self.tokenizer, messages, self.template, train_on_inputs=self.train_on_inputs)
+
+    def _completion(self, name: str, prompt: list[dict[str, Any]], answer: list[dict[str, Any]]) -> Sequence:
+        from worker.train.data import encode_completion
+
+        assert self.template is not None
+        ids, mask = encode_completion(self.tokenizer, prompt, answer, self.template)
+        return Sequence(name, ids, [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask, strict=True)])
+
+    def segments(self, sequence: Sequence) -> list[dict[str, Any]]:
+        """The sequence as runs of trained / untrained tokens: [{"text", "trained", "tokens"}]."""
+        out: list[dict[str, Any]] = []
+        ids, labels = sequence.input_ids, sequence.labels
+        i = 0
+        while i < len(ids):
+            trained = labels[i] != IGNORE_INDEX
+            j = i
+            while j < len(ids) and (labels[j] != IGNORE_INDEX) == trained:
+                j += 1
+            text = self.tokenizer.decode(ids[i:j], skip_special_tokens=False)
+            out.append({"text": text, "trained": trained, "tokens": j - i})
+            i = j
+        return out
+
+
+@dataclass
+class TokenStats:
+    """Running totals over the rows of one file for one job; `to_dict` is what the job records."""
+
+    max_seq_length: int
+    lengths: array[int] = field(default_factory=lambda: array("L"))
+    total_tokens: int = 0
+    trained_tokens: int = 0
+    rows_over_max: int = 0
+    rows_without_trained: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def add(self, sequences: Iterable[Sequence], label: bool | None = None) -> None:
+        seqs = list(sequences)
+        length = max(len(s.input_ids) for s in seqs)
+        self.lengths.append(length)
+        self.total_tokens += sum(len(s.input_ids) for s in seqs)
+        if length > self.max_seq_length:
+            self.rows_over_max += 1
+        trained = [s.trained(self.max_seq_length) for s in seqs]
+        if min(trained) == 0:
+            self.rows_without_trained += 1
+        else:
+            self.trained_tokens += sum(trained)
+        if label is not None:
+            key = "desirable" if label else "undesirable"
+            self.labels[key] = self.labels.get(key, 0) + 1
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows - self.rows_without_trained
+
+    def to_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.lengths)
+        n = len(ordered)
+        out: dict[str, Any] = {
+            "rows": n,
+            "rows_kept": self.rows_kept,
+            "total_tokens": self.total_tokens,
+            "trained_tokens": self.trained_tokens,
+            "mean_length": round(sum(ordered) / n, 1) if n else 0.0,
+            "p95_length": ordered[math.ceil(0.95 * n) - 1] if n else 0,
+            "max_length": ordered[-1] if n else 0,
+            "max_seq_length": self.max_seq_length,
+            "rows_over_max_seq_length": self.rows_over_max,
+            "over_max_seq_length": LONG_ROWS,
+            "rows_without_trained_tokens": self.rows_without_trained,
+            "without_trained_tokens": NO_TRAINED_TOKEN,
+        }
+        if self.labels:
+            out["labels"] = {
+                "desirable": self.labels.get("desirable", 0),
+                "undesirable": self.labels.get("undesirable", 0),
+            }
+        return out
+
+
+def template_label(encoder: Encoder) -> str | None:
+    """How a response names the template used: the built-in name, "tokenizer" for the model's own, None for pt."""
+    if encoder.template is None:
+        return None
+    return encoder.template_name or "tokenizer"
