@@ -1,5 +1,9 @@
 """Relay the training child's events: progress to Redis at once (the live view) and to Postgres, fenced by attempt
-(the durable view, downsampled to one metrics event per `metrics_event_every` steps)."""
+(the durable view: `jobs.last_progress` at most once a second, and one metrics event per `metrics_event_every`
+steps, so a 100,000-step job writes 10,000 rows at the default, not 100,000).
+
+The relay runs in the worker parent, beside the training child, so its writes are off the training loop's
+path; what the child pays per logging step is one JSON line on a pipe (benchmarks/report_overhead.py)."""
 
 from __future__ import annotations
 
@@ -13,22 +17,115 @@ from common import state
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
+from common.services.events import append_event
 from common.settings import Settings
 from worker.child_events import parse_line
+from worker.monitor import latest_sample
 
 log = logging.getLogger("tunequeue.worker")
 
+DB_PROGRESS_SECONDS = 1.0  # jobs.last_progress is written at most this often (plus every metrics event)
+# A report that lacks one of these (an evaluation-only event, the end-of-training safety net) keeps the last
+# known value in the live view instead of blanking it.
+STICKY = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eta_seconds", "eval_loss", "eval_accuracy",
+          "peak_memory_mb")
+
+
+class ProgressRelay:
+    """What one attempt's progress, logs, result and error become. Plain object: a test drives `handle`."""
+
+    def __init__(self, job_id: str, tenant_id: str, attempt: int, settings: Settings,
+                 channel: ProgressChannel | None = None) -> None:
+        self.job_id, self.tenant_id, self.attempt, self.settings = job_id, tenant_id, attempt, settings
+        self.channel = channel or ProgressChannel()
+        self.result: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.live: dict[str, Any] = {}
+        self.owner = True  # False once a fenced write finds another attempt owns the job
+        self._last_event_step = -1
+        self._last_db_write = 0.0
+        self._published = False
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event.pop("type", None)
+        if kind == "progress":
+            self._progress(event)
+        elif kind == "log":
+            if not self.owner:
+                return
+            with session_scope() as session:
+                added = append_event(session, self.job_id, self.attempt, str(event.get("message", "")),
+                                     level=str(event.get("level") or "info"))
+            self.owner = added is not None
+        elif kind == "result":
+            self.result = event
+        elif kind == "error":
+            self.error = {"code": event.get("code") or "training_error", "message": event.get("message") or "",
+                          "param": event.get("param")}
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        if not self.owner:  # another attempt owns the job: its relay publishes, this one would only confuse
+            return
+        now = time.time()
+        for key in STICKY:
+            if event.get(key) is None and self.live.get(key) is not None:
+                event.pop(key, None)
+        self.live.update(event)
+        self.live["attempt"] = self.attempt
+        self.live["updated_at"] = now
+        sample = latest_sample(self.job_id)
+        if sample is not None:
+            self.live.update(sample)
+        try:
+            self.channel.publish_progress(self.job_id, self.live, replace=not self._published)
+            self._published = True
+        except Exception as exc:  # Redis is a live view: losing it loses no job
+            log.warning("live progress for %s not published (Redis: %s)", self.job_id, exc)
+
+        step = int(event.get("step") or 0)
+        total = int(event.get("total_steps") or 0)
+        evaluated = event.get("eval_loss") is not None or event.get("eval_accuracy") is not None
+        due = (self._last_event_step < 0 or step - self._last_event_step >= self.settings.metrics_event_every
+               or (total and step >= total) or evaluated)
+        if not due and now - self._last_db_write < DB_PROGRESS_SECONDS:
+            return
+        with session_scope() as session:
+            self.owner = state.record_progress(session, self.job_id, self.attempt, dict(self.live))
+            self._last_db_write = now
+            if due and self.owner:
+                self._last_event_step = step
+                data = {**event, **({k: sample[k] for k in ("gpus", "process_rss_mb")} if sample else {})}
+                state.add_event(session, self.job_id, _metrics_message(event), tenant_id=self.tenant_id,
+                                type="metrics", data=data, attempt=self.attempt)
+
+
+def _metrics_message(event: dict[str, Any]) -> str:
+    text = f"Step {event.get('step')}/{event.get('total_steps')}"
+    parts = []
+    if event.get("loss") is not None:
+        parts.append(f"training loss={event['loss']:.4f}")
+    if event.get("eval_loss") is not None:
+        parts.append(f"validation loss={event['eval_loss']:.4f}")
+    if event.get("eval_accuracy") is not None:
+        parts.append(f"validation accuracy={event['eval_accuracy']:.4f}")
+    return text + (": " + ", ".join(parts) if parts else "")
+
 
 class ChildRelay(threading.Thread):
-    """Reads the child's stdout; progress goes to Redis at once and to Postgres (fenced by attempt)."""
+    """Reads the child's stdout and hands each event line to a `ProgressRelay`."""
 
     def __init__(self, proc: subprocess.Popen[str], job: Job, attempt: int, settings: Settings) -> None:
         super().__init__(daemon=True, name=f"relay-{job.id}")
-        self.proc, self.job, self.attempt, self.settings = proc, job, attempt, settings
-        self.result: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
-        self.channel = ProgressChannel()
-        self._last_event_step = -1
+        self.proc = proc
+        self.relay = ProgressRelay(job.id, job.tenant_id, attempt, settings)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return self.relay.result
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.relay.error
 
     def run(self) -> None:
         assert self.proc.stdout is not None
@@ -37,34 +134,6 @@ class ChildRelay(threading.Thread):
             if event is None:
                 continue
             try:
-                self.handle(event)
-            except Exception:  # a relay hiccup (Redis down) must never kill the job
-                log.exception("relaying %s for %s failed", event.get("type"), self.job.id)
-
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event.pop("type")
-        if kind == "progress":
-            event["updated_at"] = time.time()
-            try:
-                self.channel.publish_progress(self.job.id, event)
-            except Exception as exc:
-                log.warning("live progress for %s not published (Redis: %s)", self.job.id, exc)
-            with session_scope() as session:
-                state.record_progress(session, self.job.id, self.attempt, event)
-                step = int(event.get("step") or 0)
-                every = self.settings.metrics_event_every
-                if self._last_event_step < 0 or step - self._last_event_step >= every or \
-                        step >= int(event.get("total_steps") or 0):
-                    self._last_event_step = step
-                    loss = event.get("loss")
-                    text = f"Step {step}/{event.get('total_steps')}" + (f": training loss={loss:.4f}" if loss else "")
-                    state.add_event(session, self.job, text, type="metrics", data=event, attempt=self.attempt)
-        elif kind == "log":
-            with session_scope() as session:
-                state.add_event(session, self.job, str(event.get("message", "")), level=event.get("level", "info"),
-                                attempt=self.attempt)
-        elif kind == "result":
-            self.result = event
-        elif kind == "error":
-            self.error = {"code": event.get("code") or "training_error", "message": event.get("message") or "",
-                          "param": event.get("param")}
+                self.relay.handle(event)
+            except Exception:  # a relay hiccup (Postgres blip) must never kill the job
+                log.exception("relaying %s for %s failed", event.get("type"), self.relay.job_id)

@@ -1,36 +1,59 @@
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
-from sqlalchemy import select
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy import exists, select
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentCaller, SessionDep, SettingsDep
+from common.db import session_scope
 from common.errors import InvalidRequest
 from common.models import Job, JobEvent
 from common.progress import ProgressChannel
 from common.queue import enqueue_job
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
-from common.schemas.jobs import JobPublic
+from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
+from common.services import events as events_service
 from common.services import jobs as service
+from common.services.events import event_public, progress_view
 from common.services.queries import check_limit, get_owned
+from common.state import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger("tunequeue.api")
 
+__all__ = ["event_public", "live_progress", "router"]
+
+STREAM_POLL_SECONDS = 0.5  # how often a stream looks for new events in Postgres
+STREAM_KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
+STREAM_RETRY_MS = 2000  # what EventSource waits before it reconnects
+# A stream ends after this long even while the job runs (no `done` event); the client reconnects with
+# Last-Event-ID and loses nothing. It bounds how long a graceful shutdown of the API waits for open streams.
+STREAM_MAX_SECONDS = 300.0
+
 
 def live_progress(job: Job) -> dict[str, Any] | None:
-    """Redis has the freshest view; Postgres has the last one a worker recorded (Redis may have been flushed)."""
+    """Redis has the freshest view; Postgres has the last one a worker recorded (Redis may have been flushed).
+    Both carry the attempt that wrote them: a view left by an earlier attempt is not this attempt's progress."""
+    durable = job.last_progress
     if job.status == "running":
         try:
             live = ProgressChannel().read_progress(job.id)
         except Exception:  # Redis down: Postgres still knows
             live = None
-        if live:
-            return live
-    return job.last_progress
+        if live and live.get("attempt") in (None, job.attempt):
+            if durable and durable.get("attempt") == job.attempt:
+                return progress_view({**durable, **live})  # fields Redis lost since a flush come from Postgres
+            return progress_view(live)
+    return progress_view(durable)
 
 
 @router.post("", response_model=JobPublic)
@@ -70,24 +93,112 @@ def cancel_job(job_id: str, caller: CurrentCaller, session: SessionDep) -> JobPu
     return JobPublic.of(job, live_progress(job))
 
 
-@router.get("/{job_id}/events", response_model=ListPage[dict[str, Any]])
-def list_events(job_id: str, caller: CurrentCaller, session: SessionDep, after: str | None = None,
-                limit: int = 20) -> ListPage[dict[str, Any]]:
-    """Newest first, like OpenAI's; `after` is an event id."""
-    get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
-    check_limit(limit)
-    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+@router.get("/{job_id}/events", response_model=ListPage[dict[str, Any]],
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "A page of events; with stream=true, Server-Sent Events"}})
+def list_events(
+    job_id: str, caller: CurrentCaller, session: SessionDep, after: str | None = None, limit: int = 20,
+    stream: Annotated[bool | None, Query(description="Server-Sent Events: replay, then follow live")] = None,
+    last_event_id: Annotated[str | None, Query(description="Resume a stream after this event's seq")] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Newest first, like OpenAI's; `after` is an event id. With `?stream=true` (or `Accept: text/event-stream`)
+    a Server-Sent Events stream instead: every event oldest first (`id:` is its `seq`), then new ones as they
+    happen, then `event: done` once the job has ended. A reconnect's `Last-Event-ID` resumes right after it."""
+    job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
+    wants_stream = stream if stream is not None else "text/event-stream" in (accept or "")
+    if not wants_stream:
+        check_limit(limit)
+        rows, has_more = events_service.list_events(session, job_id, after=after, limit=limit)
+        data = [event_public(e) for e in rows]
+        return ListPage(data=data, has_more=has_more, first_id=data[0]["id"] if data else None,
+                        last_id=data[-1]["id"] if data else None)
     if after is not None:
-        anchor = session.scalar(select(JobEvent.seq).where(JobEvent.id == after, JobEvent.job_id == job_id))
-        if anchor is None:
-            raise InvalidRequest(f"`after` names no event of this job: {after!r}", param="after")
-        stmt = stmt.where(JobEvent.seq < anchor)
-    rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
-    data = [event_public(e) for e in rows[:limit]]
-    return ListPage(data=data, has_more=len(rows) > limit, first_id=data[0]["id"] if data else None,
-                    last_id=data[-1]["id"] if data else None)
+        raise InvalidRequest("`after` pages a list; a stream resumes with the Last-Event-ID header "
+                             "(or ?last_event_id=) set to the `seq` of the last event it got", param="after")
+    if last_event_id_header is not None:
+        last_seq = events_service.parse_last_event_id(last_event_id_header, param="Last-Event-ID")
+    else:
+        last_seq = events_service.parse_last_event_id(last_event_id, param="last_event_id")
+    if job.status in TERMINAL and not session.scalar(
+            select(exists().where(JobEvent.job_id == job_id, JobEvent.seq > last_seq))):
+        # Nothing will ever follow: 204 is what tells an EventSource to stop reconnecting.
+        return Response(status_code=204)
+    session.close()  # the stream opens a short session per poll; it holds no connection while it waits
+    return StreamingResponse(_event_stream(job_id, last_seq), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def event_public(e: JobEvent) -> dict[str, Any]:
-    return {"id": e.id, "object": "fine_tuning.job.event", "created_at": int(e.created_at.timestamp()),
-            "level": e.level, "message": e.message, "type": e.type, "data": e.data, "seq": e.seq}
+def _frame(data: dict[str, Any], *, id: int | None = None, event: str | None = None) -> str:
+    head = (f"id: {id}\n" if id is not None else "") + (f"event: {event}\n" if event else "")
+    return f"{head}data: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+
+
+def _poll(job_id: str, last_seq: int) -> tuple[str | None, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
+    """The job's status, the events after `last_seq` and, while it runs, its live progress. The status is read
+    first: when it is terminal, the events read after it include the terminal state event (one transaction
+    wrote both)."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return None, [], None
+        rows = events_service.events_since(session, job_id, last_seq)
+        batch = [(e.seq, event_public(e)) for e in rows]
+        progress = live_progress(job) if job.status == "running" else None
+        return job.status, batch, progress
+
+
+async def _event_stream(job_id: str, last_seq: int) -> AsyncIterator[str]:
+    """An async generator, so that a waiting stream holds no thread: each poll runs in the thread pool for a
+    few milliseconds. Events without `id:` (progress, done) leave the client's Last-Event-ID where it was."""
+    yield f"retry: {STREAM_RETRY_MS}\n\n"
+    last_progress_at: Any = None
+    last_sent = opened = time.monotonic()
+    while True:
+        status, batch, progress = await run_in_threadpool(_poll, job_id, last_seq)
+        for seq, data in batch:
+            yield _frame(data, id=seq)
+            last_seq = seq
+        if batch:
+            last_sent = time.monotonic()
+        if status is None:  # the job was deleted under us
+            return
+        if len(batch) == events_service.STREAM_BATCH:
+            continue  # still replaying history
+        if status in TERMINAL:
+            yield _frame({"object": "fine_tuning.job.stream_end", "job_id": job_id, "status": status},
+                         event="done")
+            return
+        stamp = progress and (progress.get("updated_at"), progress.get("sampled_at"))
+        if progress and stamp != last_progress_at:
+            last_progress_at = stamp
+            yield _frame({"object": "fine_tuning.job.progress", "job_id": job_id, **progress}, event="progress")
+            last_sent = time.monotonic()
+        if time.monotonic() - last_sent >= STREAM_KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        if time.monotonic() - opened >= STREAM_MAX_SECONDS:
+            return  # not `done`: the client reconnects with Last-Event-ID
+        await asyncio.sleep(STREAM_POLL_SECONDS)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage)
+def job_metrics(job_id: str, caller: CurrentCaller, session: SessionDep, after_step: int | None = None,
+                limit: int = 1000) -> MetricsPage:
+    """The recorded steps for plotting: loss, eval loss/accuracy, learning rate, tokens/s, GPU memory. One
+    point per `metrics_event_every` steps (and every evaluation and the last step), ascending by step."""
+    get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
+    points, has_more = events_service.metrics_series(session, job_id, after_step=after_step, limit=limit)
+    return MetricsPage(job_id=job_id, data=[MetricPoint(**p) for p in points], has_more=has_more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
+def list_checkpoints(job_id: str, caller: CurrentCaller, session: SessionDep, after: str | None = None,
+                     limit: int = 10) -> ListPage[CheckpointPublic]:
+    """Newest first, like OpenAI's; `after` is a checkpoint id."""
+    job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
+    rows, has_more = events_service.list_checkpoints(session, job, after=after, limit=limit)
+    data = [CheckpointPublic(**events_service.checkpoint_public(c, job)) for c in rows]
+    return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
+                    last_id=data[-1].id if data else None)

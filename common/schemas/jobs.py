@@ -42,7 +42,7 @@ class JobPublic(PublicModel):
         spec = job.spec
         estimated = None
         if progress and progress.get("eta_seconds") is not None and job.status == "running":
-            estimated = int(progress.get("updated_at", 0) + progress["eta_seconds"]) or None
+            estimated = int((progress.get("updated_at") or 0) + progress["eta_seconds"]) or None
         return cls(
             id=job.id, created_at=unix(job.created_at) or 0, started_at=unix(job.started_at),
             finished_at=unix(job.finished_at), model=job.base_model, base_model=job.base_model,
@@ -54,3 +54,56 @@ class JobPublic(PublicModel):
             error=error_obj(job.error), trained_tokens=job.trained_tokens, attempt=job.attempt,
             cancel_requested=job.cancel_requested, progress=progress, estimated_finish=estimated,
         )
+
+
+class MetricPoint(PublicModel):
+    """One recorded step of a job, for plotting (`GET /jobs/{id}/metrics`)."""
+
+    step: int
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    trained_tokens: int | None = None
+    gpu_memory_mb: float | None = None
+    peak_memory_mb: float | None = None
+    process_rss_mb: float | None = None
+    attempt: int
+    created_at: int
+
+
+class MetricsPage(PublicModel):
+    object: Literal["list"] = "list"
+    job_id: str
+    data: list[MetricPoint]
+    has_more: bool
+
+
+class CheckpointPublic(PublicModel):
+    """The OpenAI fine_tuning.job.checkpoint object."""
+
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: dict[str, Any]
+    fine_tuning_job_id: str
+
+
+class WorkerPublic(PublicModel):
+    """One GPU of a worker (or a worker without a GPU), from its registration in Redis (`GET /workers`)."""
+
+    id: str
+    object: Literal["worker"] = "worker"
+    host: str | None
+    worker: str | None
+    gpu: dict[str, Any] | None
+    host_memory_available_mb: float | None = None
+    busy: bool
+    job: dict[str, Any] | None
+    updated_at: float | None
+    expires_in: int | None

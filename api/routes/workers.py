@@ -1,0 +1,45 @@
+"""`GET /workers`: every GPU the workers registered in Redis, its memory, and what it runs.
+
+An admin sees every job; a member sees every GPU and whether it is busy, and the job only when it is theirs
+(capacity is shared knowledge in a team; another tenant's job ids are not)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import CurrentCaller
+from common.errors import NotReady
+from common.progress import ProgressChannel
+from common.schemas.common import ListPage
+from common.schemas.jobs import WorkerPublic
+
+router = APIRouter(prefix="/workers", tags=["workers"])
+
+
+def worker_public(reg: dict[str, Any], *, tenant_id: str, admin: bool) -> WorkerPublic:
+    job_id = reg.get("job_id")
+    job = None
+    if job_id and (admin or reg.get("tenant_id") == tenant_id):
+        job = {"id": job_id, "attempt": reg.get("attempt"), "started_at": reg.get("job_started_at"),
+               "process_rss_mb": reg.get("process_rss_mb")}
+        if admin:
+            job["organization_id"] = reg.get("tenant_id")
+    return WorkerPublic(
+        id=reg["key"].removeprefix("tunequeue:worker:"), host=reg.get("host"), worker=reg.get("worker"),
+        gpu=reg.get("gpu"), host_memory_available_mb=reg.get("host_memory_available_mb"), busy=bool(job_id),
+        job=job, updated_at=reg.get("updated_at"), expires_in=reg.get("expires_in"),
+    )
+
+
+@router.get("", response_model=ListPage[WorkerPublic])
+def list_workers(caller: CurrentCaller) -> ListPage[WorkerPublic]:
+    try:
+        registrations = ProgressChannel().list_workers()
+    except Exception as exc:
+        raise NotReady(f"worker registrations live in Redis, which is not answering: {exc}",
+                       code="redis_unavailable") from exc
+    data = [worker_public(r, tenant_id=caller.tenant_id, admin=caller.is_admin) for r in registrations]
+    return ListPage(data=data, has_more=False, first_id=data[0].id if data else None,
+                    last_id=data[-1].id if data else None)

@@ -1,0 +1,257 @@
+"""The worker parent's live reporting over the real Postgres and Redis: the monitor (GPU samples into the live view
+and `jobs.last_progress`, the worker's registration with a TTL) with a stand-in NVML library, and the progress
+relay (downsampled durable metrics, fencing by attempt)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from common.db import session_scope
+from common.ids import new_id
+from common.models import Job, JobEvent
+from common.progress import ProgressChannel, get_redis, worker_key
+from common.settings import get_settings
+from tests.api.test_events import claim, finish, progress, queued_job, relay
+from tests.worker.test_gpu import MIB, Card, StandInNVML
+from worker import monitor as monitor_module
+from worker import relay as relay_module
+from worker.gpu import GpuSampler
+from worker.monitor import WorkerMonitor, latest_sample, merge_progress, start_monitor
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    """A process standing in for the training child (the monitor only needs its pid)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def running_job(tenant_id: str) -> tuple[str, int]:
+    job_id = queued_job(tenant_id)
+    return job_id, claim(job_id)
+
+
+def events(job_id: str, **where: Any) -> list[JobEvent]:
+    with session_scope() as session:
+        stmt = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+        for k, v in where.items():
+            stmt = stmt.where(getattr(JobEvent, k) == v)
+        return list(session.scalars(stmt))
+
+
+def job_row(job_id: str) -> Job:
+    with session_scope() as session:
+        return session.get_one(Job, job_id)
+
+
+def host_name() -> str:
+    return f"test-host-{new_id('h')[-8:]}"
+
+
+# --- monitor ---------------------------------------------------------------------------------------------
+
+
+def test_monitor_samples_into_the_live_view_and_registers_each_gpu(tenant, child) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    cards = [Card("GPU-aaaa", procs=[(child.pid, 2000 * MIB)]), Card("GPU-bbbb", used_mb=3)]
+    settings = get_settings()
+    host = host_name()
+    mon = WorkerMonitor(settings, sampler=GpuSampler(StandInNVML(cards), cuda_visible_devices=None), host=host)
+    try:
+        mon.attach(job_id, tenant_id, attempt, child.pid)
+        mon.tick()
+        live = ProgressChannel().read_progress(job_id)
+        assert live is not None and live["attempt"] == attempt
+        assert [g["process_memory_mb"] for g in live["gpus"]] == [2000.0, None]
+        assert live["process_rss_mb"] > 0 and live["sampled_at"] > time.time() - 10
+        assert mon.latest_for(job_id)["gpus"] == live["gpus"] and mon.latest_for("ftjob-other") is None
+        durable = job_row(job_id).last_progress
+        assert durable is not None and durable["gpus"] == live["gpus"], "the first sample also goes to Postgres"
+
+        redis = get_redis()
+        for slot in ("0", "1"):
+            reg = ProgressChannel().list_workers()
+            mine = {r["key"]: r for r in reg if r.get("host") == host}
+            entry = mine[worker_key(host, slot)]
+            assert entry["job_id"] == job_id and entry["tenant_id"] == tenant_id and entry["attempt"] == attempt
+            assert entry["gpu"]["index"] == int(slot) and entry["gpu"]["memory_total_mb"] == 80000.0
+            assert 0 < redis.ttl(worker_key(host, slot)) <= settings.worker_ttl_seconds
+
+        mon.detach(job_id)
+        mon.tick()
+        idle = {r["key"]: r for r in ProgressChannel().list_workers() if r.get("host") == host}
+        assert idle[worker_key(host, "0")]["job_id"] is None, "an idle worker stays registered, without a job"
+        assert mon.latest_for(job_id) is None
+    finally:
+        mon.stop()
+        ProgressChannel().clear(job_id)
+    assert not redis.exists(worker_key(host, "0"), worker_key(host, "1")), "a stopped monitor unregisters"
+
+
+def test_nvml_failing_mid_job_warns_once_and_never_fails_the_job(tenant, child) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    cards = [Card("GPU-aaaa", procs=[(child.pid, 10 * MIB)])]
+    mon = WorkerMonitor(get_settings(), sampler=GpuSampler(StandInNVML(cards), cuda_visible_devices=None),
+                        host=host_name())
+    try:
+        mon.attach(job_id, tenant_id, attempt, child.pid)
+        mon.tick()
+        cards[0].lost = True
+        for _ in range(3):
+            sample = mon.tick()
+        assert "GPU is lost" in sample["gpus"][0]["error"]
+        warnings = events(job_id, level="warning")
+        assert len(warnings) == 1 and "GPU metrics unavailable" in warnings[0].message
+        assert warnings[0].attempt == attempt
+        assert job_row(job_id).status == "running"
+    finally:
+        mon.stop()
+        ProgressChannel().clear(job_id)
+
+
+def test_a_host_without_gpus_reports_no_gpus_and_the_process_memory(tenant, child) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    host = host_name()
+    no_driver = StandInNVML([], init_error="NVML Shared Library Not Found")
+    mon = WorkerMonitor(get_settings(), sampler=GpuSampler(no_driver, cuda_visible_devices=None), host=host)
+    try:
+        mon.attach(job_id, tenant_id, attempt, child.pid)
+        mon.tick()
+        live = ProgressChannel().read_progress(job_id)
+        assert live["gpus"] == [] and live["process_rss_mb"] > 0
+        regs = [r for r in ProgressChannel().list_workers() if r.get("host") == host]
+        assert [r["key"] for r in regs] == [worker_key(host, f"cpu-{os.getpid()}")]
+        assert regs[0]["gpu"] is None and regs[0]["job_id"] == job_id and regs[0]["host_memory_available_mb"] > 0
+    finally:
+        mon.stop()
+        ProgressChannel().clear(job_id)
+
+
+def test_gpu_samples_in_postgres_are_fenced_by_attempt(tenant) -> None:  # type: ignore[no-untyped-def]
+    job_id, attempt = running_job(tenant[0])
+    with session_scope() as session:
+        assert merge_progress(session, job_id, attempt, {"gpus": [{"index": 0}], "step": 3})
+        assert merge_progress(session, job_id, attempt, {"gpus": []})
+        assert not merge_progress(session, job_id, attempt + 1, {"gpus": [{"index": 9}]})
+    assert job_row(job_id).last_progress == {"gpus": [], "step": 3}, "merged, and a stale attempt wrote nothing"
+
+
+def test_start_monitor_outside_celery_watches_the_job_then_leaves_nothing(tenant, child) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    settings = get_settings().model_copy(update={"gpu_sample_seconds": 0.1})
+    handle = start_monitor(job_row(job_id), attempt, child.pid, settings)  # the real NVML: gpus [] without one
+    try:
+        assert handle.owned and handle.monitor is not None
+        sample = _wait(lambda: latest_sample(job_id))
+        assert isinstance(sample["gpus"], list) and sample["process_rss_mb"] > 0
+        host = handle.monitor.host
+        assert _wait(lambda: [r for r in ProgressChannel().list_workers()
+                              if r.get("host") == host and r.get("job_id") == job_id])
+        # The relay copies the newest sample into what it records durably.
+        r = relay(job_id, tenant_id, attempt)
+        r.handle(progress(1))
+        recorded = events(job_id, type="metrics")[-1].data
+        assert isinstance(recorded["gpus"], list) and recorded["process_rss_mb"] > 0
+        assert job_row(job_id).last_progress["process_rss_mb"] > 0
+    finally:
+        handle.stop()
+        ProgressChannel().clear(job_id)
+    assert latest_sample(job_id) is None and monitor_module._process_monitor is None
+    assert not [r for r in ProgressChannel().list_workers() if r.get("job_id") == job_id]
+
+
+def _wait(check: Any, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+# --- relay -----------------------------------------------------------------------------------------------
+
+
+def test_relay_keeps_one_metrics_event_per_n_steps_plus_evaluations_and_the_last(tenant, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(relay_module, "DB_PROGRESS_SECONDS", 3600.0)  # only due steps reach Postgres
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    r = relay(job_id, tenant_id, attempt, metrics_event_every=3)
+    r.handle(progress(1, total=10))
+    r.handle(progress(2, total=10))
+    assert ProgressChannel().read_progress(job_id)["step"] == 2, "Redis gets every step"
+    assert job_row(job_id).last_progress["step"] == 1, "Postgres gets the due ones"
+    for step in range(3, 11):
+        extra = {"eval_loss": 1.5, "eval_accuracy": 0.25} if step == 5 else {}
+        r.handle(progress(step, total=10, peak_memory_mb=300.0 + step, **extra))
+    kept = events(job_id, type="metrics")
+    assert [e.data["step"] for e in kept] == [1, 4, 5, 8, 10]
+    assert kept[2].data["eval_loss"] == 1.5 and "validation loss=1.5000" in kept[2].message
+    assert kept[-1].data["peak_memory_mb"] == 310.0 and all(e.attempt == attempt for e in kept)
+    final = job_row(job_id)
+    assert final.last_progress["step"] == 10 and final.trained_tokens == 1280
+    live = ProgressChannel().read_progress(job_id)
+    assert live["eval_loss"] == 1.5, "the last evaluation stays in the live view"
+    finish(job_id, attempt)
+    ProgressChannel().clear(job_id)
+
+
+def test_relay_keeps_the_last_known_loss_when_a_report_has_none(tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    r = relay(job_id, tenant_id, attempt)
+    r.handle(progress(3, loss=1.25))
+    r.handle(progress(4, loss=None))  # the end-of-training safety net reports no loss
+    assert ProgressChannel().read_progress(job_id)["loss"] == 1.25
+    assert job_row(job_id).last_progress["loss"] == 1.25
+    assert events(job_id, type="metrics")[-1].data.get("loss") is None, "the event records what that step had"
+    ProgressChannel().clear(job_id)
+
+
+def test_a_stale_relay_writes_nothing_after_the_job_was_requeued(tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, first = running_job(tenant_id)
+    old = relay(job_id, tenant_id, first)
+    old.handle(progress(1))
+    old.handle({"type": "log", "level": "warning", "message": "first attempt speaking"})
+    with session_scope() as session:  # the reaper requeues after a lost lease; another worker claims it
+        session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+    second = claim(job_id)
+    new = relay(job_id, tenant_id, second)
+    new.handle(progress(1))
+    before = [e.id for e in events(job_id)]
+    old.handle(progress(2))
+    old.handle({"type": "log", "level": "info", "message": "still here?"})
+    old.handle(progress(3))
+    assert [e.id for e in events(job_id)] == before and old.owner is False
+    row = job_row(job_id)
+    assert (row.last_progress["attempt"], row.last_progress["step"]) == (second, 1)
+    assert ProgressChannel().read_progress(job_id)["attempt"] == second, "nor does it publish once it knows"
+    logs = events(job_id, type="message")
+    assert [(e.level, e.message, e.attempt) for e in logs] == [("warning", "first attempt speaking", first)]
+    ProgressChannel().clear(job_id)
+
+
+def test_relay_keeps_result_and_error_for_the_runner(tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    r = relay(job_id, tenant_id, attempt)
+    r.handle({"type": "result", "adapter_dir": "/x", "steps": 4})
+    r.handle({"type": "error", "code": "cuda_oom", "message": "out of memory", "param": None})
+    assert r.result == {"adapter_dir": "/x", "steps": 4}
+    assert r.error == {"code": "cuda_oom", "message": "out of memory", "param": None}
