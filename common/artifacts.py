@@ -22,6 +22,7 @@ class ArtifactStore(Protocol):
     def open(self, key: str) -> BinaryIO: ...
     def fetch(self, key: str, dest: Path) -> Path: ...
     def exists(self, key: str) -> bool: ...
+    def list_prefix(self, prefix: str) -> list[str]: ...
     def size(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
@@ -73,6 +74,29 @@ class LocalArtifactStore:
 
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
+
+    def list_prefix(self, prefix: str) -> list[str]:
+        """Keys of the files under `prefix/`, sorted."""
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith(".partial-"))
+
+    def put_dir(self, prefix: str, src: Path) -> list[dict[str, int | str]]:
+        """Upload every file under `src` to `prefix/<relative path>`; returns [{path, bytes}]."""
+        out: list[dict[str, int | str]] = []
+        for path in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+            rel = str(path.relative_to(src))
+            self.put_file(f"{prefix.rstrip('/')}/{rel}", path)
+            out.append({"path": rel, "bytes": path.stat().st_size})
+        return out
+
+    def fetch_dir(self, prefix: str, dest: Path) -> Path:
+        base = prefix.rstrip("/") + "/"
+        for key in self.list_prefix(prefix):
+            self.fetch(key, dest / key[len(base):])
+        return dest
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

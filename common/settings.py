@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     gpu_sample_seconds: float = Field(default=2.0, gt=0, description="How often the worker samples NVML.")
     worker_ttl_seconds: int = Field(default=30, ge=5, description="A worker's registration expires after this.")
     metrics_event_every: int = Field(default=10, ge=1, description="Keep one metrics event per N steps.")
+    shutdown_grace_seconds: float = Field(default=60.0, gt=0, description="On worker shutdown, time the child "
+                                          "gets to checkpoint before it is killed and its job requeued.")
+    fault_injection: dict[str, Any] | None = Field(default=None, description="Tests only, e.g. {\"oom_at_step\": 2}: "
+                                                   "passed to training children to fake a failure.")
     train_python: str | None = Field(default=None, description="Interpreter for training children; default: ours.")
 
     @field_validator("base_models", mode="before")
@@ -73,6 +77,8 @@ class Settings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> Settings:
         if self.environment == "production" and self.database_url == DEV_DATABASE_URL:
             raise ValueError("TUNEQUEUE_DATABASE_URL must be set explicitly in production")
+        if self.environment == "production" and self.fault_injection:
+            raise ValueError("TUNEQUEUE_FAULT_INJECTION is for tests; unset it in production")
         return self
 
     @property

@@ -118,8 +118,9 @@ class MaintenanceLoop(threading.Thread):
         self.stopped.set()
 
 
-def requeue_for_shutdown(job_id: str, attempt: int, reason: str) -> bool:
-    """A worker that is shutting down hands its job back at once instead of waiting for the lease to expire."""
+def requeue(job_id: str, attempt: int, reason: str) -> bool:
+    """The owner hands its job back at once (shutting down, or its child was killed from outside) instead of
+    waiting for the lease to expire. The next claim makes attempt + 1 and resumes from the newest checkpoint."""
     with session_scope() as session:
         row = session.execute(
             update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running",
@@ -130,6 +131,6 @@ def requeue_for_shutdown(job_id: str, attempt: int, reason: str) -> bool:
             return False
         state.add_event(session, job_id, f"Requeued: {reason}; the next attempt resumes from the newest checkpoint",
                         tenant_id=row.tenant_id, type="state", level="warning",
-                        data={"status": "queued", "reason": "worker_shutdown"}, attempt=attempt)
+                        data={"status": "queued", "reason": reason}, attempt=attempt)
     enqueue_run(job_id)
     return True

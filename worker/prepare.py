@@ -1,20 +1,25 @@
-"""Lay out a job's working folder for its training child: job.json and the training data normalised to chat
-JSONL. Everything the child needs is in that folder, so the child needs no database or broker."""
+"""Lay out a job's working folder for its training child: job.json, the training data normalised for its stage,
+and — when there is one — the checkpoint to resume from and the adapter to start from. Everything the child
+needs is in that folder, so the child needs no database or broker."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common import datasets
 from common.artifacts import LocalArtifactStore
-from common.datasets import iter_chat_rows
-from common.models import File, Job
+from common.models import Checkpoint, File, Job, Model
 from common.registry import local_path
 from common.settings import Settings
+from worker.checkpoints import fetch_checkpoint, newest_checkpoint
 
 
 class JobSetupError(Exception):
@@ -23,17 +28,29 @@ class JobSetupError(Exception):
         self.error = {"code": code, "message": message, "param": param}
 
 
-def _write_rows(store: LocalArtifactStore, row: File, dest: Path) -> int:
+@dataclass
+class Prepared:
+    job_dir: Path
+    resumed_from_step: int | None
+
+
+def _rows(path: Path, fmt: str, stage: str) -> Iterator[dict[str, Any]]:
+    stage_rows = getattr(datasets, "iter_stage_rows", None)
+    if stage_rows is not None:
+        return stage_rows(path, fmt, stage)  # type: ignore[no-any-return]
+    return datasets.iter_chat_rows(path, fmt)
+
+
+def _write_rows(store: LocalArtifactStore, row: File, stage: str, dest: Path) -> int:
     count = 0
     with open(dest, "w", encoding="utf-8") as out:
-        for item in iter_chat_rows(store.local_path(row.storage_key), row.format or "chat"):
+        for item in _rows(store.local_path(row.storage_key), row.format or "chat", stage):
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
             count += 1
     return count
 
 
-def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Settings, job: Job,
-                    attempt: int) -> Path:
+def _base_model(settings: Settings, job: Job) -> dict[str, Any]:
     entry = settings.base_models.get(job.base_model)
     if entry is None:
         raise JobSetupError("base_model_unavailable",
@@ -45,34 +62,79 @@ def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Setti
                             f"base model {job.base_model!r} points at {path}, which holds no config.json on this "
                             "worker; build it (`tunequeue dev tiny-model PATH`) or fix TUNEQUEUE_BASE_MODELS",
                             "base_model")
-    job_dir = settings.work_path / job.id / f"attempt-{attempt}"
+    return {"id": job.base_model, "path": str(path) if path else entry.path, "revision": entry.revision,
+            "trust_remote_code": entry.trust_remote_code, "template": entry.template}
+
+
+def _resume_point(session: Session, store: LocalArtifactStore, job: Job, dest: Path) -> tuple[Path | None, int | None]:
+    """The newest checkpoint of this job; else the spec's `resume_from` checkpoint (the tenant's own)."""
+    row = newest_checkpoint(session, job.id)
+    if row is None and job.spec.get("resume_from"):
+        row = session.scalar(select(Checkpoint).where(Checkpoint.id == job.spec["resume_from"],
+                                                      Checkpoint.tenant_id == job.tenant_id))
+        if row is None:
+            raise JobSetupError("invalid_request", f"checkpoint {job.spec['resume_from']} does not exist",
+                                "resume_from")
+    if row is None:
+        return None, None
+    path = fetch_checkpoint(store, row, dest)
+    if path is None:
+        raise JobSetupError("checkpoint_missing", f"checkpoint {row.id} (step {row.step}) is recorded but its "
+                            "files are gone from the artifact store", "resume_from")
+    return path, row.step
+
+
+def _init_adapter(session: Session, store: LocalArtifactStore, job: Job, dest: Path) -> Path | None:
+    model_id = job.spec.get("from_model")
+    if not model_id:
+        return None
+    row = session.scalar(select(Model).where(Model.id == model_id, Model.tenant_id == job.tenant_id,
+                                             Model.deleted_at.is_(None)))
+    if row is None:
+        raise JobSetupError("invalid_request", f"model {model_id!r} does not exist or was deleted", "from_model")
+    for entry in row.manifest["files"]:
+        store.fetch(f"{row.storage_key}/{entry['path']}", dest / entry["path"])
+    return dest
+
+
+def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Settings, job: Job, attempt: int,
+                    *, run: int = 0, overrides: dict[str, Any] | None = None) -> Prepared:
+    """`run` counts in-attempt restarts (OOM retries); `overrides` patch the resolved hyperparameters."""
+    base_model = _base_model(settings, job)
+    job_dir = settings.work_path / job.id / (f"attempt-{attempt}" + (f"-run-{run}" if run else ""))
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job_dir.mkdir(parents=True)
 
+    stage = job.spec.get("stage", "sft")
     train_file = session.get(File, job.training_file_id)
     if train_file is None or not store.exists(train_file.storage_key):
         raise JobSetupError("invalid_training_file", f"training file {job.training_file_id} is missing from the "
                             "artifact store", "training_file")
-    if _write_rows(store, train_file, job_dir / "train.jsonl") == 0:
+    if _write_rows(store, train_file, stage, job_dir / "train.jsonl") == 0:
         raise JobSetupError("invalid_training_file", "the training file has no usable rows", "training_file")
     validation_path = None
     if job.validation_file_id:
         val_file = session.get(File, job.validation_file_id)
         if val_file is not None:
             validation_path = job_dir / "validation.jsonl"
-            _write_rows(store, val_file, validation_path)
+            _write_rows(store, val_file, stage, validation_path)
 
+    resume_dir, resumed_step = _resume_point(session, store, job, job_dir / "resume")
+    init_adapter = _init_adapter(session, store, job, job_dir / "init_adapter")
+    hyperparameters = {**job.spec["resolved_hyperparameters"], **(overrides or {})}
     config: dict[str, Any] = {
         "job_id": job.id,
         "attempt": attempt,
-        "spec": {k: v for k, v in job.spec.items() if k != "resolved_hyperparameters"},
-        "hyperparameters": job.spec["resolved_hyperparameters"],
-        "base_model": {"id": job.base_model, "path": str(path) if path else entry.path, "revision": entry.revision,
-                       "trust_remote_code": entry.trust_remote_code, "template": entry.template},
+        "spec": {k: v for k, v in job.spec.items() if k not in ("resolved_hyperparameters", "token_stats")},
+        "hyperparameters": hyperparameters,
+        "base_model": base_model,
         "training_file": str(job_dir / "train.jsonl"),
         "validation_file": str(validation_path) if validation_path else None,
         "output_dir": str(job_dir / "output"),
+        "resume_from_checkpoint": str(resume_dir) if resume_dir else None,
+        "init_adapter_dir": str(init_adapter) if init_adapter else None,
+        "fault": settings.fault_injection if run == 0 else None,  # a retry must not meet the same fake fault
     }
     (job_dir / "job.json").write_text(json.dumps(config, indent=2))
-    return job_dir
+    return Prepared(job_dir=job_dir, resumed_from_step=resumed_step)

@@ -33,7 +33,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def upload_adapter(store: LocalArtifactStore, job: Job, attempt: int, adapter_dir: Path) -> tuple[str, dict[str, Any]]:
+def upload_adapter(store: LocalArtifactStore, job: Job, attempt: int, adapter_dir: Path,
+                   merged_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
     missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
     if missing:
         raise PublishError(f"the training process produced no {', '.join(missing)} in {adapter_dir}")
@@ -43,8 +44,11 @@ def upload_adapter(store: LocalArtifactStore, job: Job, attempt: int, adapter_di
         path = adapter_dir / name
         store.put_file(f"{key}/{name}", path)
         files.append({"path": name, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
-    manifest = {"model": model_name(job), "base_model": job.base_model, "job_id": job.id, "attempt": attempt,
-                "format": "peft-lora", "files": files}
+    manifest: dict[str, Any] = {"model": model_name(job), "base_model": job.base_model, "job_id": job.id,
+                                "attempt": attempt, "format": "peft-lora", "files": files}
+    if merged_dir is not None and merged_dir.is_dir():
+        merged = store.put_dir(f"{key}/merged", merged_dir)
+        manifest["merged"] = [{**f, "sha256": sha256_of(merged_dir / str(f["path"]))} for f in merged]
     return key, manifest
 
 

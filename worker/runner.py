@@ -1,5 +1,6 @@
 """Run one job, without Celery: claim it (fencing epoch = attempt), train it in a fresh child interpreter,
-heartbeat the lease, relay progress, stop the child on cancel, publish the adapter, record the final state."""
+heartbeat the lease, relay progress and checkpoints, stop the child on cancel, hand the job back on shutdown,
+retry a CUDA OOM at a smaller micro-batch, publish the adapter, record the final state."""
 
 from __future__ import annotations
 
@@ -9,37 +10,73 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from common import state
 from common.artifacts import LocalArtifactStore, get_store
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
+from common.services.events import append_event
 from common.settings import Settings, get_settings
+from worker.checkpoints import JobRelay
+from worker.maintenance import requeue
 from worker.monitor import start_monitor
-from worker.prepare import JobSetupError, prepare_job_dir
+from worker.prepare import JobSetupError, Prepared, prepare_job_dir
 from worker.publish import PublishError, record_model, upload_adapter
-from worker.relay import ChildRelay
 
 log = logging.getLogger("tunequeue.worker")
+T = TypeVar("T")
+
+EXIT_PREEMPTED = 75  # the child saved a checkpoint on SIGUSR1 and left
+MAX_OOM_RETRIES = 3
+SHUTDOWN = threading.Event()  # set by the Celery worker's shutdown signal (worker/celery_app.py)
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _stop_child(proc: subprocess.Popen[str], grace: float) -> None:
+def with_db_retries(fn: Callable[[], T], *, tries: int = 30, delay: float = 2.0) -> T:
+    """Final writes must not be lost to a Postgres restart: retry while the database is away."""
+    for i in range(tries):
+        try:
+            return fn()
+        except OperationalError as exc:
+            if i == tries - 1:
+                raise
+            log.warning("database unavailable (%s); retrying in %.0fs", type(exc).__name__, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _stop_child(proc: subprocess.Popen[str], grace: float, sig: signal.Signals = signal.SIGTERM) -> None:
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel SIGKILLs it if the worker dies, so no orphan keeps the GPU."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the lease + reaper still recover the job
         pass
 
 
@@ -50,18 +87,26 @@ def _spawn(job_dir: Path, settings: Settings) -> subprocess.Popen[str]:
             [settings.train_python or sys.executable, "-m", "worker.train", str(job_dir)],
             stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1, env=env,
             start_new_session=True,  # its own process group: cancel kills it and anything it started
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 — only prctl, async-signal-safe enough
             cwd=Path(__file__).resolve().parent.parent,
         )
 
 
 def _fail(job_id: str, attempt: int, error: dict[str, Any]) -> str:
-    with session_scope() as session:
-        state.finish(session, job_id, attempt, "failed", error=error)
-    return "failed"
+    def write() -> bool:
+        with session_scope() as session:
+            return state.finish(session, job_id, attempt, "failed", error=error)
+
+    return "failed" if with_db_retries(write) else "lost"
+
+
+def _event(job: Job, attempt: int, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
+    with session_scope() as session:  # under the job's row lock, and only while this attempt owns it
+        append_event(session, job.id, attempt, message, level=level, data=data)
 
 
 def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactStore | None = None) -> str:
-    """Returns the outcome: succeeded, failed, cancelled, not_claimed or lost (another owner took over)."""
+    """Returns the outcome: succeeded, failed, cancelled, requeued, not_claimed or lost."""
     settings = settings or get_settings()
     store = store or get_store()
     with session_scope() as session:
@@ -70,45 +115,98 @@ def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactS
         log.info("job %s is not claimable (already taken, cancelled or finished); acking", job_id)
         return "not_claimed"
     log.info("claimed %s as attempt %d", job_id, attempt)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+    hp = job.spec["resolved_hyperparameters"]
+    overrides: dict[str, Any] = {}
+    micro = int(hp.get("micro_batch_size") or hp["batch_size"])
+    accumulation = int(hp.get("gradient_accumulation_steps") or 1)
+    for run in range(MAX_OOM_RETRIES + 1):
+        outcome, error = _train_once(job, attempt, settings, store, run, overrides)
+        if error is None:
+            return outcome
+        can_shrink = job.spec.get("hyperparameters", {}).get("batch_size") == "auto" and micro > 1
+        if error["code"] == "cuda_oom" and can_shrink and run < MAX_OOM_RETRIES:
+            micro, accumulation = micro // 2, accumulation * 2
+            overrides = {"micro_batch_size": micro, "gradient_accumulation_steps": accumulation}
+            _event(job, attempt, f"CUDA out of memory; batch_size is auto, so retrying with micro-batch {micro} × "
+                   f"{accumulation} accumulation steps from the newest checkpoint", level="warning",
+                   data={"micro_batch_size": micro, "gradient_accumulation_steps": accumulation})
+            continue
+        return _fail(job_id, attempt, error)
+    raise AssertionError("unreachable")
+
+
+def _train_once(job: Job, attempt: int, settings: Settings, store: LocalArtifactStore, run: int,
+                overrides: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """One child from spawn to exit. Returns (outcome, None) when decided, or ('failed', error) to decide."""
     try:
         with session_scope() as session:
-            job = session.get_one(Job, job_id)
-            job_dir = prepare_job_dir(session, store, settings, job, attempt)
+            prepared = prepare_job_dir(session, store, settings, job, attempt, run=run, overrides=overrides)
     except JobSetupError as exc:
-        return _fail(job_id, attempt, exc.error)
+        return "failed", exc.error
     except Exception as exc:
-        log.exception("preparing %s failed", job_id)
-        return _fail(job_id, attempt, {"code": "worker_error", "message": f"{type(exc).__name__}: {exc}",
-                                       "param": None})
+        log.exception("preparing %s failed", job.id)
+        return "failed", {"code": "worker_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+    if prepared.resumed_from_step is not None:
+        _event(job, attempt, f"Resuming from the checkpoint at step {prepared.resumed_from_step}",
+               data={"resumed_from_step": prepared.resumed_from_step})
 
-    proc = _spawn(job_dir, settings)
-    relay = ChildRelay(proc, job, attempt, settings)
+    proc = _spawn(prepared.job_dir, settings)
+    relay = JobRelay(proc, job, attempt, settings, store=store)
     relay.start()
     monitor = start_monitor(job, attempt, proc.pid, settings)
     try:
-        outcome = _supervise(proc, job_id, attempt, settings)
+        outcome = _supervise(proc, job.id, attempt, settings)
     finally:
         monitor.stop()
-    relay.join(timeout=30)
+    relay.join(timeout=300)  # a last checkpoint may still be uploading
     if outcome in ("lost", "cancelled"):
-        return outcome
+        return outcome, None
+    if outcome == "preempted" or proc.returncode == EXIT_PREEMPTED:
+        return _requeue(job, attempt, settings, "the worker is shutting down"), None
     if proc.returncode == 0 and relay.result is not None:
-        return _publish(job, attempt, Path(relay.result["adapter_dir"]), relay.result, store)
-    error = relay.error or _exit_error(proc.returncode, job_dir)
-    return _fail(job_id, attempt, error)
+        return _publish(job, attempt, relay.result, store), None
+    if relay.error is None and proc.returncode is not None and proc.returncode < 0:
+        # Killed from outside (the OOM killer, an operator): not the job's fault; try again from a checkpoint.
+        name = signal.Signals(-proc.returncode).name
+        if attempt < settings.max_attempts:
+            return _requeue(job, attempt, settings, f"the training process was killed by {name}"), None
+        code = "host_oom" if name == "SIGKILL" else "worker_lost"
+        hint = " (most often the host's out-of-memory killer: lower batch_size or max_seq_length)" \
+            if code == "host_oom" else ""
+        return "failed", {"code": code, "param": None,
+                          "message": f"the training process was killed by {name}{hint}, {attempt} times"}
+    return "failed", relay.error or _exit_error(proc.returncode, prepared.job_dir)
+
+
+def _requeue(job: Job, attempt: int, settings: Settings, reason: str) -> str:
+    done = with_db_retries(lambda: requeue(job.id, attempt, reason))
+    return "requeued" if done else "lost"
 
 
 def _supervise(proc: subprocess.Popen[str], job_id: str, attempt: int, settings: Settings) -> str:
-    """Heartbeat until the child exits. Returns 'exited', 'cancelled' or 'lost'."""
+    """Watch the child until it exits. Returns 'exited', 'cancelled', 'preempted' or 'lost'."""
+    last_beat = time.monotonic()
     while True:
         try:
-            proc.wait(timeout=settings.heartbeat_seconds)
+            proc.wait(timeout=settings.cancel_poll_seconds)
             return "exited"
         except subprocess.TimeoutExpired:
             pass
+        if SHUTDOWN.is_set():
+            log.warning("worker shutting down: asking %s to checkpoint and stop", job_id)
+            _stop_child(proc, settings.shutdown_grace_seconds, signal.SIGUSR1)
+            return "exited" if proc.returncode == 0 else "preempted"
         try:
             with session_scope() as session:
-                owner, cancel = state.heartbeat(session, job_id, attempt, lease_seconds=settings.lease_seconds)
+                if time.monotonic() - last_beat >= settings.heartbeat_seconds:
+                    owner, cancel = state.heartbeat(session, job_id, attempt, lease_seconds=settings.lease_seconds)
+                    last_beat = time.monotonic()
+                else:
+                    row = session.execute(select(Job.attempt, Job.status, Job.cancel_requested)
+                                          .where(Job.id == job_id)).one()
+                    owner, cancel = (row.attempt == attempt and row.status == "running"), row.cancel_requested
         except Exception as exc:  # Postgres blip: keep training; the lease has slack for a few misses
             log.warning("heartbeat for %s failed: %s", job_id, exc)
             continue
@@ -118,8 +216,12 @@ def _supervise(proc: subprocess.Popen[str], job_id: str, attempt: int, settings:
             return "lost"
         if cancel:
             _stop_child(proc, settings.cancel_grace_seconds)
-            with session_scope() as session:
-                state.finish(session, job_id, attempt, "cancelled")
+
+            def finish_cancelled() -> bool:
+                with session_scope() as session:
+                    return state.finish(session, job_id, attempt, "cancelled")
+
+            with_db_retries(finish_cancelled)
             return "cancelled"
 
 
@@ -128,36 +230,38 @@ def _exit_error(returncode: int | None, job_dir: Path) -> dict[str, Any]:
     log_path = job_dir / "child.log"
     if log_path.exists():
         tail = log_path.read_text(errors="replace")[-800:].strip()
-    if returncode is not None and returncode < 0:
-        name = signal.Signals(-returncode).name
-        message = f"the training process was killed by {name}"
-        code = "host_oom" if name == "SIGKILL" else "worker_lost"
-        if code == "host_oom":
-            message += " (most often the host's out-of-memory killer: lower batch_size or max_seq_length)"
-        return {"code": code, "message": message, "param": None}
     return {"code": "training_error", "message": f"the training process exited with code {returncode}: {tail}",
             "param": None}
 
 
-def _publish(job: Job, attempt: int, adapter_dir: Path, result: dict[str, Any], store: LocalArtifactStore) -> str:
+def _publish(job: Job, attempt: int, result: dict[str, Any], store: LocalArtifactStore) -> str:
     try:
-        key, manifest = upload_adapter(store, job, attempt, adapter_dir)
+        key, manifest = upload_adapter(store, job, attempt, Path(result["adapter_dir"]),
+                                       merged_dir=Path(result["merged_dir"]) if result.get("merged_dir") else None)
     except PublishError as exc:
         return _fail(job.id, attempt, {"code": "publish_failed", "message": str(exc), "param": None})
-    manifest["training"] = {k: result.get(k) for k in ("first_loss", "last_loss", "train_loss", "trained_tokens",
-                                                        "steps")}
-    with session_scope() as session:
-        row = record_model(session, job, attempt, key, manifest)
-        if row is None:
+    manifest["training"] = {k: result.get(k) for k in ("stage", "first_loss", "last_loss", "train_loss",
+                                                        "trained_tokens", "steps")}
+
+    def write() -> tuple[Any, bool]:
+        with session_scope() as session:
+            row = record_model(session, job, attempt, key, manifest)
+            if row is not None:
+                return row, False
             session.rollback()
             # Refused: either a cancel arrived as training ended, or another owner took the job over.
-            cancelled = state.finish(session, job.id, attempt, "cancelled")
+            return None, state.finish(session, job.id, attempt, "cancelled")
+
+    row, cancelled = with_db_retries(write)
     if row is None:
         store.delete_prefix(key)
         return "cancelled" if cancelled else "lost"
     try:
         ProgressChannel().publish_model({"event": "published", "model": row.id, "tenant_id": job.tenant_id,
                                          "base_model": job.base_model, "storage_key": key})
-    except Exception as exc:  # serve also reloads from Postgres on a miss
+    except Exception as exc:  # serve also finds new adapters in Postgres on a miss
         log.warning("could not announce %s on Redis: %s", row.id, exc)
     return "succeeded"
+
+
+__all__ = ["SHUTDOWN", "Prepared", "run_job"]

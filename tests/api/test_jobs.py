@@ -73,8 +73,10 @@ def test_unknown_base_model_lists_registered(client, tenant, good_file) -> None:
     assert "tiny-llama" in err["message"]
 
 
-def test_stage_not_available_yet(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
-    assert_error(post_job(client, tenant[1], spec(good_file, stage="dpo")), 400, "unsupported_stage", "stage")
+def test_file_that_cannot_feed_the_stage(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
+    err = assert_error(post_job(client, tenant[1], spec(good_file, stage="dpo", method={"type": "lora"})), 400,
+                       "invalid_training_file", "training_file")
+    assert "dpo" in err["message"] and "chat" in err["message"]
 
 
 def test_file_with_errors_is_refused(client, tenant) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,92 @@
+"""Checkpoints: the child writes one every `save_steps` and says so; the parent uploads it to the artifact store
+under an attempt-scoped key and records a `checkpoints` row — only while it still owns the job. A later attempt
+(after a crash, a requeue, a shutdown or an OOM retry) resumes from the newest one."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import state
+from common.artifacts import LocalArtifactStore
+from common.db import session_scope
+from common.ids import new_id
+from common.models import Checkpoint, Job
+from common.settings import Settings
+from worker.relay import ChildRelay, ProgressRelay
+
+log = logging.getLogger("tunequeue.worker")
+
+
+def checkpoint_key(job: Job, attempt: int, step: int) -> str:
+    return f"checkpoints/{job.tenant_id}/{job.id}/attempt-{attempt}/step-{step}"
+
+
+def record_checkpoint(session: Session, job: Job, attempt: int, step: int, key: str,
+                      metrics: dict[str, Any]) -> Checkpoint | None:
+    """Insert the row if `attempt` still owns the running job (row lock: no reaper can requeue in between)."""
+    owner = session.scalar(select(Job.id).where(Job.id == job.id, Job.attempt == attempt, Job.status == "running")
+                           .with_for_update())
+    if owner is None:
+        return None
+    row = Checkpoint(id=new_id("ftckpt"), job_id=job.id, tenant_id=job.tenant_id, step=step, metrics=metrics,
+                     storage_key=key, attempt=attempt)
+    session.add(row)
+    loss = metrics.get("train_loss")
+    state.add_event(session, job, f"Checkpoint at step {step}" + (f" (train loss {loss:.4f})" if loss else ""),
+                    type="checkpoint", data={"checkpoint_id": row.id, "step": step, "metrics": metrics},
+                    attempt=attempt)
+    session.flush()
+    return row
+
+
+def newest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    return session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                          .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1))
+
+
+def fetch_checkpoint(store: LocalArtifactStore, row: Checkpoint, dest: Path) -> Path | None:
+    if not store.list_prefix(row.storage_key):
+        return None
+    if dest.exists():
+        shutil.rmtree(dest)
+    return store.fetch_dir(row.storage_key, dest)
+
+
+class CheckpointingRelay(ProgressRelay):
+    """The progress relay, plus checkpoint events: upload, record (fenced), then free the local copy."""
+
+    def __init__(self, job: Job, attempt: int, settings: Settings, store: LocalArtifactStore) -> None:
+        super().__init__(job.id, job.tenant_id, attempt, settings)
+        self.job, self.store = job, store
+        self.checkpoints: list[int] = []
+
+    def handle(self, event: dict[str, Any]) -> None:
+        if event.get("type") != "checkpoint":
+            super().handle(event)
+            return
+        step, path = int(event["step"]), Path(event["path"])
+        key = checkpoint_key(self.job, self.attempt, step)
+        self.store.put_dir(key, path)
+        with session_scope() as session:
+            row = record_checkpoint(session, self.job, self.attempt, step, key, event.get("metrics") or {})
+        if row is None:
+            self.store.delete_prefix(key)
+            log.warning("checkpoint %d of %s not recorded: attempt %d no longer owns the job", step, self.job.id,
+                        self.attempt)
+            return
+        self.checkpoints.append(step)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class JobRelay(ChildRelay):
+    def __init__(self, proc: subprocess.Popen[str], job: Job, attempt: int, settings: Settings, *,
+                 store: LocalArtifactStore) -> None:
+        super().__init__(proc, job, attempt, settings)
+        self.relay = CheckpointingRelay(job, attempt, settings, store)
