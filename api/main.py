@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from api import errors
-from api.routes import files, health, jobs, models
+from api import errors, metrics
+from api.routes import files, health, inference, jobs, models, openai_jobs, workers
 from common.settings import get_settings
 
 UPLOAD_PATHS = ("/files", "/v1/files")
@@ -37,8 +37,14 @@ def create_app() -> FastAPI:
                     "type": "invalid_request_error", "param": "file", "code": "file_too_large"}})
         return await call_next(request)
 
-    for router in (health.router, files.router, jobs.router, models.router):
+    for router in (health.router, files.router, jobs.router, models.router, workers.router, metrics.router):
         app.include_router(router)
+    # The OpenAI-compatible surface: the same routers under /v1, and OpenAI's own job-create body first.
+    app.include_router(openai_jobs.router)
+    app.include_router(inference.router)
+    app.include_router(jobs.router, prefix="/v1/fine_tuning", include_in_schema=False)
+    app.include_router(files.router, prefix="/v1", include_in_schema=False)
+    app.add_middleware(metrics.HttpMetricsMiddleware)
     return app
 
 

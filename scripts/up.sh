@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# `make up`: database + migrations + demo model + dev key, then the API and one worker in the foreground.
+# `make up`: database + migrations + demo model + dev key, then the API, the workers and the inference server
+# (serve) in the foreground.
 # Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export TUNEQUEUE_PORT="${TUNEQUEUE_PORT:-8000}"
 export TUNEQUEUE_HOST="${TUNEQUEUE_HOST:-127.0.0.1}"
+export TUNEQUEUE_SERVE_PORT="${TUNEQUEUE_SERVE_PORT:-8001}"
+export TUNEQUEUE_SERVE_URL="${TUNEQUEUE_SERVE_URL:-http://127.0.0.1:$TUNEQUEUE_SERVE_PORT}"
 mkdir -p var
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
@@ -29,13 +32,17 @@ pids+=($!)
 # New jobs have their files tokenised and checked on a CPU queue of their own, so they never wait behind training.
 "$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "validate@%h" -Q tunequeue.validate &
 pids+=($!)
+# Inference: base models loaded once, adapters hot-loaded; the API forwards /v1/chat/completions to it.
+"$BIN/python" -m worker.serve &
+pids+=($!)
 
 cat <<MSG
 
 TuneQueue is starting on http://$TUNEQUEUE_HOST:$TUNEQUEUE_PORT  (docs: /docs)
   API key: $(cat var/dev-api-key)   (saved in var/dev-api-key)
   base model: tiny-llama (var/models/tiny-llama)
-Ctrl-C stops the API and the worker.
+  inference: $TUNEQUEUE_SERVE_URL (internal; chat through the API's /v1/chat/completions)
+Ctrl-C stops the API, the workers and the inference server.
 
 MSG
 wait -n

@@ -1,21 +1,33 @@
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from api.deps import CurrentCaller, SessionDep, SettingsDep, StoreDep
 from common.errors import NotFound
+from common.progress import ProgressChannel
 from common.schemas.common import ListPage
-from common.schemas.models import ModelPublic
 from common.services import models as service
+from common.services.models import ModelObject
 
 router = APIRouter(tags=["models"])
+log = logging.getLogger("tunequeue.api")
 
 
-@router.get("/v1/models", response_model=ListPage[ModelPublic])
-@router.get("/models", response_model=ListPage[ModelPublic], include_in_schema=False)
-def list_models(caller: CurrentCaller, session: SessionDep, settings: SettingsDep) -> ListPage[ModelPublic]:
-    data = service.list_models(session, settings, caller.tenant_id)
+class ModelDeleted(BaseModel):
+    id: str
+    object: str = "model"
+    deleted: bool = True
+
+
+@router.get("/v1/models", response_model=ListPage[ModelObject])
+@router.get("/models", response_model=ListPage[ModelObject], include_in_schema=False)
+def list_models(caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
+                store: StoreDep) -> ListPage[ModelObject]:
+    data = service.list_models(session, settings, caller.tenant_id, store)
     return ListPage(data=data, has_more=False)
 
 
@@ -36,14 +48,29 @@ def download_adapter(model_id: str, caller: CurrentCaller, session: SessionDep,
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelPublic)
-@router.get("/models/{model_id}", response_model=ModelPublic, include_in_schema=False)
-def get_model(model_id: str, caller: CurrentCaller, session: SessionDep, settings: SettingsDep) -> ModelPublic:
+@router.get("/v1/models/{model_id}", response_model=ModelObject)
+@router.get("/models/{model_id}", response_model=ModelObject, include_in_schema=False)
+def get_model(model_id: str, caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
+              store: StoreDep) -> ModelObject:
     for base in service.base_models(settings):
         if base.id == model_id:
             return base
     try:
-        return service.adapter_public(service.get_adapter(session, caller.tenant_id, model_id))
+        return service.adapter_public(service.get_adapter(session, caller.tenant_id, model_id), store)
     except NotFound:
-        raise NotFound(f"The model {model_id!r} does not exist or you do not have access to it.", param="model",
-                       code="model_not_found") from None
+        raise service.model_not_found(model_id) from None
+
+
+@router.delete("/v1/models/{model_id}", response_model=ModelDeleted)
+@router.delete("/models/{model_id}", response_model=ModelDeleted, include_in_schema=False)
+def delete_model(model_id: str, caller: CurrentCaller, session: SessionDep, settings: SettingsDep) -> ModelDeleted:
+    """Delete one of your fine-tuned models: it leaves /v1/models and `serve` unloads it at once. The job keeps
+    its record; the files stay in the artifact store."""
+    row = service.delete_adapter(session, settings, caller.tenant_id, model_id)
+    session.commit()  # tell serve only what is durable
+    try:
+        ProgressChannel().publish_model({"event": "deleted", "model": row.id, "tenant_id": row.tenant_id,
+                                         "base_model": row.base_model, "storage_key": row.storage_key})
+    except Exception as exc:  # serve also refuses it through the API's own check, and reloads from Postgres
+        log.warning("could not announce the deletion of %s on Redis: %s", row.id, exc)
+    return ModelDeleted(id=row.id)

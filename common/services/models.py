@@ -1,4 +1,4 @@
-"""Models a tenant can use: the registered base models and its own published adapters."""
+"""Models a tenant can use: the registered base models and its own published adapters (and their checkpoints)."""
 
 from __future__ import annotations
 
@@ -6,39 +6,107 @@ import io
 import json
 import tarfile
 import tempfile
-from typing import IO
+from typing import IO, Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.artifacts import LocalArtifactStore
-from common.errors import NotFound
-from common.models import Model
+from common.artifacts import ArtifactStore, LocalArtifactStore
+from common.errors import NotFound, PermissionDenied
+from common.models import Checkpoint, Model
+from common.models.base import utcnow
 from common.registry import local_path
 from common.schemas.common import unix
 from common.schemas.models import ModelPublic
 from common.settings import Settings
 
+# vLLM's default `--max-lora-rank`; an operator who starts vLLM with a larger one serves larger ranks.
+VLLM_MAX_LORA_RANK = 16
+# LoRA variants vLLM's LoRA kernels do not run (its loader refuses them or would silently differ).
+_VLLM_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases",
+                     "fan_in_fan_out": "fan_in_fan_out layers", "layer_replication": "layer replication",
+                     "trainable_token_indices": "trainable tokens", "target_parameters": "target_parameters",
+                     "alora_invocation_tokens": "aLoRA"}
 
-def base_models(settings: Settings) -> list[ModelPublic]:
+
+class VllmCompatibility(BaseModel):
+    """Whether a vLLM server started with `--enable-lora --max-lora-rank N` can load this adapter."""
+
+    compatible: bool
+    lora_rank: int | None = Field(description="The largest rank of the adapter's LoRA layers.")
+    max_lora_rank: int = Field(description="The vLLM --max-lora-rank the check assumed (vLLM's default).")
+    modules_to_save: list[str] | None = None
+    problems: list[str] = Field(default_factory=list, description="Why vLLM cannot load it, fix by fix.")
+
+
+class ModelObject(ModelPublic):
+    """The model object with its serving notes. `vllm` is null for base models and unreadable adapters."""
+
+    vllm: VllmCompatibility | None = None
+
+
+def vllm_compatibility(config: dict[str, Any], max_lora_rank: int = VLLM_MAX_LORA_RANK) -> VllmCompatibility:
+    ranks = [int(config.get("r") or 0), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
+    rank = max(ranks) or None
+    problems = []
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type is {config.get('peft_type')}; vLLM serves LoRA adapters only")
+    if rank is not None and rank > max_lora_rank:
+        problems.append(f"LoRA rank {rank} is above --max-lora-rank {max_lora_rank}: start vLLM with "
+                        f"--max-lora-rank {rank} or more, or train with lora.r ≤ {max_lora_rank}")
+    modules = config.get("modules_to_save") or None
+    if modules:
+        problems.append(f"modules_to_save {modules} replaces whole modules, which vLLM's LoRA loader refuses")
+    if config.get("bias", "none") != "none":
+        problems.append(f"bias={config['bias']!r} trains base-model biases, which vLLM does not load")
+    problems += [f"{label} is not supported by vLLM's LoRA kernels"
+                 for key, label in _VLLM_UNSUPPORTED.items() if config.get(key)]
+    return VllmCompatibility(compatible=not problems, lora_rank=rank, max_lora_rank=max_lora_rank,
+                             modules_to_save=list(modules) if modules else None, problems=problems)
+
+
+_CONFIG_CACHE: dict[str, dict[str, Any] | None] = {}
+_CONFIG_CACHE_SIZE = 4096
+
+
+def adapter_config(store: ArtifactStore, storage_key: str) -> dict[str, Any] | None:
+    """The adapter's adapter_config.json; None if unreadable. Published adapters never change under their key,
+    so each is read once per process."""
+    if storage_key not in _CONFIG_CACHE:
+        try:
+            with store.open(f"{storage_key}/adapter_config.json") as fh:
+                config = json.loads(fh.read())
+        except (OSError, ValueError):
+            return None
+        if len(_CONFIG_CACHE) >= _CONFIG_CACHE_SIZE:
+            _CONFIG_CACHE.pop(next(iter(_CONFIG_CACHE)))
+        _CONFIG_CACHE[storage_key] = config if isinstance(config, dict) else None
+    return _CONFIG_CACHE[storage_key]
+
+
+def base_models(settings: Settings) -> list[ModelObject]:
     out = []
     for model_id, entry in sorted(settings.base_models.items()):
         path = local_path(entry)
-        out.append(ModelPublic(id=model_id, created=0, owned_by="tunequeue", kind="base", root=model_id,
+        out.append(ModelObject(id=model_id, created=0, owned_by="tunequeue", kind="base", root=model_id,
                                available=path is None or (path / "config.json").is_file()))
     return out
 
 
-def adapter_public(row: Model) -> ModelPublic:
-    return ModelPublic(id=row.id, created=unix(row.created_at) or 0, owned_by=row.tenant_id, parent=row.base_model,
-                       root=row.base_model, job_id=row.job_id, kind="adapter", manifest=row.manifest)
+def adapter_public(row: Model, store: ArtifactStore | None = None) -> ModelObject:
+    config = adapter_config(store, row.storage_key) if store is not None else None
+    return ModelObject(id=row.id, created=unix(row.created_at) or 0, owned_by=row.tenant_id, parent=row.base_model,
+                       root=row.base_model, job_id=row.job_id, kind="adapter", manifest=row.manifest,
+                       vllm=vllm_compatibility(config) if config is not None else None)
 
 
-def list_models(session: Session, settings: Settings, tenant_id: str) -> list[ModelPublic]:
+def list_models(session: Session, settings: Settings, tenant_id: str,
+                store: ArtifactStore | None = None) -> list[ModelObject]:
     adapters = session.scalars(
         select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None)).order_by(Model.created_at.desc())
     )
-    return base_models(settings) + [adapter_public(row) for row in adapters]
+    return base_models(settings) + [adapter_public(row, store) for row in adapters]
 
 
 def get_adapter(session: Session, tenant_id: str, model_id: str) -> Model:
@@ -47,6 +115,41 @@ def get_adapter(session: Session, tenant_id: str, model_id: str) -> Model:
     )
     if row is None:
         raise NotFound(f"no fine-tuned model with id {model_id!r}", param="model", code="model_not_found")
+    return row
+
+
+def model_not_found(model_id: str) -> NotFound:
+    return NotFound(f"The model {model_id!r} does not exist or you do not have access to it.", param="model",
+                    code="model_not_found")
+
+
+def check_usable(session: Session, settings: Settings, tenant_id: str, model_id: str) -> None:
+    """May this tenant run inference on `model_id`: a registered base model, one of its own non-deleted adapters,
+    or a checkpoint of one of its own jobs. Otherwise 404 model_not_found (never 403)."""
+    if model_id in settings.base_models:
+        return
+    if model_id.startswith("ftckpt-"):
+        owned = session.scalar(select(Checkpoint.id).where(Checkpoint.id == model_id,
+                                                           Checkpoint.tenant_id == tenant_id))
+    else:
+        owned = session.scalar(select(Model.id).where(Model.id == model_id, Model.tenant_id == tenant_id,
+                                                      Model.deleted_at.is_(None)))
+    if owned is None:
+        raise model_not_found(model_id)
+
+
+def delete_adapter(session: Session, settings: Settings, tenant_id: str, model_id: str) -> Model:
+    """Soft delete: `deleted_at` is set, the row and files stay (the job still names it). The caller commits,
+    then tells `serve` (common.progress.ProgressChannel.publish_model) — never before the commit."""
+    if model_id in settings.base_models:
+        raise PermissionDenied(f"{model_id} is a base model, registered by the operator (TUNEQUEUE_BASE_MODELS); "
+                               "only fine-tuned models can be deleted", code="cannot_delete_base_model")
+    row = session.scalar(select(Model).where(Model.id == model_id, Model.tenant_id == tenant_id,
+                                             Model.deleted_at.is_(None)).with_for_update())
+    if row is None:
+        raise model_not_found(model_id)
+    row.deleted_at = utcnow()
+    session.flush()
     return row
 
 

@@ -584,8 +584,9 @@ def test_api_port_healthcheck_and_command_agree() -> None:
 
 
 def test_api_reaches_serve_on_its_port() -> None:
-    serve_port = env_of("serve")["TUNEQUEUE_PORT"]
-    assert env_of("serve").get("TUNEQUEUE_HOST") == "0.0.0.0"
+    # `python -m worker.serve` binds serve_host:serve_port (common.settings), not the API's host/port.
+    serve_port = env_of("serve")["TUNEQUEUE_SERVE_PORT"]
+    assert env_of("serve").get("TUNEQUEUE_SERVE_HOST") == "0.0.0.0"
     exposed = [str(p).split("/")[0] for p in service("serve").get("expose", [])]
     exposed += [str(p).rsplit(":", 1)[-1] for p in service("serve").get("ports", [])]
     assert serve_port in exposed

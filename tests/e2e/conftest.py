@@ -1,4 +1,5 @@
-"""Real processes: uvicorn and a Celery worker as subprocesses, on their own queue, over the real Postgres/Redis."""
+"""Real processes: uvicorn, a Celery worker and the inference server (`python -m worker.serve`) as subprocesses,
+on their own queue and ports, over the real Postgres/Redis."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class LiveService:
     queue: str
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]]
+    serve_url: str = ""
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}"
@@ -57,16 +59,21 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def live_service(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     log_dir = tmp_path_factory.mktemp("service-logs")
-    port = free_port()
+    port, serve_port = free_port(), free_port()
     queue = f"tunequeue.e2e.{secrets.token_hex(4)}"
-    env = {**os.environ, "TUNEQUEUE_CELERY_QUEUE": queue, "TUNEQUEUE_PORT": str(port)}
+    env = {**os.environ, "TUNEQUEUE_CELERY_QUEUE": queue, "TUNEQUEUE_VALIDATE_QUEUE": f"{queue}.validate",
+           "TUNEQUEUE_PORT": str(port), "TUNEQUEUE_SERVE_HOST": "127.0.0.1", "TUNEQUEUE_SERVE_PORT": str(serve_port),
+           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}"}
     procs = {
         "api": _start("api", [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
                       env, log_dir),
         "worker": _start("worker", [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-                                    "--concurrency", "1", "-Q", queue, "--hostname", f"test-{queue}@%h"], env, log_dir),
+                                    "--concurrency", "1", "-Q", f"{queue},{queue}.validate",
+                                    "--hostname", f"test-{queue}@%h"], env, log_dir),
+        "serve": _start("serve", [sys.executable, "-m", "worker.serve"], env, log_dir),
     }
-    service = LiveService(url=f"http://127.0.0.1:{port}", queue=queue, log_dir=log_dir, procs=procs)
+    service = LiveService(url=f"http://127.0.0.1:{port}", queue=queue, log_dir=log_dir, procs=procs,
+                          serve_url=f"http://127.0.0.1:{serve_port}")
     try:
         _wait_ready(service)
         yield service
@@ -75,12 +82,12 @@ def live_service(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             _stop(proc)
         from common.progress import get_redis
 
-        get_redis().delete(queue)
+        get_redis().delete(queue, f"{queue}.validate")
 
 
 def _wait_ready(service: LiveService, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    api_ok = worker_ok = False
+    api_ok = worker_ok = serve_ok = False
     while time.monotonic() < deadline:
         for name, proc in service.procs.items():
             if proc.poll() is not None:
@@ -89,7 +96,11 @@ def _wait_ready(service: LiveService, timeout: float = 60) -> None:
             with contextlib.suppress(httpx.HTTPError):
                 api_ok = httpx.get(f"{service.url}/healthz", timeout=2).status_code == 200
         worker_ok = worker_ok or "ready." in (service.log_dir / "worker.log").read_text(errors="replace")
-        if api_ok and worker_ok:
+        if not serve_ok and service.serve_url:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                # Ready once it listens on tunequeue:models, so that no publication is missed.
+                serve_ok = httpx.get(f"{service.serve_url}/status", timeout=2).json().get("listening") is True
+        if api_ok and worker_ok and (serve_ok or not service.serve_url):
             return
         time.sleep(0.3)
     raise RuntimeError(f"service not ready in {timeout}s:\n{service.logs()}")

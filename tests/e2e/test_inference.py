@@ -1,0 +1,179 @@
+"""Inference end to end, with the official `openai` package as the client: the API (auth, tenancy, validation)
+forwarding to the real `serve` process, an adapter trained by the real worker, another published the way the
+worker publishes, both answering at once."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import LiveService
+from tests.e2e.test_walkthrough import wait_for
+from tests.factories import chat_rows, jsonl, make_job_row, make_tenant, spec
+from tests.serve.adapters import train_phrase_adapter
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
+    # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model; not ours
+    "ignore:.*is_gradient_checkpointing.*:FutureWarning")]
+
+PHRASE = "Tangerine lighthouse at dawn."
+QUESTION = chat_rows(1, answer=PHRASE)[0]["messages"][:2]  # the system and user turns it was trained on
+OTHER_PHRASE = "Blue marble rolling home."
+OTHER_QUESTION = [{"role": "user", "content": "Where does the marble roll?"}]
+
+
+def publish_like_the_worker(tenant_id: str, adapter_dir: Path) -> str:
+    """A finished job's adapter through worker.publish (files + manifest, models row, Redis message)."""
+    from common.artifacts import get_store
+    from common.db import session_scope
+    from common.models import Job
+    from common.progress import ProgressChannel
+    from worker.publish import record_model, upload_adapter
+
+    job_id = make_job_row(tenant_id, status="running")
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        key, manifest = upload_adapter(get_store(), job, 0, adapter_dir)
+        row = record_model(session, job, 0, key, manifest)
+        assert row is not None
+        model_id = row.id
+    ProgressChannel().publish_model({"event": "published", "model": model_id, "tenant_id": tenant_id,
+                                     "base_model": "tiny-llama", "storage_key": key})
+    return model_id
+
+
+def ask(client: openai.OpenAI, model: str, messages: list[dict[str, str]], **kw: Any) -> str:
+    params: dict[str, Any] = {"temperature": 0, "max_tokens": 24, **kw}
+    reply = client.chat.completions.create(model=model, messages=messages, **params)  # type: ignore[arg-type]
+    return reply.choices[0].message.content or ""
+
+
+def serve_adapters(service: LiveService) -> list[str]:
+    bases = httpx.get(f"{service.serve_url}/status", timeout=5).json()["bases"]
+    return [a for base in bases.values() for a in base["adapters"]]
+
+
+def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveService, tiny_model: Path,
+                                                         tmp_path: Path) -> None:
+    tenant_id, key = make_tenant()
+    http = httpx.Client(base_url=live_service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    upload = http.post("/files", files={"file": ("train.jsonl", io.BytesIO(jsonl(chat_rows(16, answer=PHRASE))))},
+                       data={"purpose": "fine-tune"})
+    assert upload.status_code == 200, upload.text
+    job = http.post("/jobs", json=spec(upload.json()["id"])).json()
+    assert job["status"] in {"validating_files", "queued"}, job
+
+    # While the worker trains, a second adapter (trained here in-process) is published as the worker would.
+    other = publish_like_the_worker(
+        tenant_id, train_phrase_adapter(tiny_model, tmp_path / "other", OTHER_QUESTION, OTHER_PHRASE))
+    client = openai.OpenAI(base_url=f"{live_service.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+    done = wait_for(http, job["id"], {"succeeded", "failed", "cancelled"}, live_service)
+    succeeded_at = time.monotonic()
+    assert done["status"] == "succeeded", f"{done}\n{live_service.logs()}"
+    tuned = done["fine_tuned_model"]
+    stream = client.chat.completions.create(model=tuned, messages=QUESTION, temperature=0, stream=True)  # type: ignore[arg-type]
+    chunks = []
+    for chunk in stream:
+        if not chunks:
+            print(f"\njob succeeded → first token from its adapter: {time.monotonic() - succeeded_at:.2f}s")
+        chunks.append(chunk)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PHRASE, live_service.logs()
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason == "stop"
+
+    listed = {m.id: m for m in client.models.list()}
+    assert listed[tuned].parent == "tiny-llama" and listed[other].parent == "tiny-llama"  # type: ignore[attr-defined]
+    assert "tiny-llama" in listed
+    vllm = client.models.retrieve(tuned).model_dump()["vllm"]
+    assert vllm == {"compatible": True, "lora_rank": 8, "max_lora_rank": 16, "modules_to_save": None, "problems": []}
+
+    # The adapter is really applied: it answers its phrase greedily, the base model does not.
+    assert ask(client, tuned, QUESTION) == PHRASE
+    assert PHRASE not in ask(client, "tiny-llama", QUESTION)
+    text = client.completions.create(model=tuned, prompt="The worker", max_tokens=5, temperature=0)
+    assert text.choices[0].finish_reason in {"stop", "length"} and text.usage and text.usage.prompt_tokens > 0
+
+    # A checkpoint of the job answers too (the adapter saved at that step), for its owner only.
+    checkpoints = http.get(f"/jobs/{job['id']}/checkpoints").json()["data"]
+    assert checkpoints, "the job saved no checkpoint"
+    assert isinstance(ask(client, checkpoints[0]["id"], QUESTION, max_tokens=4), str)
+
+    # Two adapters asked at the same moment, several times over: each answers as itself.
+    answers: dict[str, list[str]] = {tuned: [], other: []}
+
+    def worker(model: str, question: list[dict[str, str]]) -> None:
+        for _ in range(3):
+            answers[model].append(ask(client, model, question))
+
+    threads = [threading.Thread(target=worker, args=(tuned, QUESTION)),
+               threading.Thread(target=worker, args=(other, OTHER_QUESTION))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answers == {tuned: [PHRASE] * 3, other: [OTHER_PHRASE] * 3}
+
+    # Bad parameters: 422 for types and ranges, 400 for what the server does not offer.
+    for bad in ({"temperature": 5}, {"n": 0}, {"stop": list("abcde")}, {"max_tokens": -1}):
+        with pytest.raises(openai.UnprocessableEntityError):
+            ask(client, tuned, QUESTION, **bad)
+    for bad in ({"logprobs": True}, {"max_tokens": 100_000}, {"presence_penalty": 0.5},
+                {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}):
+        with pytest.raises(openai.BadRequestError):
+            ask(client, tuned, QUESTION, **bad)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model=tuned, messages=[])
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "ft:tiny-llama:nope:ftjob-nope", QUESTION)
+
+    # Another tenant: neither the adapter nor its existence.
+    _, stranger_key = make_tenant()
+    stranger = openai.OpenAI(base_url=f"{live_service.url}/v1", api_key=stranger_key, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:
+        ask(stranger, tuned, QUESTION)
+    assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        stranger.models.delete(tuned)
+    with pytest.raises(openai.NotFoundError):
+        ask(stranger, checkpoints[0]["id"], QUESTION)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{live_service.url}/v1", api_key="wrong", max_retries=0).models.list()
+
+    # A client that hangs up mid-stream frees its place in the batch.
+    with httpx.stream("POST", f"{live_service.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "tiny-llama", "messages": QUESTION, "stream": True, "max_tokens": 1900, "n": 8},
+                      timeout=30) as hung:
+        assert hung.status_code == 200
+        next(hung.iter_bytes())
+    deadline = time.monotonic() + 3  # 8 × 1900 tokens would take far longer
+    while time.monotonic() < deadline:
+        running = httpx.get(f"{live_service.serve_url}/status").json()["bases"]["tiny-llama"]["running"]
+        if running == 0:
+            break
+        time.sleep(0.1)
+    assert running == 0
+
+    # Delete: gone from the list, refused, and unloaded by serve.
+    assert other in serve_adapters(live_service)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.delete("tiny-llama")
+    deleted = client.models.delete(other)
+    assert deleted.deleted and deleted.id == other
+    assert other not in {m.id for m in client.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        ask(client, other, OTHER_QUESTION)
+    with pytest.raises(openai.NotFoundError):
+        client.models.delete(other)
+    deadline = time.monotonic() + 5
+    while other in serve_adapters(live_service) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert other not in serve_adapters(live_service)
+    assert ask(client, tuned, QUESTION) == PHRASE

@@ -1,0 +1,213 @@
+"""The serve process's HTTP app: OpenAI-compatible /v1/chat/completions and /v1/completions, no auth.
+
+It listens on an internal address only (TUNEQUEUE_SERVE_HOST/PORT); the public API authenticates, checks the
+tenant's right to the model and forwards here. Streams are Server-Sent Events in OpenAI's chunk format,
+ending with `data: [DONE]`; the response starts once the first tokens exist, so that errors found before
+that (a deleted adapter, one that does not fit its base) still get a proper status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from common.errors import InvalidRequest, TuneQueueError
+from common.ids import new_id
+from common.schemas.inference import (
+    SSE_DONE,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseBuilder,
+    sse,
+)
+from worker.serve.config import ServeSettings, get_serve_settings
+from worker.serve.engine import Event, GenRequest, Sampling
+from worker.serve.runtime import Runtime
+from worker.serve.text import encode_chat, encode_prompt
+
+DISCONNECT_POLL_SECONDS = 1.0
+
+
+def _error(status: int, message: str, *, type: str, param: str | None, code: str | None) -> JSONResponse:
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def create_app(settings: ServeSettings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or get_serve_settings()
+    rt = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        rt.start(listen=runtime is None)
+        yield
+        await asyncio.to_thread(rt.close)
+
+    app = FastAPI(title="TuneQueue serve", version="0.1.0", lifespan=lifespan,
+                  description="Internal inference server; reach it through the API, which authenticates.")
+    app.state.runtime = rt
+
+    @app.exception_handler(TuneQueueError)
+    async def _tunequeue(_: Request, exc: TuneQueueError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content=exc.to_dict())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        return _error(422, f"`{'.'.join(loc) or 'body'}`: {first.get('msg', 'invalid value')}",
+                      type="invalid_request_error", param=".".join(loc) or None, code="invalid_value")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/status")
+    def status() -> dict[str, Any]:
+        """What is loaded: base models, their adapters (most recently used last), queue depths."""
+        return {"backend": settings.serve_backend, "device": str(rt.pool.device), "dtype": str(rt.pool.dtype),
+                "listening": bool(rt.listener and rt.listener.ready.is_set()),
+                "bases": {name: {**base.engine.stats(), "mib": base.nbytes // 2**20}
+                          for name, base in list(rt.pool.loaded.items())}}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        return await _generate(rt, body, request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        return await _generate(rt, body, request)
+
+    return app
+
+
+def _token_limit(body: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]], context: int,
+                 default: int) -> int:
+    longest = max(len(p) for p in prompts)
+    where = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+    limit = body.token_limit
+    if longest >= context or (limit is not None and longest + limit > context):
+        asked = f"{longest + limit} tokens ({longest} in the {where}, {limit} in the completion)" if limit else \
+            f"{longest} tokens in the {where}"
+        raise InvalidRequest(f"This model's maximum context length is {context} tokens. However, you requested "
+                             f"{asked}. Please reduce the length of the {where} or completion.",
+                             param=where if limit is None or longest >= context else "max_tokens",
+                             code="context_length_exceeded")
+    return limit if limit is not None else min(default, context - longest)
+
+
+async def _generate(rt: Runtime, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Any:
+    body.check_supported()
+    target = await asyncio.to_thread(rt.catalog.resolve, body.model)
+    if rt.vllm is not None:
+        payload = {**body.model_dump(mode="json", exclude_unset=True), "model": await rt.vllm.ensure(target)}
+        return await rt.vllm.forward(request.url.path, payload, bool(body.stream))
+    base = await asyncio.to_thread(rt.pool.get, target.base_model)
+    kind: Literal["chat", "text"]
+    if isinstance(body, ChatCompletionRequest):
+        kind, prompts = "chat", [encode_chat(base.tokenizer, base.template, body.conversation(), body.model)]
+        echo: list[str] = []
+    else:
+        kind, prompts = "text", [encode_prompt(base.tokenizer, p) for p in body.prompts]
+        echo = body.prompts if body.echo else []
+    max_tokens = _token_limit(body, prompts, base.context_length, rt.settings.serve_default_max_tokens)
+    adapter = None
+    if target.adapter_id is not None and target.adapter_id not in base.engine.bank:
+        adapter = await asyncio.to_thread(rt.load_adapter, target, base)
+    sampling = Sampling(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+                        top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop_list), seed=body.seed)
+    job = GenRequest(prompts, sampling, n=body.choices, adapter_id=target.adapter_id, adapter=adapter,
+                     loop=asyncio.get_running_loop())
+    base.engine.submit(job)
+    builder = ResponseBuilder(kind, body.model, new_id("chatcmpl" if kind == "chat" else "cmpl", 29))
+    try:
+        first = await _next_events(job, request)
+    except BaseException:
+        job.cancel()
+        raise
+    if body.stream:
+        return StreamingResponse(_stream(job, first, builder, echo, body.include_usage, request),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        return await _collect(job, first, builder, echo, request)
+    finally:
+        job.cancel()
+
+
+async def _next_events(job: GenRequest, request: Request) -> list[Event]:
+    """The next batch of events (all that are waiting); raises the request's error; cancels on disconnect."""
+    while True:
+        try:
+            events = await asyncio.wait_for(job.queue.get(), timeout=DISCONNECT_POLL_SECONDS)
+            break
+        except TimeoutError:
+            if await request.is_disconnected():
+                job.cancel()
+                raise asyncio.CancelledError from None
+    while not job.queue.empty():
+        events += job.queue.get_nowait()
+    for event in events:
+        if event.error is not None:
+            raise event.error
+    return events
+
+
+async def _collect(job: GenRequest, events: list[Event], builder: ResponseBuilder, echo: list[str],
+                   request: Request) -> dict[str, Any]:
+    texts = [echo[i // job.n] if echo else "" for i in range(job.rows)]
+    reasons: list[str | None] = [None] * job.rows
+    tokens = [0] * job.rows
+    while True:
+        for event in events:
+            texts[event.choice] += event.text
+            tokens[event.choice] = event.completion_tokens
+            if event.finish_reason is not None:
+                reasons[event.choice] = event.finish_reason
+        if all(r is not None for r in reasons):
+            return builder.final(texts, reasons, job.prompt_tokens, sum(tokens))
+        events = await _next_events(job, request)
+
+
+async def _stream(job: GenRequest, events: list[Event], builder: ResponseBuilder, echo: list[str],
+                  include_usage: bool, request: Request) -> AsyncIterator[bytes]:
+    started: set[int] = set()
+    finished: set[int] = set()
+    tokens = [0] * job.rows
+    try:
+        while True:
+            merged: dict[int, list[Any]] = {}  # choice → [text, finish_reason], in order of arrival
+            for event in events:
+                slot = merged.setdefault(event.choice, ["", None])
+                slot[0] += event.text
+                slot[1] = event.finish_reason or slot[1]
+                tokens[event.choice] = event.completion_tokens
+            out = []
+            for choice, (text, reason) in merged.items():
+                if choice not in started:
+                    started.add(choice)
+                    text = (echo[choice // job.n] if echo else "") + text
+                    out.append(sse(builder.chunk(choice, text, first=True)))
+                elif text:
+                    out.append(sse(builder.chunk(choice, text)))
+                if reason is not None:
+                    finished.add(choice)
+                    out.append(sse(builder.chunk(choice, None if builder.kind == "chat" else "", reason)))
+            if out:
+                yield b"".join(out)
+            if len(finished) == job.rows:
+                break
+            try:
+                events = await _next_events(job, request)
+            except TuneQueueError as exc:
+                yield sse(exc.to_dict()) + SSE_DONE
+                return
+        if include_usage:
+            yield sse(builder.usage_chunk(job.prompt_tokens, sum(tokens)))
+        yield SSE_DONE
+    finally:
+        job.cancel()

@@ -1,0 +1,83 @@
+"""Which model an id names: a registered base model, a published adapter (`ft:…`) or a checkpoint (`ftckpt-…`).
+
+Adapters become known from the `tunequeue:models` channel the moment they are published; an id not heard of
+there (serve started later, a message lost) is looked up in Postgres, so nothing depends on Redis delivery.
+Deleted adapters are forgotten and refused."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from common.errors import NotFound, NotReady
+from common.settings import Settings
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request runs on: a base model, plus an adapter unless `adapter_id` is None."""
+
+    base_model: str
+    adapter_id: str | None = None
+    storage_key: str | None = None
+
+
+def not_found(model_id: str) -> NotFound:
+    return NotFound(f"The model {model_id!r} does not exist or you do not have access to it.", param="model",
+                    code="model_not_found")
+
+
+def lookup_in_database(model_id: str) -> Target | None:
+    from common.db import session_scope
+    from common.models import Checkpoint, Job, Model
+
+    with session_scope() as session:
+        if model_id.startswith("ftckpt-"):
+            row = session.execute(
+                select(Checkpoint.storage_key, Job.base_model).join(Job, Job.id == Checkpoint.job_id)
+                .where(Checkpoint.id == model_id)).one_or_none()
+            return Target(row.base_model, model_id, row.storage_key) if row else None
+        model = session.scalar(select(Model).where(Model.id == model_id, Model.deleted_at.is_(None)))
+        return Target(model.base_model, model.id, model.storage_key) if model else None
+
+
+class Catalog:
+    def __init__(self, settings: Settings, lookup=lookup_in_database) -> None:  # type: ignore[no-untyped-def]
+        self.settings = settings
+        self._lookup = lookup
+        self._known: dict[str, Target] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, model_id: str) -> Target:
+        """Blocking (may query Postgres): call it from a worker thread."""
+        if model_id in self.settings.base_models:
+            return Target(model_id)
+        with self._lock:
+            target = self._known.get(model_id)
+        if target is None:
+            try:
+                target = self._lookup(model_id)
+            except SQLAlchemyError as exc:
+                raise NotReady(f"could not look {model_id!r} up in Postgres: {type(exc).__name__}; retry shortly",
+                               param="model", code="database_unavailable") from exc
+            if target is None:
+                raise not_found(model_id)
+            with self._lock:
+                self._known[model_id] = target
+        if target.base_model not in self.settings.base_models:
+            raise NotFound(f"{model_id} was trained on base model {target.base_model!r}, which this server does not "
+                           "have registered (TUNEQUEUE_BASE_MODELS)", param="model", code="model_not_found")
+        return target
+
+    def published(self, model_id: str, base_model: str, storage_key: str) -> Target:
+        target = Target(base_model, model_id, storage_key)
+        with self._lock:
+            self._known[model_id] = target
+        return target
+
+    def deleted(self, model_id: str) -> None:
+        with self._lock:
+            self._known.pop(model_id, None)

@@ -1,0 +1,135 @@
+"""What the serve process holds: the catalog of ids, the loaded base models, the artifact store, and the
+listener on `tunequeue:models` that makes a published adapter available at once and a deleted one disappear."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from typing import Any
+
+import redis
+
+from common.artifacts import ArtifactStore, get_store
+from common.errors import NotFound
+from common.progress import MODELS_CHANNEL
+from worker.serve.bases import BasePool, LoadedBase
+from worker.serve.catalog import Catalog, Target
+from worker.serve.config import ServeSettings
+from worker.serve.lora import LoraAdapter, parse_adapter, read_adapter_files
+from worker.serve.vllm import VllmBackend
+
+log = logging.getLogger("tunequeue.serve")
+
+
+class Runtime:
+    def __init__(self, settings: ServeSettings, *, store: ArtifactStore | None = None,
+                 catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.store = store or get_store(settings.artifacts)
+        self.catalog = catalog or Catalog(settings)
+        self.pool = BasePool(settings, self._load_for_engine)
+        self.listener: ModelEvents | None = None
+        self.vllm = VllmBackend(settings, self.store) if settings.serve_backend == "vllm" else None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the HTTP app's, for calls from the listener
+
+    def start(self, *, listen: bool = True, warm: bool = True) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop = asyncio.get_running_loop()
+        if self.vllm is not None:
+            warm = False  # vLLM holds the models
+        if warm:
+            threading.Thread(target=self.pool.warm, name="serve-warm-up", daemon=True).start()
+        if listen:
+            self.listener = ModelEvents(self.settings.redis_url, self.on_event)
+            self.listener.start()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+        self.pool.close()
+
+    def load_adapter(self, target: Target, base: LoadedBase) -> LoraAdapter:
+        """Read and check an adapter's files (blocking: call it from a worker thread)."""
+        assert target.adapter_id is not None and target.storage_key is not None
+        try:
+            config, tensors = read_adapter_files(self.store, target.storage_key)
+        except FileNotFoundError:
+            raise NotFound(f"{target.adapter_id} has no adapter files in the artifact store", param="model",
+                           code="model_not_found") from None
+        return parse_adapter(target.adapter_id, config, tensors, base.model, dtype=base.dtype, device=base.device)
+
+    def _load_for_engine(self, model_id: str, base: LoadedBase) -> LoraAdapter:
+        return self.load_adapter(self.catalog.resolve(model_id), base)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        model_id = event.get("model")
+        if not isinstance(model_id, str):
+            return
+        if event.get("event") == "deleted":
+            self.catalog.deleted(model_id)
+            if self.vllm is not None and self.loop is not None:
+                asyncio.run_coroutine_threadsafe(self.vllm.forget(model_id), self.loop)
+            for base in list(self.pool.loaded.values()):
+                base.engine.forget(model_id)
+            log.info("adapter %s deleted: unloaded", model_id)
+        elif event.get("event") == "published" and event.get("base_model") and event.get("storage_key"):
+            target = self.catalog.published(model_id, event["base_model"], event["storage_key"])
+            log.info("adapter %s published: available", model_id)
+            if target.base_model in self.settings.base_models and self.vllm is None:
+                threading.Thread(target=self.preload, args=(target,), name="serve-preload", daemon=True).start()
+
+    def preload(self, target: Target) -> None:
+        """A new adapter is likely asked for soon: load its base model if it fits without unloading another, and
+        put the adapter into a free slot, so that its first request starts at once. Never evicts anything."""
+        try:
+            base = self.pool.get(target.base_model, evict=False)
+            adapter = self.load_adapter(target, base)
+        except Exception as exc:
+            log.info("did not preload %s: %s", target.adapter_id, exc)
+            return
+        bank = base.engine.bank
+
+        def warm() -> None:
+            if adapter.model_id not in bank and len(bank.slots) < bank.capacity:
+                bank.load(adapter)
+
+        base.engine.call(warm)
+
+
+class ModelEvents(threading.Thread):
+    """Subscribes to tunequeue:models, reconnecting after Redis outages (Postgres covers what it misses)."""
+
+    def __init__(self, url: str, handler: Any) -> None:
+        super().__init__(name="serve-model-events", daemon=True)
+        self.url = url
+        self.handler = handler
+        self.ready = threading.Event()
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(MODELS_CHANNEL)
+                self.ready.set()
+                while not self._stop_event.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        try:
+                            self.handler(json.loads(message["data"]))
+                        except Exception:
+                            log.exception("bad message on %s: %r", MODELS_CHANNEL, message.get("data"))
+                pubsub.close()
+                client.close()
+            except Exception as exc:
+                self.ready.clear()
+                log.warning("listening on %s failed (%s); retrying", MODELS_CHANNEL, exc)
+                self._stop_event.wait(2)
