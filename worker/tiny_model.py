@@ -93,7 +93,8 @@ def _build_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def _build_model(tokenizer, *, hidden_size: int, num_layers: int, num_heads: int, vocab_size: int, seed: int):
+def _build_model(tokenizer, *, hidden_size: int, num_layers: int, num_heads: int, vocab_size: int, seed: int,
+                 initializer_range: float):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -109,8 +110,7 @@ def _build_model(tokenizer, *, hidden_size: int, num_layers: int, num_heads: int
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        # Wider than Llama's 0.02 so that a LoRA at lr 1e-3 visibly moves the loss within a few dozen steps.
-        initializer_range=0.1,
+        initializer_range=initializer_range,
         dtype="float32",
     )
     torch.manual_seed(seed)
@@ -128,22 +128,27 @@ def build_tiny_model(
     num_heads: int = 4,
     vocab_size: int = 1024,
     seed: int = 0,
+    initializer_range: float = 0.1,
 ) -> Path:
     """Write a tiny Llama causal LM and its tokenizer to `path` and return it as an absolute Path.
 
     The directory loads offline with `AutoModelForCausalLM.from_pretrained(path)` and
     `AutoTokenizer.from_pretrained(path)`. The same arguments give the same files (weights seeded with `seed`);
-    if `path` already holds a complete build with the same arguments, nothing is rebuilt.
+    if `path` already holds a complete build with the same arguments, nothing is rebuilt. The default
+    `initializer_range` is wider than Llama's 0.02 so that a LoRA at lr 1e-3 visibly moves the loss within a few
+    dozen steps; the tokenizer has at most `vocab_size` tokens (fewer when the corpus has no more merges).
     """
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
     target = Path(path).absolute()
-    params = {
+    params: dict[str, float] = {
         "format": _FORMAT, "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
         "vocab_size": vocab_size, "seed": seed,
     }
+    if initializer_range != 0.1:  # absent from manifests of the default build, so existing builds stay valid
+        params["initializer_range"] = initializer_range
     manifest = target / _MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text()) == params:
         return target
@@ -151,7 +156,7 @@ def build_tiny_model(
     tokenizer = _build_tokenizer(vocab_size)
     model = _build_model(
         tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-        vocab_size=vocab_size, seed=seed,
+        vocab_size=vocab_size, seed=seed, initializer_range=initializer_range,
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and move the files in, the manifest last, so a reader never sees a half model.

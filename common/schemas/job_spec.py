@@ -1,10 +1,18 @@
 """The native job spec (DESIGN.md "The job spec"). Unknown fields are an error at every level.
 
-Validated once at `POST /jobs`; the worker receives the same model, with `"auto"` values still in place
-(the training side resolves them against the real data and device)."""
+Validated once at `POST /jobs`; the worker receives the same model, with `"auto"` values still in place.
+`resolved_hyperparameters` turns the data-dependent "auto" values into numbers (the API stores and shows its
+output); the device-dependent ones (precision, attention, gradient checkpointing) stay "auto" until the worker
+that trains the job picks them, and it logs what it picked. docs/job-spec.md is the reference of every field.
+
+Stage- and method-specific option blocks (`method.lora`, `method.quantization`, `method.freeze`, `dpo`, `orpo`,
+`kto`) are `null` unless they apply; the validator fills in their defaults where they apply, so a stored spec
+validates again unchanged, and refuses them where they do not.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -14,9 +22,13 @@ Stage = Literal["sft", "dpo", "orpo", "kto", "pt", "rm"]
 MethodType = Literal["lora", "qlora", "dora", "full", "freeze"]
 Auto = Literal["auto"]
 
-# What the workers of this build can run; the rest of the menu is refused at POST /jobs with a clear message.
-SUPPORTED_STAGES: tuple[str, ...] = ("sft",)
-SUPPORTED_METHODS: tuple[str, ...] = ("lora", "dora")
+# What the workers of this build can run. qlora is on the menu: a worker without CUDA or bitsandbytes refuses it
+# with `unsupported_on_worker`, saying what it needed.
+SUPPORTED_STAGES: tuple[str, ...] = ("sft", "dpo", "orpo", "kto", "pt", "rm")
+SUPPORTED_METHODS: tuple[str, ...] = ("lora", "qlora", "dora", "full", "freeze")
+ADAPTER_METHODS: tuple[str, ...] = ("lora", "qlora", "dora")
+PAIR_STAGES: tuple[str, ...] = ("dpo", "orpo", "rm")
+MAX_LORA_RANK = 256
 
 _SUFFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
@@ -26,12 +38,32 @@ class StrictModel(BaseModel):
 
 
 class LoraOptions(StrictModel):
-    r: int = Field(default=16, ge=1, le=256, description="LoRA rank. Higher fits more, costs more memory.")
-    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator; the update is scaled by alpha/r.")
+    r: int = Field(default=16, ge=1, description="LoRA rank (1-256). Higher fits more, costs more memory.")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator; the update is scaled by alpha/r "
+                       "(alpha/sqrt(r) with use_rslora).")
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: str | list[str] = Field(
         default="all-linear", description="'all-linear' or a list of module names such as ['q_proj', 'v_proj']."
     )
+    use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA: scale by alpha/sqrt(r).")
+    init: Literal["default", "gaussian", "pissa"] = Field(
+        default="default", description="Adapter initialisation: 'default' (B = 0), 'gaussian', or 'pissa' "
+        "(principal singular vectors of each weight; faster convergence). A PiSSA adapter is published converted "
+        "to a plain LoRA of rank 2r that applies to the unmodified base model.")
+    loraplus_lr_ratio: float | None = Field(
+        default=None, ge=1.0, le=64.0, description="LoRA+: the B matrices learn this many times faster than A "
+        "(the paper suggests 16). None: one learning rate.")
+    modules_to_save: list[str] | None = Field(
+        default=None, description="Modules trained in full and saved beside the adapter, e.g. ['lm_head']. "
+        "Warning: vLLM and most serving engines refuse adapters that carry them.")
+
+    @field_validator("r")
+    @classmethod
+    def _rank(cls, value: int) -> int:
+        if value > MAX_LORA_RANK:
+            raise ValueError(f"`lora.r` must be ≤ {MAX_LORA_RANK}; got {value}. Use method.type 'full' to train "
+                             "every weight instead")
+        return value
 
     @field_validator("target_modules")
     @classmethod
@@ -43,31 +75,160 @@ class LoraOptions(StrictModel):
         return value
 
 
+class QuantizationOptions(StrictModel):
+    bits: Literal[4, 8] = Field(default=4, description="Load the frozen base in 4-bit or 8-bit (bitsandbytes).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type; ignored for 8-bit.")
+    double_quant: bool = Field(default=True, description="Quantise the quantisation constants too (4-bit only).")
+
+
+class FreezeOptions(StrictModel):
+    trainable_layers: int = Field(default=2, ge=1, le=1000,
+                                  description="Train the last N decoder layers; everything else stays frozen.")
+    trainable_modules: list[str] | None = Field(
+        default=None, description="Within those layers, train only parameters whose name contains one of these, "
+        "e.g. ['mlp'] or ['self_attn.o_proj']. None: the whole layer.")
+    extra_modules: list[str] = Field(
+        default_factory=list, description="Modules outside the decoder layers to train too, e.g. ['lm_head', "
+        "'norm', 'embed_tokens'].")
+
+
 class Method(StrictModel):
     type: MethodType = Field(default="lora", description="lora, qlora, dora, full or freeze.")
-    lora: LoraOptions = Field(default_factory=LoraOptions, description="Adapter options for lora/qlora/dora.")
+    lora: LoraOptions | None = Field(default=None, description="Adapter options for lora/qlora/dora "
+                                     "(defaults filled in for those methods).")
+    quantization: QuantizationOptions | None = Field(default=None, description="Base-model quantisation; qlora "
+                                                     "only (defaults filled in for it).")
+    freeze: FreezeOptions | None = Field(default=None, description="Which weights train; freeze only "
+                                         "(defaults filled in for it).")
+
+    @model_validator(mode="after")
+    def _options_match_type(self) -> Method:
+        adapter = self.type in ADAPTER_METHODS
+        if self.lora is not None and not adapter:
+            raise ValueError(f"`lora` options apply to method.type lora, qlora or dora, not {self.type!r}; "
+                             "remove `method.lora` or change the type")
+        if self.quantization is not None and self.type != "qlora":
+            raise ValueError(f"`quantization` options apply to method.type 'qlora' only; got {self.type!r}. "
+                             "Remove `method.quantization` or use qlora")
+        if self.freeze is not None and self.type != "freeze":
+            raise ValueError(f"`freeze` options apply to method.type 'freeze' only; got {self.type!r}")
+        if adapter and self.lora is None:
+            self.lora = LoraOptions()
+        if self.type == "qlora" and self.quantization is None:
+            self.quantization = QuantizationOptions()
+        if self.type == "freeze" and self.freeze is None:
+            self.freeze = FreezeOptions()
+        if self.type == "qlora" and self.lora is not None and self.lora.init == "pissa":
+            raise ValueError("`lora.init` 'pissa' needs the full-precision base weights; use method.type 'lora' "
+                             "with PiSSA, or init 'default' with qlora")
+        return self
+
+
+class DpoOptions(StrictModel):
+    loss_type: Literal["sigmoid", "ipo", "simpo", "hinge"] = Field(
+        default="sigmoid", description="sigmoid: DPO; ipo: IPO (squared, length-normalised); simpo: SimPO "
+        "(reference-free, length-normalised, margin gamma); hinge: SLiC.")
+    beta: float | Auto = Field(default="auto", description="Strength of the KL constraint (DPO/IPO/hinge) or "
+                               "the reward scale (SimPO). auto: 0.1, or 2.0 for simpo.")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5,
+                                   description="Conservative DPO: the assumed fraction of flipped labels (sigmoid).")
+    simpo_gamma: float = Field(default=0.5, ge=0.0, le=10.0, description="SimPO target reward margin.")
+    sft_weight: float = Field(default=0.0, ge=0.0, le=10.0,
+                              description="Add this times the NLL of the chosen answer (RPO / LLaMA-Factory's ftx).")
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not 0 < value <= 100:
+            raise ValueError(f"must be > 0 and ≤ 100 (or 'auto'); got {value}")
+        return value
+
+
+class OrpoOptions(StrictModel):
+    beta: float = Field(default=0.1, gt=0.0, le=10.0,
+                        description="Weight λ of the odds-ratio term added to the NLL of the chosen answer.")
+
+
+class KtoOptions(StrictModel):
+    beta: float = Field(default=0.1, gt=0.0, le=100.0, description="Strength of the KL constraint.")
+    desirable_weight: float = Field(default=1.0, gt=0.0, le=100.0, description="Loss weight of desirable rows.")
+    undesirable_weight: float = Field(default=1.0, gt=0.0, le=100.0,
+                                      description="Loss weight of undesirable rows.")
+
+
+class Publish(StrictModel):
+    merged: bool = Field(default=False, description="Also publish the base model with the adapter folded in "
+                         "(safetensors), for engines that take no adapters. Adapter methods only.")
+
+
+def _bounded_int(name: str, value: Any, low: int, high: int) -> Any:
+    if isinstance(value, int) and not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high} (or 'auto'); got {value}")
+    return value
 
 
 class Hyperparameters(StrictModel):
-    n_epochs: int | Auto = Field(default="auto", description="Passes over the data; auto: 3, fewer for big sets.")
-    batch_size: int | Auto = Field(default="auto", description="Examples per optimizer step; auto: 8 or fewer.")
-    learning_rate: float | Auto = Field(default="auto", description="Peak learning rate; auto: 2e-4 for LoRA.")
+    n_epochs: int | Auto = Field(default="auto", description="Passes over the data; auto: 3, 1 for 10,000+ rows.")
+    max_steps: int | None = Field(default=None, ge=1, le=1_000_000,
+                                  description="Stop after this many optimizer steps; overrides n_epochs.")
+    batch_size: int | Auto = Field(default="auto", description="Examples per optimizer step; auto: rows/4, "
+                                   "between 1 and 8.")
+    gradient_accumulation_steps: int | Auto = Field(
+        default="auto", description="Micro-batches per optimizer step; batch_size must be a multiple. auto: 1.")
+    learning_rate: float | Auto = Field(default="auto", description="Peak learning rate; auto depends on stage "
+                                        "and method (docs/job-spec.md).")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Decay after warmup: cosine or linear to 0, or constant.")
+    warmup_ratio: float = Field(default=0.0, ge=0.0, le=0.5,
+                                description="Fraction of the steps that ramp the learning rate up from 0.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1000.0, description="Gradient clipping; 0: none.")
     max_seq_length: int = Field(default=2048, ge=16, le=131072, description="Longer rows are truncated.")
     logging_steps: int = Field(default=1, ge=1, description="Report progress every this many steps.")
-    packing: bool = Field(default=False, description="Pack short rows into max_seq_length windows, no cross-attention.")
+    packing: bool | Auto = Field(default="auto", description="Pack short rows into max_seq_length windows, no "
+                                 "cross-attention (sft and pt). auto: on for pt, off for sft.")
+    gradient_checkpointing: bool | Auto = Field(
+        default="auto", description="Recompute activations in backward to save memory. auto: on only when the "
+        "estimated activations would not fit the GPU.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="Compute precision. auto: bf16 where the device supports it, else fp16 on "
+        "CUDA, else fp32.")
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        default="auto", description="Attention implementation. auto: flash_attention_2 when installed on a GPU "
+        "worker, else sdpa.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
+        default="adamw", description="adamw (torch, fused on GPU), or bitsandbytes' 8-bit and paged variants "
+        "(GPU only).")
+    neftune_noise_alpha: float | None = Field(default=None, gt=0.0, le=100.0,
+                                              description="NEFTune: noise on the input embeddings while training.")
+    eval_steps: int | Auto | None = Field(default="auto", description="Evaluate on the validation data every "
+                                          "this many steps. auto: once per epoch and at the end; null: never.")
+    save_steps: int | Auto | None = Field(default="auto", description="Save a checkpoint every this many steps. "
+                                          "auto: about 4 per run, at least every 500 steps; 0 or null: none.")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, le=100, description="Stop when the validation loss did not improve for this many "
+        "evaluations. Needs validation data.")
 
     @field_validator("n_epochs")
     @classmethod
     def _epochs(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 100:
-            raise ValueError(f"must be between 1 and 100 (or 'auto'); got {value}")
-        return value
+        return _bounded_int("n_epochs", value, 1, 100)
 
     @field_validator("batch_size")
     @classmethod
     def _batch(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 1024:
-            raise ValueError(f"must be between 1 and 1024 (or 'auto'); got {value}")
+        return _bounded_int("batch_size", value, 1, 1024)
+
+    @field_validator("gradient_accumulation_steps")
+    @classmethod
+    def _accumulation(cls, value: int | str) -> int | str:
+        return _bounded_int("gradient_accumulation_steps", value, 1, 1024)
+
+    @field_validator("eval_steps", "save_steps")
+    @classmethod
+    def _interval(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 0 <= value <= 1_000_000:
+            raise ValueError(f"must be between 0 and 1000000, 'auto' or null; got {value}")
         return value
 
     @field_validator("learning_rate")
@@ -76,6 +237,14 @@ class Hyperparameters(StrictModel):
         if isinstance(value, float | int) and not 0 < value <= 1:
             raise ValueError(f"must be > 0 and ≤ 1 (or 'auto'); got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _accumulation_divides(self) -> Hyperparameters:
+        batch, accumulation = self.batch_size, self.gradient_accumulation_steps
+        if isinstance(batch, int) and isinstance(accumulation, int) and batch % accumulation:
+            raise ValueError(f"batch_size ({batch}) must be a multiple of gradient_accumulation_steps "
+                             f"({accumulation}); e.g. batch_size {accumulation * max(1, batch // accumulation)}")
+        return self
 
 
 class JobSpec(StrictModel):
@@ -87,12 +256,20 @@ class JobSpec(StrictModel):
     template: str | None = Field(default=None, description="Chat template for base models without one: chatml, "
                                  "llama-3 or default. None: the tokenizer's own, else the registry's.")
     train_on_inputs: bool = Field(default=False, description="Also train on system/user tokens (default: "
-                                  "assistant tokens only).")
+                                  "assistant tokens only). sft only.")
     stage: Stage = Field(default="sft", description="sft, dpo, orpo, kto, pt or rm.")
     method: Method = Field(default_factory=Method)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    dpo: DpoOptions | None = Field(default=None, description="stage dpo only (defaults filled in for it).")
+    orpo: OrpoOptions | None = Field(default=None, description="stage orpo only (defaults filled in for it).")
+    kto: KtoOptions | None = Field(default=None, description="stage kto only (defaults filled in for it).")
+    resume_from: str | None = Field(default=None, description="A checkpoint id (ftckpt-…) to continue from: "
+                                    "weights, optimizer, scheduler and step.")
+    from_model: str | None = Field(default=None, description="A fine-tuned model id (ft:…) of the same base "
+                                   "model whose adapter this job continues to train.")
+    publish: Publish = Field(default_factory=Publish, description="What is published besides the adapter.")
     suffix: str | None = Field(default=None, description="Up to 40 of [a-z0-9-]; part of the model name.")
-    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seeds weights init, shuffling and dropout.")
     metadata: dict[str, str] | None = Field(default=None, description="Up to 16 string pairs for your own use.")
 
     @field_validator("suffix")
@@ -110,27 +287,121 @@ class JobSpec(StrictModel):
             raise ValueError(f"may hold at most 16 pairs; got {len(value)}")
         return value
 
+    @field_validator("resume_from")
+    @classmethod
+    def _resume_from(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("ftckpt-"):
+            raise ValueError(f"must be a checkpoint id (ftckpt-…) from GET /jobs/{{id}}/checkpoints; got {value!r}")
+        return value
+
+    @field_validator("from_model")
+    @classmethod
+    def _from_model(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("ft:"):
+            raise ValueError(f"must be a fine-tuned model id (ft:…) from GET /v1/models; got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _combinations(self) -> JobSpec:
         if self.validation_file and self.validation_split:
             raise ValueError("give validation_file or validation_split, not both")
+        for stage in ("dpo", "orpo", "kto"):
+            if getattr(self, stage) is not None and self.stage != stage:
+                raise ValueError(f"`{stage}` options apply to stage {stage!r}, not {self.stage!r}; remove them or "
+                                 f"set stage to {stage!r}")
+        if self.stage == "dpo" and self.dpo is None:
+            self.dpo = DpoOptions()
+        if self.stage == "orpo" and self.orpo is None:
+            self.orpo = OrpoOptions()
+        if self.stage == "kto" and self.kto is None:
+            self.kto = KtoOptions()
+        hp, method = self.hyperparameters, self.method.type
+        if hp.packing is True and self.stage not in ("sft", "pt"):
+            raise ValueError(f"hyperparameters.packing applies to stages sft and pt; stage {self.stage!r} trains "
+                             "on pairs or labelled rows that cannot be packed. Remove packing")
+        if self.train_on_inputs and self.stage != "sft":
+            raise ValueError(f"train_on_inputs applies to stage sft only; got stage {self.stage!r}")
+        if self.resume_from and self.from_model:
+            raise ValueError("give resume_from (continue an interrupted run) or from_model (train a finished "
+                             "adapter further), not both")
+        if self.from_model and method not in ADAPTER_METHODS:
+            raise ValueError(f"from_model continues an adapter, so method.type must be lora, qlora or dora; "
+                             f"got {method!r}")
+        if self.publish.merged and method not in ADAPTER_METHODS:
+            raise ValueError(f"publish.merged folds an adapter into the base; method {method!r} already publishes "
+                             "full weights. Remove publish.merged")
+        if hp.early_stopping_patience and not (self.validation_file or self.validation_split):
+            raise ValueError("hyperparameters.early_stopping_patience needs validation data: give validation_file "
+                             "or validation_split")
+        if hp.early_stopping_patience and hp.eval_steps is None:
+            raise ValueError("hyperparameters.early_stopping_patience needs evaluations; eval_steps is null")
         return self
 
 
+DEFAULT_LEARNING_RATES: dict[tuple[str, bool], float] = {
+    # (stage, adapter method?) → learning rate
+    ("sft", True): 2e-4, ("sft", False): 2e-5,
+    ("pt", True): 2e-4, ("pt", False): 2e-5,
+    ("rm", True): 1e-4, ("rm", False): 1e-5,
+    ("dpo", True): 5e-6, ("dpo", False): 5e-7,
+    ("orpo", True): 8e-6, ("orpo", False): 8e-7,
+    ("kto", True): 5e-6, ("kto", False): 5e-7,
+}
+
+
+def auto_interval(total_steps: int, per_run: int = 4, at_most: int = 500) -> int:
+    """'auto' save interval: about `per_run` times per run, at least every `at_most` steps."""
+    return max(1, min(at_most, math.ceil(total_steps / per_run)))
+
+
+def dpo_beta(options: DpoOptions) -> float:
+    if options.beta != "auto":
+        return float(options.beta)
+    return 2.0 if options.loss_type == "simpo" else 0.1
+
+
 def resolved_hyperparameters(spec: JobSpec, n_rows: int) -> dict[str, Any]:
-    """Turn "auto" into numbers. One place, used by the worker and shown back to the user."""
+    """Turn the data-dependent "auto" values into numbers. One place: the API stores and shows its output, the
+    worker trains with it (with `micro_batch_size`/`gradient_accumulation_steps` possibly overridden by an OOM
+    retry). Device-dependent choices (precision, attention, gradient_checkpointing) stay "auto" for the worker.
+
+    `n_rows` counts rows (pairs for dpo/orpo/rm); packing makes fewer, longer sequences, so the worker recomputes
+    the step-based "auto" intervals from the real step count with `auto_interval`."""
     hp = spec.hyperparameters
     batch_size = hp.batch_size if hp.batch_size != "auto" else max(1, min(8, n_rows // 4 or 1))
+    accumulation = hp.gradient_accumulation_steps if hp.gradient_accumulation_steps != "auto" else 1
+    if batch_size % accumulation:  # an explicit accumulation with an auto batch size
+        batch_size = max(accumulation, batch_size - batch_size % accumulation)
     n_epochs = hp.n_epochs if hp.n_epochs != "auto" else (3 if n_rows < 10_000 else 1)
     if hp.learning_rate != "auto":
         learning_rate = float(hp.learning_rate)
     else:
-        learning_rate = 2e-4 if spec.method.type in ("lora", "qlora", "dora") else 2e-5
+        learning_rate = DEFAULT_LEARNING_RATES[(spec.stage, spec.method.type in ADAPTER_METHODS)]
+    steps_per_epoch = math.ceil(max(1, n_rows) / batch_size)
+    total_steps = hp.max_steps or steps_per_epoch * n_epochs
+    save_steps = hp.save_steps if hp.save_steps != "auto" else auto_interval(total_steps)
+    eval_steps = hp.eval_steps if hp.eval_steps != "auto" else min(steps_per_epoch, total_steps)
     return {
         "n_epochs": n_epochs,
+        "max_steps": hp.max_steps,
+        "total_steps": total_steps,
         "batch_size": batch_size,
+        "micro_batch_size": batch_size // accumulation,
+        "gradient_accumulation_steps": accumulation,
         "learning_rate": learning_rate,
+        "lr_scheduler": hp.lr_scheduler,
+        "warmup_ratio": hp.warmup_ratio,
+        "weight_decay": hp.weight_decay,
+        "max_grad_norm": hp.max_grad_norm,
         "max_seq_length": hp.max_seq_length,
         "logging_steps": hp.logging_steps,
-        "packing": hp.packing,
+        "packing": hp.packing if hp.packing != "auto" else spec.stage == "pt",
+        "gradient_checkpointing": hp.gradient_checkpointing,
+        "precision": hp.precision,
+        "attention": hp.attention,
+        "optimizer": hp.optimizer,
+        "neftune_noise_alpha": hp.neftune_noise_alpha,
+        "eval_steps": eval_steps or None,
+        "save_steps": save_steps or None,
+        "early_stopping_patience": hp.early_stopping_patience,
     }

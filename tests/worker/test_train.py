@@ -22,8 +22,11 @@ from worker.train.__main__ import EXIT_CANCELLED, EXIT_FAILED, main
 from worker.train.config import BaseModelRef, JobConfig, load_job
 from worker.train.data import IGNORE_INDEX, prepare_chat_data, resolve_chat_template
 from worker.train.errors import TrainingError
+from worker.train.loading import load_base_model, load_tokenizer
+from worker.train.methods import apply_method
 from worker.train.reporter import EVENT_PREFIX, Reporter
-from worker.train.sft import attach_adapter, build_trainer, load_base_model, load_tokenizer, train
+from worker.train.run import train
+from worker.train.stages import make_stage
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +60,10 @@ def test_loss_falls_and_progress_is_reported(trained) -> None:
     assert all(e["total_steps"] == 20 for e in progress)
     assert progress[-1]["epoch"] == pytest.approx(5.0)
     assert progress[0]["loss"] == result.first_loss and progress[-1]["loss"] == result.last_loss
-    assert all(e["learning_rate"] > 0 and e["grad_norm"] > 0 and e["tokens_per_second"] > 0 for e in progress)
+    assert all(e["learning_rate"] > 0 and e["grad_norm"] > 0 and e["tokens_per_second"] > 0 for e in progress[:-1])
     assert progress[-1]["eta_seconds"] == 0
+    assert all(e["peak_memory_mb"] > 50 for e in progress)  # the process's peak RSS: torch alone is more
+    assert all("eval_loss" not in e for e in progress)  # no validation data: no evaluation
 
     # Trained tokens: every non-padding token of every row, once per epoch.
     tokenizer = load_tokenizer(job.base_model)
@@ -66,13 +71,13 @@ def test_loss_falls_and_progress_is_reported(trained) -> None:
     assert result.trained_tokens == progress[-1]["trained_tokens"] == data.tokens * 5
     assert [e["trained_tokens"] for e in progress] == sorted(e["trained_tokens"] for e in progress)
 
-    assert events[0]["type"] == "log" and "16 rows, 20 steps" in events[0]["message"]
+    assert events[0]["type"] == "log" and "20 steps of 4" in events[0]["message"]
     assert events[-1] == {"type": "result", **result.event_fields()}
 
 
 def test_every_lora_parameter_changed(trained, tiny_model_dir: Path) -> None:
     job, _, result = trained
-    initial = get_peft_model_state_dict(attach_adapter(base_model(tiny_model_dir), job.spec.method, seed=7))
+    initial = get_peft_model_state_dict(apply_method(base_model(tiny_model_dir), job.spec.method, seed=7))
     saved = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert saved.keys() == initial.keys()
     assert len(saved) == 2 * 7 * 2  # A and B for 7 linear layers in each of 2 blocks
@@ -104,7 +109,7 @@ def test_adapter_dir_holds_the_adapter_and_tokenizer_only(trained) -> None:
         "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
         "chat_template.jinja",
     }
-    assert [p.name for p in job.output_dir.iterdir()] == ["adapter"]  # no checkpoints, no trainer state
+    assert [p.name for p in job.output_dir.iterdir()] == ["adapter"]  # save_steps null: no checkpoints
     config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["use_dora"]) == (8, 32, False)
 
@@ -131,18 +136,18 @@ MASKING_ROWS = [
 
 
 def test_only_assistant_tokens_are_trained(tmp_path, tiny_model_dir, write_job) -> None:
-    """Decode what the trainer's own dataloader marks as labels: exactly the assistant turns + <|im_end|>."""
+    """Decode what the stage's collator marks as targets: exactly the assistant turns + <|im_end|>."""
     job = load_job(write_job(tmp_path, tiny_model_dir, MASKING_ROWS, batch_size=len(MASKING_ROWS)))
     tokenizer = load_tokenizer(job.base_model)
     template = resolve_chat_template(tokenizer, "chatml", "tiny-llama")
-    data = prepare_chat_data(job.training_file, tokenizer, template, 256)
-    model = attach_adapter(base_model(tiny_model_dir), job.spec.method, seed=7)
-    trainer = build_trainer(job, model, tokenizer, data)
-    batch = next(iter(trainer.get_train_dataloader()))
+    stage = make_stage(job, tokenizer, template)
+    batch = stage.collate(stage.prepare(lambda message: None).train)
 
     trained_texts, context_texts = set(), []
-    for ids, labels, attention in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+    for ids, labels, targets, attention in zip(batch["input_ids"], batch["labels"], batch["shift_labels"],
+                                               batch["attention_mask"], strict=True):
         assert (labels[attention == 0] == IGNORE_INDEX).all()  # padding is never trained
+        assert torch.equal(targets[:-1], labels[1:]) and targets[-1] == IGNORE_INDEX  # next-token targets
         trained_texts.add(tokenizer.decode(ids[labels != IGNORE_INDEX]))
         context_texts.append(tokenizer.decode(ids[(labels == IGNORE_INDEX) & (attention == 1)]))
     assert trained_texts == {
@@ -166,15 +171,23 @@ def test_dora_trains_a_magnitude_vector(tmp_path, tiny_model_dir, write_job, fix
     assert result.steps == 2 and result.last_loss < result.first_loss
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a worker without CUDA")
 @pytest.mark.parametrize(
-    ("changes", "param"),
-    [({"method": "qlora"}, "method.type"), ({"method": "full"}, "method.type"), ({"stage": "dpo"}, "stage")],
+    ("changes", "param", "needed"),
+    [
+        ({"method": "qlora"}, "method.type", "needs a CUDA GPU with bitsandbytes"),
+        ({"optimizer": "adamw_8bit"}, "hyperparameters.optimizer", "needs a CUDA GPU with bitsandbytes"),
+        ({"optimizer": "paged_adamw"}, "hyperparameters.optimizer", "needs a CUDA GPU with bitsandbytes"),
+        ({"attention": "flash_attention_2"}, "hyperparameters.attention", "needs a CUDA GPU with flash-attn"),
+        ({"precision": "fp16"}, "hyperparameters.precision", "needs a CUDA GPU"),
+    ],
 )
-def test_unsupported_jobs_are_refused_before_loading(tmp_path, write_job, fixed_rows, changes, param) -> None:
+def test_cuda_jobs_are_refused_before_loading(tmp_path, write_job, fixed_rows, changes, param, needed) -> None:
     job = load_job(write_job(tmp_path, "/nonexistent/model", fixed_rows, **changes))
     with pytest.raises(TrainingError) as caught:
         train(job, Reporter(io.StringIO()))
     assert (caught.value.code, caught.value.param) == ("unsupported_on_worker", param)
+    assert needed in caught.value.message and "this worker does not have" in caught.value.message
 
 
 def test_rows_without_assistant_tokens_are_an_invalid_training_file(tmp_path, tiny_model_dir, write_job) -> None:
@@ -219,7 +232,7 @@ def _child(job_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "worker.train", str(job_dir)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},  # everything it loads is local
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},  # local files; see one_cpu_thread
     )
 
 
@@ -233,10 +246,12 @@ def test_child_process_reports_progress_and_result(tmp_path, tiny_model_dir, wri
     assert all(line.startswith(EVENT_PREFIX) for line in stdout.splitlines()), "library output on stdout"
     events = events_of(stdout)
     progress = [e for e in events if e["type"] == "progress"]
-    assert [e["step"] for e in progress] == [1, 3, 4]  # the first step, every 3rd, and always the last
+    assert [e["step"] for e in progress] == [1, 2, 3, 4]  # the first, every 3rd, each evaluation, the last
     assert all(e["loss"] is not None for e in progress)
     assert events[-1]["last_loss"] == progress[-1]["loss"]
-    assert any(e["type"] == "log" and e["message"].startswith("validation loss") for e in events)
+    evaluated = [e for e in progress if "eval_loss" in e]  # eval_steps auto: once per epoch (2 steps)
+    assert [e["step"] for e in evaluated] == [2, 4]
+    assert all(e["eval_loss"] > 0 and 0 <= e["eval_accuracy"] <= 1 for e in evaluated)
     assert events[-1]["type"] == "result"
     assert events[-1]["adapter_dir"] == str(job_dir / "output" / "adapter")
     assert events[-1]["steps"] == 4

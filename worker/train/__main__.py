@@ -1,7 +1,8 @@
 """`python -m worker.train <job_dir>`: one training attempt in a fresh interpreter.
 
 Exit codes: 0 with a result event, 1 with an error event, 143 after SIGTERM (a cancel) with a "cancelled"
-warning and no result, 2 for a wrong command line. Events go to stdout (see `worker.train.reporter`);
+warning and no result, 75 after SIGUSR1 (a preemption: the worker is shutting down) once a checkpoint event for
+the step boundary it stopped at is out, 2 for a wrong command line. Events go to stdout (see `worker.train.reporter`);
 everything else, library output included, goes to stderr.
 """
 
@@ -19,6 +20,7 @@ from worker.train.reporter import Reporter
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later, from the checkpoint just saved
 EXIT_CANCELLED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
 
 
@@ -32,13 +34,13 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _run(argv: list[str], reporter: Reporter, stop: threading.Event) -> int:
+def _run(argv: list[str], reporter: Reporter, stop: threading.Event, preempt: threading.Event) -> int:
     if len(argv) != 1:
         print("usage: python -m worker.train <job_dir>", file=sys.stderr)
         return EXIT_USAGE
     # Imported here, after the SIGTERM handler is in place: loading torch and transformers takes seconds.
     from worker.train.config import JobFileError, load_job
-    from worker.train.errors import TRAINING_ERROR, TrainingCancelled, describe_failure
+    from worker.train.errors import TRAINING_ERROR, TrainingCancelled, TrainingPreempted, describe_failure
 
     try:
         job = load_job(argv[0])
@@ -47,12 +49,15 @@ def _run(argv: list[str], reporter: Reporter, stop: threading.Event) -> int:
         return EXIT_FAILED
     try:
         _quiet_libraries()
-        from worker.train.sft import train
+        from worker.train.run import train
 
-        train(job, reporter, stop=stop)
+        train(job, reporter, stop=stop, preempt=preempt)
     except TrainingCancelled as exc:
         reporter.log(str(exc), "warning")
         return EXIT_CANCELLED
+    except TrainingPreempted as exc:
+        reporter.log(str(exc), "warning")
+        return EXIT_PREEMPTED
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         failure = describe_failure(exc)
@@ -62,14 +67,16 @@ def _run(argv: list[str], reporter: Reporter, stop: threading.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    stop = threading.Event()
+    stop, preempt = threading.Event(), threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, frame: preempt.set())
     reporter = Reporter(sys.stdout)  # the real stdout: events only
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stray print()s of libraries
-            return _run(sys.argv[1:] if argv is None else argv, reporter, stop)
+            return _run(sys.argv[1:] if argv is None else argv, reporter, stop, preempt)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGUSR1, previous_usr1)
 
 
 if __name__ == "__main__":

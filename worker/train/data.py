@@ -21,33 +21,48 @@ from worker.train.templates import TEMPLATES, has_generation_markers
 IGNORE_INDEX = -100
 
 
-def read_chat_file(path: Path, *, param: str = "training_file") -> list[list[dict[str, Any]]]:
-    """The `messages` list of every non-blank line of an OpenAI chat JSONL file."""
+def read_jsonl(path: Path, *, param: str, keys: tuple[str, ...], shape: str) -> list[dict[str, Any]]:
+    """Every non-blank line of a JSONL file the parent wrote, each an object with `keys`."""
+    what = param.replace("_", " ")
     if not path.is_file():
         raise TrainingError(
             INVALID_TRAINING_FILE,
-            f"The {param.replace('_', ' ')} {path} is not on this worker; upload it again and resubmit the job.",
+            f"The {what} {path} is not on this worker; upload it again and resubmit the job.",
             param=param,
         )
-    conversations = []
+    rows = []
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                messages = row["messages"]
-                if not isinstance(messages, list):
-                    raise TypeError("'messages' is not a list")
+                missing = [key for key in keys if key not in row]
+                if missing:
+                    raise KeyError(f"no {missing[0]!r}")
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise TrainingError(
                     INVALID_TRAINING_FILE,
-                    f"Line {line_no} of the {param.replace('_', ' ')} is not a chat row ({exc}); each line must "
-                    'be {"messages": [{"role": ..., "content": ...}, ...]}.',
+                    f"Line {line_no} of the {what} is not a row of this stage ({exc}); each line must be {shape}.",
                     param=param,
                 ) from exc
-            conversations.append([_normalize(message) for message in messages])
-    return conversations
+            rows.append(row)
+    return rows
+
+
+def read_chat_file(path: Path, *, param: str = "training_file") -> list[list[dict[str, Any]]]:
+    """The `messages` list of every non-blank line of an OpenAI chat JSONL file."""
+    rows = read_jsonl(path, param=param, keys=("messages",),
+                      shape='{"messages": [{"role": ..., "content": ...}, ...]}')
+    for line_no, row in enumerate(rows, start=1):
+        if not isinstance(row["messages"], list):
+            raise TrainingError(INVALID_TRAINING_FILE, f"Row {line_no} of the {param.replace('_', ' ')}: "
+                                "'messages' is not a list.", param=param)
+    return [normalize_messages(row["messages"]) for row in rows]
+
+
+def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [_normalize(message) for message in messages]
 
 
 def _normalize(message: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +116,11 @@ def resolve_chat_template(tokenizer: Any, template_name: str | None, model_id: s
     )
 
 
-def tokenize_chat(tokenizer: Any, messages: list[dict[str, Any]], chat_template: str) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and labels that keep only the assistant tokens."""
+def tokenize_chat(
+    tokenizer: Any, messages: list[dict[str, Any]], chat_template: str, *, train_on_inputs: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation and labels that keep only the assistant tokens (all tokens with
+    `train_on_inputs`). An assistant message with `"weight": 0` (OpenAI's field) is context, not trained."""
     encoded = tokenizer.apply_chat_template(
         messages,
         chat_template=chat_template,
@@ -111,9 +129,48 @@ def tokenize_chat(tokenizer: Any, messages: list[dict[str, Any]], chat_template:
         return_assistant_tokens_mask=True,
     )
     input_ids = list(encoded["input_ids"])
-    mask = encoded["assistant_masks"]
+    if train_on_inputs:
+        return input_ids, list(input_ids)
+    mask = list(encoded["assistant_masks"])
+    weights = [message.get("weight", 1) for message in messages if message.get("role") == "assistant"]
+    if any(weight == 0 for weight in weights):
+        mask = _drop_unweighted_turns(mask, weights)
     labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, mask, strict=True)]
     return input_ids, labels
+
+
+def _drop_unweighted_turns(mask: list[int], weights: list[Any]) -> list[int]:
+    """Zero the k-th span of assistant tokens when the k-th assistant message has weight 0. Spans and messages
+    match one to one in every template that puts a header between turns; if they do not, nothing is dropped."""
+    spans, start = [], None
+    for i, keep in enumerate([*mask, 0]):
+        if keep and start is None:
+            start = i
+        elif not keep and start is not None:
+            spans.append((start, i))
+            start = None
+    if len(spans) != len(weights):
+        return mask
+    mask = list(mask)
+    for (begin, end), weight in zip(spans, weights, strict=True):
+        if weight == 0:
+            mask[begin:end] = [0] * (end - begin)
+    return mask
+
+
+def encode_completion(
+    tokenizer: Any, prompt: list[dict[str, Any]], completion: list[dict[str, Any]], chat_template: str
+) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion and a 0/1 mask of the completion's trained tokens: the assistant tokens
+    (the template's generation spans) after the rendered prompt with its generation header."""
+    ids, labels = tokenize_chat(tokenizer, [*prompt, *completion], chat_template)
+    prompt_ids = tokenizer.apply_chat_template(prompt, chat_template=chat_template, tokenize=True,
+                                               add_generation_prompt=True, return_dict=True)["input_ids"]
+    start = 0
+    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
+        start += 1
+    mask = [int(i >= start and label != IGNORE_INDEX) for i, label in enumerate(labels)]
+    return ids, mask
 
 
 @dataclass
@@ -138,10 +195,9 @@ class PreparedData:
     def trainable_tokens(self) -> int:
         return sum(sum(label != IGNORE_INDEX for label in row) for row in self.labels)
 
-    def to_dataset(self) -> Any:
-        from datasets import Dataset
-
-        return Dataset.from_dict({"input_ids": self.input_ids, "labels": self.labels})
+    def rows_as_dicts(self) -> list[dict[str, Any]]:
+        return [{"input_ids": ids, "labels": labels} for ids, labels in zip(self.input_ids, self.labels,
+                                                                             strict=True)]
 
 
 def prepare_chat_data(
@@ -152,6 +208,7 @@ def prepare_chat_data(
     *,
     param: str = "training_file",
     warn: Callable[[str], None] | None = None,
+    train_on_inputs: bool = False,
 ) -> PreparedData:
     """Read, render, mask and truncate (keeping the start) a chat file; rows left without an assistant token
     are dropped, and a file with no trainable row at all is an `invalid_training_file` error."""
@@ -166,7 +223,7 @@ def prepare_chat_data(
     all_ids, all_labels = [], []
     truncated = dropped = 0
     for messages in conversations:
-        input_ids, labels = tokenize_chat(tokenizer, messages, chat_template)
+        input_ids, labels = tokenize_chat(tokenizer, messages, chat_template, train_on_inputs=train_on_inputs)
         if len(input_ids) > max_seq_length:
             truncated += 1
             input_ids, labels = input_ids[:max_seq_length], labels[:max_seq_length]

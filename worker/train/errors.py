@@ -30,6 +30,16 @@ class TrainingCancelled(Exception):
         self.step = step
 
 
+class TrainingPreempted(Exception):
+    """SIGUSR1 arrived (the worker is shutting down); a checkpoint was saved at a step boundary."""
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        where = f"; checkpoint {checkpoint}" if checkpoint else "; no checkpoint could be saved"
+        super().__init__(f"preempted at step {step}{where}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
 @dataclass(frozen=True)
 class Failure:
     code: str
@@ -54,8 +64,9 @@ def describe_failure(exc: BaseException) -> Failure:
     if _is_cuda_oom(exc):
         return Failure(
             CUDA_OOM,
-            "The GPU ran out of memory while training. Lower hyperparameters.batch_size or "
-            "hyperparameters.max_seq_length, or use method.type 'qlora' on a GPU worker that supports it.",
+            "The GPU ran out of memory while training. Lower hyperparameters.batch_size (or raise "
+            "gradient_accumulation_steps) or hyperparameters.max_seq_length, set gradient_checkpointing to true, "
+            "or use method.type 'qlora'.",
             "hyperparameters.batch_size",
         )
     text = str(exc).strip() or "(no message)"

@@ -4,9 +4,12 @@ The parent ignores every other line, so library output is harmless; libraries ar
 (see `worker.train.__main__`). Event shapes:
 
 - progress: step, total_steps, epoch, loss, learning_rate, grad_norm, tokens_per_second, trained_tokens,
-  eta_seconds (the last six may be null where not known yet)
+  eta_seconds (null where not known yet), peak_memory_mb (CUDA: max allocated; CPU: the process's peak RSS);
+  at a step that evaluated also eval_loss and eval_accuracy (null where the stage has no accuracy)
+- checkpoint: step, path (a complete Trainer checkpoint dir), metrics {train_loss, eval_loss, token_accuracy}
 - log: level ("info" | "warning"), message
-- result: adapter_dir, first_loss, last_loss, train_loss, trained_tokens, steps
+- result: adapter_dir, first_loss, last_loss, train_loss, trained_tokens, steps, stage, method, and merged_dir
+  when publish.merged asked for a merged model. For method full/freeze adapter_dir holds the full weights.
 - error: code, message, param
 """
 
@@ -57,8 +60,10 @@ class Reporter:
         tokens_per_second: float | None,
         trained_tokens: int,
         eta_seconds: float | None,
+        peak_memory_mb: float | None = None,
+        evaluation: dict[str, float | None] | None = None,
     ) -> None:
-        self.emit({
+        event: dict[str, Any] = {
             "type": "progress",
             "step": int(step),
             "total_steps": int(total_steps),
@@ -69,6 +74,19 @@ class Reporter:
             "tokens_per_second": _finite(tokens_per_second),
             "trained_tokens": int(trained_tokens),
             "eta_seconds": _finite(eta_seconds),
+            "peak_memory_mb": _finite(peak_memory_mb),
+        }
+        if evaluation is not None:
+            event["eval_loss"] = _finite(evaluation.get("eval_loss"))
+            event["eval_accuracy"] = _finite(evaluation.get("eval_accuracy"))
+        self.emit(event)
+
+    def checkpoint(self, *, step: int, path: str, metrics: dict[str, float | None]) -> None:
+        self.emit({
+            "type": "checkpoint",
+            "step": int(step),
+            "path": path,
+            "metrics": {key: _finite(metrics.get(key)) for key in ("train_loss", "eval_loss", "token_accuracy")},
         })
 
     def log(self, message: str, level: Literal["info", "warning"] = "info") -> None:
@@ -83,8 +101,11 @@ class Reporter:
         train_loss: float | None,
         trained_tokens: int,
         steps: int,
+        stage: str = "sft",
+        method: str = "lora",
+        merged_dir: str | None = None,
     ) -> None:
-        self.emit({
+        event: dict[str, Any] = {
             "type": "result",
             "adapter_dir": adapter_dir,
             "first_loss": _finite(first_loss),
@@ -92,7 +113,12 @@ class Reporter:
             "train_loss": _finite(train_loss),
             "trained_tokens": int(trained_tokens),
             "steps": int(steps),
-        })
+            "stage": stage,
+            "method": method,
+        }
+        if merged_dir is not None:
+            event["merged_dir"] = merged_dir
+        self.emit(event)
 
     def error(self, code: str, message: str, param: str | None = None) -> None:
         self.emit({"type": "error", "code": code, "message": message, "param": param})

@@ -1,0 +1,179 @@
+"""Training throughput: TuneQueue's training function against a plain TRL `SFTTrainer` script and
+`llamafactory-cli train`, on the same machine, model, rows and hyperparameters, in one invocation.
+
+CPU (the default): a random Llama (hidden 512, 4 layers), 512 synthetic instruction rows, LoRA r16 on all
+linear layers, batch 8, cutoff 256, one epoch, fp32. Each system runs in a fresh interpreter, one after the
+other; the table reports trained (non-padding) tokens per second of the training loop, wall time of the whole
+process, the final training loss (mean of the last 8 steps), and TuneQueue's ratio to each peer.
+
+    .venv/bin/python benchmarks/train_throughput.py --lf-python /tmp/lf-venv/bin/python
+    .venv/bin/python benchmarks/train_throughput.py --device cuda      # GPU variant, see gpu_variant()
+
+LLaMA-Factory must live in its own virtual environment (`python -m venv /tmp/lf-venv && /tmp/lf-venv/bin/pip
+install torch==2.13.0 llamafactory`); it is never a dependency of this project. Without --lf-python the
+LLaMA-Factory row is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.train_setup import build_cpu_model, build_gpu_model, instruction_rows, write_rows  # noqa: E402
+
+# LLaMA-Factory paper (Zheng et al. 2024, arXiv:2403.13372), Table 4: peak GPU memory (GB) per method, bf16,
+# batch 4, cutoff 1024, on an A100 40GB (Gemma-2B and Llama2-7B columns). Transcribed for comparison only;
+# check against the paper before quoting them.
+LF_PAPER_TABLE4_GB = {
+    "full": {"Gemma-2B": 17.06, "Llama2-7B": 38.72},
+    "freeze": {"Gemma-2B": 8.10, "Llama2-7B": 15.69},
+    "lora": {"Gemma-2B": 7.91, "Llama2-7B": 16.32},
+    "qlora": {"Gemma-2B": 5.21, "Llama2-7B": 7.52},
+}
+
+
+def run_system(system: str, python: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    config = work / f"{system}-{cfg.get('method', 'lora')}.json"
+    config.write_text(json.dumps(cfg))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "DISABLE_VERSION_CHECK": "1"}
+    if cfg.get("threads"):
+        env.update(OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run([python, str(ROOT / "benchmarks" / "train_peers.py"), system, str(config)], cwd=work,
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        raise RuntimeError(f"{system} failed (exit {proc.returncode}):\n{tail}")
+    outcome = json.loads(lines[-1][len("BENCH "):])
+    outcome["wall_seconds"] = wall
+    outcome["process_cpu_seconds"] = cpu  # the whole process: imports, loading, preprocessing, training
+    outcome["tokens_per_second"] = outcome["tokens"] / outcome["train_seconds"]
+    outcome["tokens_per_cpu_second"] = outcome["tokens"] / outcome["train_cpu_seconds"]
+    return outcome
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    ours = results["tunequeue"]
+    lines = ["| system | trained tokens | tokens per CPU-s | tokens per s | loop CPU s | loop wall s | "
+             "process wall s | final loss | mean loss | peak RSS MiB | TuneQueue × (CPU) | TuneQueue × (wall) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        cpu_ratio = ours["tokens_per_cpu_second"] / r["tokens_per_cpu_second"]
+        wall_ratio = ours["tokens_per_second"] / r["tokens_per_second"]
+        mine = name == "tunequeue"
+        lines.append(f"| {name} | {r['tokens']:,} | {r['tokens_per_cpu_second']:,.0f} | "
+                     f"{r['tokens_per_second']:,.0f} | {r['train_cpu_seconds']:.0f} | {r['train_seconds']:.0f} | "
+                     f"{r['wall_seconds']:.0f} | "
+                     f"{r['final_loss']:.4f} | {r['train_loss']:.4f} | {r['peak_mb']:,.0f} | "
+                     f"{'—' if mine else f'{cpu_ratio:.2f}×'} | {'—' if mine else f'{wall_ratio:.2f}×'} |")
+    return "\n".join(lines)
+
+
+def cpu_benchmark(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    model = build_cpu_model(work / "model")
+    files = write_rows(instruction_rows(args.rows), work / "data")
+    cfg = {"model": str(model), "jsonl": str(files["jsonl"]), "dataset_dir": str(files["dataset_dir"]),
+           "rows": args.rows, "batch": 8, "cutoff": 256, "lr": 2e-4, "rank": 16, "logging_steps": 8,
+           "device": "cpu", "padding_free": args.padding_free, "group_by_length": args.group_by_length,
+           "threads": args.threads}
+    systems = [("tunequeue", sys.executable), ("trl", sys.executable)]
+    if args.lf_python:
+        systems.append(("llamafactory", args.lf_python))
+    results = {}
+    for system, python in systems:
+        if args.only and system not in args.only:
+            continue
+        results[system] = run_system(system, python, {**cfg, "out": str(work / "out" / system)}, work)
+        print(f"{system}: {json.dumps(results[system])}", flush=True)
+    return results
+
+
+def gpu_variant(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    """GPU machines: a ~0.5B random Llama, the same rows, cutoff 1024, batch 4 (the paper's Table 4 setting),
+    one run of TuneQueue per method; peak memory is torch.cuda.max_memory_allocated."""
+    model = build_gpu_model(work / "model-0.5b")
+    files = write_rows(instruction_rows(args.rows), work / "data")
+    results = {}
+    for method in ("lora", "qlora", "freeze", "full"):
+        cfg = {"model": str(model), "jsonl": str(files["jsonl"]), "dataset_dir": str(files["dataset_dir"]),
+               "rows": args.rows, "batch": 4, "cutoff": 1024, "lr": 2e-4 if method in ("lora", "qlora") else 2e-5,
+               "rank": 16, "logging_steps": 8, "device": "cuda", "method": method,
+               "out": str(work / "out" / method)}
+        results[method] = run_system("tunequeue", sys.executable, cfg, work)
+        print(f"{method}: {json.dumps(results[method])}", flush=True)
+    return results
+
+
+def gpu_table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| method | tokens/s | final loss | peak GiB (0.5B, ours) | paper: Gemma-2B GB | paper: Llama2-7B GB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method, r in results.items():
+        paper = LF_PAPER_TABLE4_GB.get(method, {})
+        lines.append(f"| {method} | {r['tokens_per_second']:,.0f} | {r['final_loss']:.4f} | "
+                     f"{r['peak_mb'] / 1024:.2f} | {paper.get('Gemma-2B', '—')} | {paper.get('Llama2-7B', '—')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--lf-python", help="python of the virtual environment that has llamafactory")
+    parser.add_argument("--only", nargs="*", help="run only these systems (tunequeue, trl, llamafactory)")
+    parser.add_argument("--padding-free", action="store_true", help="TuneQueue: one row per batch, no padding")
+    parser.add_argument("--group-by-length", action="store_true", help="TuneQueue: batches of similar length")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per system (default 1: on a shared machine OpenMP threads that wait on "
+                             "each other make wall times meaningless; 0: torch's default)")
+    parser.add_argument("--work", type=Path, help="keep models and outputs here (default: a temp dir)")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="tunequeue-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}", flush=True)
+    if args.device == "cuda":
+        results = gpu_variant(args, work)
+        print(gpu_table(results))
+    else:
+        results = cpu_benchmark(args, work)
+        if "tunequeue" in results:
+            print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
