@@ -35,17 +35,25 @@ def sha256_of(path: Path) -> str:
 
 def upload_adapter(store: LocalArtifactStore, job: Job, attempt: int, adapter_dir: Path,
                    merged_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
-    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
-    if missing:
-        raise PublishError(f"the training process produced no {', '.join(missing)} in {adapter_dir}")
+    if (adapter_dir / "adapter_config.json").is_file():
+        names, fmt = list(ADAPTER_FILES), "peft-lora"
+        missing = [name for name in names if not (adapter_dir / name).is_file()]
+        if missing:
+            raise PublishError(f"the training process produced no {', '.join(missing)} in {adapter_dir}")
+    elif (adapter_dir / "config.json").is_file():
+        # full / freeze: the whole model (weights, config, tokenizer with its chat template) is what is published
+        names = sorted(str(p.relative_to(adapter_dir)) for p in adapter_dir.rglob("*") if p.is_file())
+        fmt = "full"
+    else:
+        raise PublishError(f"the training process produced neither an adapter nor a model in {adapter_dir}")
     key = f"models/{job.tenant_id}/{job.id}/attempt-{attempt}"
     files = []
-    for name in ADAPTER_FILES:
+    for name in names:
         path = adapter_dir / name
         store.put_file(f"{key}/{name}", path)
         files.append({"path": name, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
     manifest: dict[str, Any] = {"model": model_name(job), "base_model": job.base_model, "job_id": job.id,
-                                "attempt": attempt, "format": "peft-lora", "files": files}
+                                "attempt": attempt, "format": fmt, "files": files}
     if merged_dir is not None and merged_dir.is_dir():
         merged = store.put_dir(f"{key}/merged", merged_dir)
         manifest["merged"] = [{**f, "sha256": sha256_of(merged_dir / str(f["path"]))} for f in merged]
