@@ -11,23 +11,16 @@ from sqlalchemy.orm import Session
 
 from common.artifacts import LocalArtifactStore, get_store
 from common.auth import lookup_key
-from common.db import session_factory
+from common.db import session_scope
 from common.errors import AuthenticationError, PermissionDenied
 from common.settings import Settings, get_settings
 
 
 def get_session() -> Iterator[Session]:
-    """One transaction per request. scope="function" at the use sites: the commit runs before the response is
-    sent, so a client never gets an id it cannot read back yet."""
-    session = session_factory()()
-    try:
+    """One transaction per request (common.db.session_scope). scope="function" at the use sites: the commit runs
+    before the response is sent, so a client never gets an id it cannot read back yet."""
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 @dataclass(frozen=True)
