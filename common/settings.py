@@ -54,6 +54,27 @@ class Settings(BaseSettings):
     serve_port: int = 8001
     serve_max_adapters: int = Field(default=32, ge=1, description="Adapters kept loaded per base model (LRU).")
     serve_queue_size: int = Field(default=64, ge=1, description="Pending requests per base model before 429.")
+    serve_max_batch: int = Field(default=32, ge=1, le=1024,
+                                 description="Sequences decoded together in one forward pass per base model.")
+    serve_max_prefill_tokens: int = Field(default=4096, ge=16,
+                                          description="Prompt tokens prefilled in one forward pass; more wait.")
+    serve_default_max_tokens: int = Field(default=512, ge=1,
+                                          description="Chat completions without max_tokens stop here (or at the "
+                                                      "end of the context window, whichever is first).")
+    serve_memory_mb: int | None = Field(
+        default=None, ge=1,
+        description="Memory for base model weights; least recently used idle bases are unloaded to stay under it. "
+                    "Default: 90% of the GPU's memory, or half of the host's RAM on CPU.")
+    serve_device: str = Field(default="auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1'.")
+    serve_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="'auto': bfloat16 on a GPU that has it, float16 on other GPUs, float32 on CPU.")
+    serve_threads: int | None = Field(default=None, ge=1,
+                                      description="torch intra-op threads (default on CPU: all cores but one).")
+    serve_backend: Literal["local", "vllm"] = Field(
+        default="local", description="'local': this process runs the models; 'vllm': forward to a vLLM server.")
+    serve_vllm_url: str = Field(default="http://127.0.0.1:8100", description="The vLLM OpenAI server (backend vllm).")
+    serve_vllm_max_lora_rank: int = Field(default=16, ge=1,
+                                          description="The --max-lora-rank the vLLM server was started with.")
     gpu_sample_seconds: float = Field(default=2.0, gt=0, description="How often the worker samples NVML.")
     worker_ttl_seconds: int = Field(default=30, ge=5, description="A worker's registration expires after this.")
     metrics_event_every: int = Field(default=10, ge=1, description="Keep one metrics event per N steps.")
