@@ -19,7 +19,7 @@ from common.models.base import utcnow
 from common.registry import local_path
 from common.schemas.common import unix
 from common.schemas.models import ModelPublic
-from common.settings import Settings
+from common.settings import Settings, get_settings
 
 # vLLM's default `--max-lora-rank`; an operator who starts vLLM with a larger one serves larger ranks.
 VLLM_MAX_LORA_RANK = 16
@@ -98,7 +98,8 @@ def adapter_public(row: Model, store: ArtifactStore | None = None) -> ModelObjec
     config = adapter_config(store, row.storage_key) if store is not None else None
     return ModelObject(id=row.id, created=unix(row.created_at) or 0, owned_by=row.tenant_id, parent=row.base_model,
                        root=row.base_model, job_id=row.job_id, kind="adapter", manifest=row.manifest,
-                       vllm=vllm_compatibility(config) if config is not None else None)
+                       vllm=vllm_compatibility(config, get_settings().serve_vllm_max_lora_rank)
+                       if config is not None else None)
 
 
 def list_models(session: Session, settings: Settings, tenant_id: str,
