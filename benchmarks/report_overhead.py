@@ -35,6 +35,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.scratch_db import drop_database, scratch_database  # noqa: E402
+
 WARMUP = 3
 
 
@@ -62,29 +65,6 @@ def relay_side(job_id: str, tenant_id: str, attempt: int) -> None:
                       "trained_tokens": i, "eta_seconds": 1.0, "peak_memory_mb": 100.0})
     burst_seconds = time.perf_counter() - start
     print(json.dumps({"handle_seconds": times, "owner": relay.owner, "burst_events_per_second": burst / burst_seconds}))
-
-
-def scratch_database() -> tuple[str, Any]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from common.settings import Settings
-
-    base = make_url(Settings().database_url)
-    name = f"tunequeue_bench_{secrets.token_hex(4)}"
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return base.set(database=name).render_as_string(hide_password=False), (admin, name)
-
-
-def drop_database(handle: Any) -> None:
-    from sqlalchemy import text
-
-    admin, name = handle
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def claimed_job() -> tuple[str, str, int]:

@@ -41,6 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.scratch_db import drop_database, scratch_database  # noqa: E402
+
 _VOCABULARY = """the a model token train data file user answer question adapter worker job memory fast slow queue
 service learning rate batch epoch gradient loss checkpoint café naïve über 東京 データ ✓"""
 WORDS = _VOCABULARY.split()
@@ -125,29 +127,6 @@ def run_library(path: Path, repeat: int) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--library-side", str(path), "--repeat", str(repeat)],
                          check=True, capture_output=True, text=True, cwd=ROOT)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def scratch_database() -> tuple[str, Any]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from common.settings import Settings
-
-    base = make_url(Settings().database_url)
-    name = f"tunequeue_bench_{secrets.token_hex(4)}"
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return base.set(database=name).render_as_string(hide_password=False), (admin, name)
-
-
-def drop_database(handle: Any) -> None:
-    from sqlalchemy import text
-
-    admin, name = handle
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common import datasets
 from common.artifacts import LocalArtifactStore
+from common.datasets import iter_stage_rows
 from common.models import Checkpoint, File, Job, Model
 from common.registry import local_path
 from common.settings import Settings
@@ -34,17 +33,10 @@ class Prepared:
     resumed_from_step: int | None
 
 
-def _rows(path: Path, fmt: str, stage: str) -> Iterator[dict[str, Any]]:
-    stage_rows = getattr(datasets, "iter_stage_rows", None)
-    if stage_rows is not None:
-        return stage_rows(path, fmt, stage)  # type: ignore[no-any-return]
-    return datasets.iter_chat_rows(path, fmt)
-
-
 def _write_rows(store: LocalArtifactStore, row: File, stage: str, dest: Path) -> int:
     count = 0
     with open(dest, "w", encoding="utf-8") as out:
-        for item in _rows(store.local_path(row.storage_key), row.format or "chat", stage):
+        for item in iter_stage_rows(store.local_path(row.storage_key), row.format or "chat", stage):
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
             count += 1
     return count

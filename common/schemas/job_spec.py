@@ -22,10 +22,6 @@ Stage = Literal["sft", "dpo", "orpo", "kto", "pt", "rm"]
 MethodType = Literal["lora", "qlora", "dora", "full", "freeze"]
 Auto = Literal["auto"]
 
-# What the workers of this build can run. qlora is on the menu: a worker without CUDA or bitsandbytes refuses it
-# with `unsupported_on_worker`, saying what it needed.
-SUPPORTED_STAGES: tuple[str, ...] = ("sft", "dpo", "orpo", "kto", "pt", "rm")
-SUPPORTED_METHODS: tuple[str, ...] = ("lora", "qlora", "dora", "full", "freeze")
 ADAPTER_METHODS: tuple[str, ...] = ("lora", "qlora", "dora")
 PAIR_STAGES: tuple[str, ...] = ("dpo", "orpo", "rm")
 MAX_LORA_RANK = 256

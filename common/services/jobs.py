@@ -15,7 +15,7 @@ from common.errors import InvalidRequest
 from common.ids import new_id
 from common.models import File, Job
 from common.registry import resolve
-from common.schemas.job_spec import SUPPORTED_METHODS, SUPPORTED_STAGES, JobSpec, resolved_hyperparameters
+from common.schemas.job_spec import JobSpec, resolved_hyperparameters
 from common.services.queries import get_owned, paginate
 from common.settings import Settings
 
@@ -41,20 +41,6 @@ def _check_file(session: Session, tenant_id: str, file_id: str, *, param: str, s
     return row
 
 
-def check_supported(spec: JobSpec) -> None:
-    if spec.stage not in SUPPORTED_STAGES:
-        raise InvalidRequest(
-            f"stage {spec.stage!r} is not available on this server yet; available: {', '.join(SUPPORTED_STAGES)}",
-            param="stage", code="unsupported_stage",
-        )
-    if spec.method.type not in SUPPORTED_METHODS:
-        raise InvalidRequest(
-            f"method.type {spec.method.type!r} is not available on this server yet; "
-            f"available: {', '.join(SUPPORTED_METHODS)}",
-            param="method.type", code="unsupported_method",
-        )
-
-
 def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
                idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Validate against what the server has, insert `validating_files`. Returns (job, created). The caller
@@ -64,7 +50,6 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
         existing = _by_idempotency_key(session, tenant_id, idempotency_key, spec_hash)
         if existing is not None:
             return existing, False
-    check_supported(spec)
     resolve(settings, spec.base_model)
     train = _check_file(session, tenant_id, spec.training_file, param="training_file", stage=spec.stage)
     if spec.validation_file:

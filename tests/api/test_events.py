@@ -24,6 +24,7 @@ from common.settings import get_settings
 from tests.api.conftest import assert_error, auth
 from tests.e2e.conftest import free_port
 from tests.factories import make_job_row, make_tenant
+from tests.waiting import wait_until
 from worker.relay import ProgressRelay
 
 # --- helpers shared with tests/e2e/test_progress.py -------------------------------------------------------
@@ -79,16 +80,6 @@ class SseReader(threading.Thread):
         if self.error is not None:
             raise self.error
         return self
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def db_event_seqs(job_id: str) -> list[int]:

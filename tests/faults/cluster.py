@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import httpx
 import redis
 
 from tests.e2e.conftest import REPO, free_port
+from tests.waiting import wait_until as _wait_until
 
 BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -37,17 +37,8 @@ FAST = {
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the thing we wait for may be restarting
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+    """Servers here restart on purpose, so a failing check counts as 'not yet'."""
+    return _wait_until(predicate, timeout, what, interval, tolerate=(Exception,))
 
 
 class OwnRedis:

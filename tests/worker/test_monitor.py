@@ -20,6 +20,7 @@ from common.models import Job, JobEvent
 from common.progress import ProgressChannel, get_redis, worker_key
 from common.settings import get_settings
 from tests.api.test_events import claim, finish, progress, queued_job, relay
+from tests.waiting import wait_until
 from tests.worker.test_gpu import MIB, Card, StandInNVML
 from worker import monitor as monitor_module
 from worker import relay as relay_module
@@ -156,10 +157,10 @@ def test_start_monitor_outside_celery_watches_the_job_then_leaves_nothing(tenant
     handle = start_monitor(job_row(job_id), attempt, child.pid, settings)  # the real NVML: gpus [] without one
     try:
         assert handle.owned and handle.monitor is not None
-        sample = _wait(lambda: latest_sample(job_id))
+        sample = wait_until(lambda: latest_sample(job_id))
         assert isinstance(sample["gpus"], list) and sample["process_rss_mb"] > 0
         host = handle.monitor.host
-        assert _wait(lambda: [r for r in ProgressChannel().list_workers()
+        assert wait_until(lambda: [r for r in ProgressChannel().list_workers()
                               if r.get("host") == host and r.get("job_id") == job_id])
         # The relay copies the newest sample into what it records durably.
         r = relay(job_id, tenant_id, attempt)
@@ -172,16 +173,6 @@ def test_start_monitor_outside_celery_watches_the_job_then_leaves_nothing(tenant
         ProgressChannel().clear(job_id)
     assert latest_sample(job_id) is None and monitor_module._process_monitor is None
     assert not [r for r in ProgressChannel().list_workers() if r.get("job_id") == job_id]
-
-
-def _wait(check: Any, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 # --- relay -----------------------------------------------------------------------------------------------
