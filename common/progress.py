@@ -1,6 +1,6 @@
 """The live-progress channel in Redis (a live view only; Postgres has every event that matters).
 
-Keys (DESIGN.md): tunequeue:job:<id>:progress (hash), tunequeue:job:<id>:events (capped stream),
+Keys (docs/architecture.md, "Redis"): tunequeue:job:<id>:progress (hash), tunequeue:job:<id>:events (capped stream),
 tunequeue:worker:<host>:<gpu> (hash with TTL), channel tunequeue:models."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `GpuSampler` never raises: a host without an NVIDIA driver samples as `[]`, a metric a card does not support
 (power on some boards, per-process memory inside some containers) is `None`, and a card that stops answering
 is reported with an `error` instead of numbers. NVML is asked for, never CUDA: the worker parent must not
-initialise CUDA (DESIGN.md), and NVML sees every card regardless of `CUDA_VISIBLE_DEVICES`.
+initialise CUDA (docs/architecture.md, "Processes"), and NVML sees every card regardless of `CUDA_VISIBLE_DEVICES`.
 
 The NVML module is injectable so that tests can stand in for the library on a machine without a GPU.
 """

@@ -1,4 +1,4 @@
-"""The native job spec (DESIGN.md "The job spec"). Unknown fields are an error at every level.
+"""The native job spec (docs/job-spec.md). Unknown fields are an error at every level.
 
 Validated once at `POST /jobs`; the worker receives the same model, with `"auto"` values still in place.
 `resolved_hyperparameters` turns the data-dependent "auto" values into numbers (the API stores and shows its

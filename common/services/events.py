@@ -24,7 +24,7 @@ from common.services.queries import paginate
 MAX_METRICS_LIMIT = 10_000
 STREAM_BATCH = 500
 
-# The keys DESIGN.md promises in `progress`; the rest (grad_norm, trained_tokens, eval_loss, eval_accuracy,
+# The keys docs/progress.md promises in `progress`; the rest (grad_norm, trained_tokens, eval_loss, eval_accuracy,
 # peak_memory_mb, process_rss_mb, attempt, sampled_at) are passed through when a worker reported them.
 PROGRESS_KEYS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second", "eta_seconds")
 
@@ -84,7 +84,7 @@ def parse_last_event_id(value: str | None, *, param: str) -> int:
 
 
 def progress_view(raw: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The `progress` object of a job: every DESIGN.md key present (null when not known yet), `gpus` a list."""
+    """The `progress` object of a job: every key of docs/progress.md present (null when not known yet), `gpus` a list."""
     if not raw:
         return None
     view: dict[str, Any] = {key: raw.get(key) for key in PROGRESS_KEYS}

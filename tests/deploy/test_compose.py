@@ -30,7 +30,7 @@ DEPLOY_README = ROOT / "deploy" / "README.md"
 
 APP_SERVICES = ("api", "worker", "serve")
 GPU_SERVICES = ("worker", "serve")
-# What each process's command must start (DESIGN.md "Processes").
+# What each process's command must start (docs/architecture.md, "Processes").
 ENTRY_POINTS = {
     "migrate": "scripts/prestart.sh",
     "api": "api.main",
@@ -38,7 +38,7 @@ ENTRY_POINTS = {
     "serve": "worker.serve",
 }
 CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
-# Files the images COPY that DESIGN.md names but other work has not landed yet. While one is missing its check
+# Files the images COPY that docs/architecture.md names but other work has not landed yet. While one is missing its check
 # is skipped with this reason; once it exists the check is a real one.
 PENDING_FILES = {
     "README.md": "the root README.md (pyproject's readme) is not written yet",

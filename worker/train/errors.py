@@ -1,4 +1,4 @@
-"""Failures of a training attempt, as the codes a program can act on (DESIGN.md "A job's path")."""
+"""Failures of a training attempt, as the codes a program can act on (docs/architecture.md, "A job's path")."""
 
 from __future__ import annotations
 
