@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from worker.train.templates import CHATML_TEMPLATE
+from common.text.templates import CHATML_TEMPLATE
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 from common import state
 from common.artifacts import get_store
 from common.datasets import STAGE_FORMATS, STAGES, iter_stage_records
-from common.datasets.tokens import Encoder, TokenizeError, TokenStats, load_tokenizer, template_label
+from common.datasets.tokens import Encoder, TokenStats, load_tokenizer, template_label
 from common.db import session_scope
+from common.errors import TuneQueueError
 from common.models import File, Job
 from common.queue import enqueue_run
 from common.settings import Settings, get_settings
@@ -132,8 +133,8 @@ def check_files(plan: Plan, settings: Settings) -> dict[str, Any]:
         encoder = Encoder.for_model(load_tokenizer(plan.base_model, entry), model_id=plan.base_model,
                                     stage=plan.stage, template=plan.template, registry_template=entry.template,
                                     train_on_inputs=plan.train_on_inputs)
-    except TokenizeError as exc:
-        raise JobFilesError(exc.code, exc.message, exc.param) from exc
+    except TuneQueueError as exc:  # the model or its template cannot be used: fail with its own code
+        raise JobFilesError(exc.code or "internal_error", exc.message, exc.param) from exc
     stats: dict[str, Any] = {
         "base_model": plan.base_model, "template": template_label(encoder), "stage": plan.stage,
         "train_on_inputs": plan.train_on_inputs, "packing": plan.packing,

@@ -1,9 +1,9 @@
 """Rows as token ids with the trained positions marked, the way the trainer sees them: for the file preview
 (`GET /files/{id}/preview`) and the token statistics of the `validating_files` step.
 
-Rendering and masking are the trainer's own functions (`worker.train.data.resolve_chat_template`,
-`tokenize_chat`), imported lazily so that an upload never loads transformers. Per stage, on rows shaped by
-`iter_stage_rows`:
+Rendering and masking are the trainer's own functions (`common.text.templates.resolve_chat_template`,
+`common.text.chat.tokenize_chat`); transformers is imported only when a tokenizer loads, so an upload never
+loads it. Per stage, on rows shaped by `iter_stage_rows`:
 - sft: `tokenize_chat` of the messages; the trained tokens are its assistant mask without `weight: 0` turns
   (all tokens with `train_on_inputs`).
 - dpo, orpo, rm: two sequences, prompt + chosen and prompt + rejected (`encode_completion`); the trained tokens
@@ -23,29 +23,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import InvalidRequest, NotReady
 from common.registry import local_path
 from common.settings import BaseModelEntry
+from common.text.chat import encode_completion, tokenize_chat
+from common.text.masks import IGNORE_INDEX, count_trained, labels_from_mask
+from common.text.templates import TEMPLATES, UnusableTemplate, own_template, resolve_chat_template
 
-IGNORE_INDEX = -100
+MODEL_UNAVAILABLE = "base_model_unavailable"
 PAIR_STAGES = ("dpo", "orpo", "rm")
 LONG_ROWS = "truncated"  # what the trainer does to a row longer than max_seq_length: keeps its first tokens
 NO_TRAINED_TOKEN = "dropped"  # ... and to a row left without a trained token
 USE_LOCK = threading.Lock()  # a fast tokenizer is not safe to share between threads mid-call
 
 
-class TokenizeError(Exception):
-    """Rows cannot be tokenized for this model/template: `code`, `message` (how to fix it), `param`."""
-
-    def __init__(self, code: str, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
-
-
 @dataclass
-class Sequence:
-    """One token sequence of a row ("text"; "chosen"/"rejected"; "completion") and its labels (-100: no loss)."""
+class EncodedSequence:
+    """One token sequence of a row ("text"; "chosen"/"rejected"; "completion") and its labels (IGNORE_INDEX:
+    no loss)."""
 
     name: str
     input_ids: list[int]
@@ -53,28 +48,25 @@ class Sequence:
 
     def trained(self, limit: int | None = None) -> int:
         """Tokens that carry loss among the first `limit` (all when None)."""
-        labels = self.labels if limit is None else self.labels[:limit]
-        return sum(1 for label in labels if label != IGNORE_INDEX)
+        return count_trained(self.labels if limit is None else self.labels[:limit])
 
 
 def load_tokenizer(model_id: str, entry: BaseModelEntry) -> Any:
-    """The base model's tokenizer (cached per process), or TokenizeError base_model_unavailable."""
+    """The base model's tokenizer (cached per process), or NotReady base_model_unavailable."""
     folder = local_path(entry)
     if folder is not None and not folder.is_dir():
-        raise TokenizeError(
-            "base_model_unavailable",
+        raise NotReady(
             f"base model {model_id!r} points at {folder}, which does not exist on this machine; build it "
             "(`tunequeue dev tiny-model PATH`) or fix TUNEQUEUE_BASE_MODELS",
-            "base_model",
+            param="base_model", code=MODEL_UNAVAILABLE,
         )
     stamp = folder.stat().st_mtime_ns if folder is not None else 0
     try:
         return _load(str(folder or entry.path), entry.revision, entry.trust_remote_code, stamp)
     except Exception as exc:  # transformers raises many kinds for a missing or broken tokenizer
-        raise TokenizeError(
-            "base_model_unavailable",
+        raise NotReady(
             f"the tokenizer of base model {model_id!r} could not be loaded ({type(exc).__name__}: {exc})",
-            "base_model",
+            param="base_model", code=MODEL_UNAVAILABLE,
         ) from exc
 
 
@@ -85,14 +77,9 @@ def _load(path: str, revision: str | None, trust_remote_code: bool, stamp: int) 
     return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
 
 
-def has_own_template(tokenizer: Any) -> bool:
-    own = getattr(tokenizer, "chat_template", None)
-    return bool(own.get("default") if isinstance(own, dict) else own)
-
-
 @dataclass
 class Encoder:
-    """How one job (or one preview) turns rows of its stage into `Sequence`s."""
+    """How one job (or one preview) turns rows of its stage into `EncodedSequence`s."""
 
     tokenizer: Any
     stage: str
@@ -112,46 +99,43 @@ class Encoder:
         train_on_inputs: bool = False,
     ) -> Encoder:
         """Pick the chat template as the job spec describes it: `template` when given (a built-in name), else
-        the tokenizer's own, else the one the base model is registered with. TokenizeError when none fits."""
+        the tokenizer's own, else the one the base model is registered with. InvalidRequest invalid_template for
+        an unknown `template`, UnusableTemplate when none fits."""
         if stage == "pt":
             return cls(tokenizer, stage, None, None, train_on_inputs)
-        from worker.train.data import resolve_chat_template
-        from worker.train.errors import TrainingError
-        from worker.train.templates import TEMPLATES
-
         if template is not None and template not in TEMPLATES:
-            raise TokenizeError(
-                "invalid_template",
+            raise InvalidRequest(
                 f"template {template!r} is not a built-in chat template; use one of {', '.join(sorted(TEMPLATES))}, "
                 "or leave it out to use the base model's own",
-                "template",
+                param="template", code="invalid_template",
             )
         if not getattr(tokenizer, "is_fast", False):
-            raise TokenizeError(
-                "unsupported_on_worker",
+            raise UnusableTemplate(
                 f"the tokenizer of base model {model_id!r} has no fast (tokenizers) version, which marking the "
                 "trained tokens needs; register a model that ships tokenizer.json",
-                "base_model",
+                param="base_model",
             )
-        name = template or (None if has_own_template(tokenizer) else registry_template)
+        name = template or (None if own_template(tokenizer) else registry_template)
         try:
             text = resolve_chat_template(tokenizer, name, model_id)
-        except TrainingError as exc:
-            param = "template" if template is not None or name is None else exc.param
-            raise TokenizeError(exc.code, exc.message, param) from exc
+        except UnusableTemplate as exc:
+            # the job's `template` (or the lack of one) is what the user changes, unless the registry's is at fault
+            if template is not None or name is None:
+                exc.param = "template"
+            raise
         return cls(tokenizer, stage, text, name, train_on_inputs)
 
-    def encode(self, row: dict[str, Any]) -> list[Sequence]:
+    def encode(self, row: dict[str, Any]) -> list[EncodedSequence]:
         """The sequences of one `iter_stage_rows` row. Raises what the template raises for a row it refuses."""
         if self.stage == "pt":
             ids = list(self.tokenizer(row["text"])["input_ids"])
             eos = self.tokenizer.eos_token_id
             if eos is not None and (not ids or ids[-1] != eos):
                 ids.append(eos)
-            return [Sequence("text", ids, list(ids))]
+            return [EncodedSequence("text", ids, list(ids))]
         if self.stage == "sft":
             ids, labels = self._chat(row["messages"])
-            return [Sequence("text", ids, labels)]
+            return [EncodedSequence("text", ids, labels)]
         if self.stage == "kto":
             return [self._completion("completion", row["prompt"], row["completion"])]
         if self.stage in PAIR_STAGES:
@@ -162,19 +146,17 @@ class Encoder:
         raise ValueError(f"unknown stage {self.stage!r}")
 
     def _chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-        from worker.train.data import tokenize_chat
-
         assert self.template is not None
         return tokenize_chat(self.tokenizer, messages, self.template, train_on_inputs=self.train_on_inputs)
 
-    def _completion(self, name: str, prompt: list[dict[str, Any]], answer: list[dict[str, Any]]) -> Sequence:
-        from worker.train.data import encode_completion
-
+    def _completion(
+        self, name: str, prompt: list[dict[str, Any]], answer: list[dict[str, Any]]
+    ) -> EncodedSequence:
         assert self.template is not None
         ids, mask = encode_completion(self.tokenizer, prompt, answer, self.template)
-        return Sequence(name, ids, [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask, strict=True)])
+        return EncodedSequence(name, ids, labels_from_mask(ids, mask))
 
-    def segments(self, sequence: Sequence) -> list[dict[str, Any]]:
+    def segments(self, sequence: EncodedSequence) -> list[dict[str, Any]]:
         """The sequence as runs of trained / untrained tokens: [{"text", "trained", "tokens"}]."""
         out: list[dict[str, Any]] = []
         ids, labels = sequence.input_ids, sequence.labels
@@ -202,7 +184,7 @@ class TokenStats:
     rows_without_trained: int = 0
     labels: dict[str, int] = field(default_factory=dict)
 
-    def add(self, sequences: Iterable[Sequence], label: bool | None = None) -> None:
+    def add(self, sequences: Iterable[EncodedSequence], label: bool | None = None) -> None:
         seqs = list(sequences)
         length = max(len(s.input_ids) for s in seqs)
         self.lengths.append(length)

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 from common.artifacts import LocalArtifactStore
 from common.datasets import FORMATS, iter_stage_records, validate_file
 from common.datasets.reader import EXTENSIONS
-from common.datasets.tokens import USE_LOCK, Encoder, TokenizeError, load_tokenizer, template_label
-from common.errors import InvalidRequest, NotReady, TooLarge
+from common.datasets.tokens import USE_LOCK, Encoder, load_tokenizer, template_label
+from common.errors import InvalidRequest, TooLarge
 from common.ids import new_id
 from common.models import File
 from common.registry import resolve
@@ -142,14 +142,9 @@ def preview_file(session: Session, store: LocalArtifactStore, settings: Settings
         raise InvalidRequest("no base model is registered on this server (TUNEQUEUE_BASE_MODELS)",
                              param="base_model", code="model_not_found")
     entry = resolve(settings, model_id)
-    try:
-        encoder = Encoder.for_model(load_tokenizer(model_id, entry), model_id=model_id, stage=stage,
-                                    template=template or None, registry_template=entry.template,
-                                    train_on_inputs=train_on_inputs)
-    except TokenizeError as exc:
-        if exc.code == "base_model_unavailable":
-            raise NotReady(exc.message, param=exc.param, code=exc.code) from exc
-        raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from exc
+    encoder = Encoder.for_model(load_tokenizer(model_id, entry), model_id=model_id, stage=stage,
+                                template=template or None, registry_template=entry.template,
+                                train_on_inputs=train_on_inputs)
     rows = iter_stage_records(store.local_path(row.storage_key), row.format, stage)
     data = [_preview_row(encoder, line, item) for line, item in itertools.islice(rows, limit)]
     return {"object": "file.preview", "file_id": row.id, "format": row.format, "stage": stage,

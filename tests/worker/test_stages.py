@@ -14,9 +14,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from common.schemas.job_spec import ADAPTER_METHODS
+from common.text.templates import resolve_chat_template
 from tests.worker.conftest import ROWS_BY_STAGE, pair_rows, write_job_dir
 from worker.train.config import JobConfig, load_job
-from worker.train.data import resolve_chat_template
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method
 from worker.train.reporter import Reporter

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common.text.templates import has_generation_markers
 from worker.tiny_model import build_tiny_model
-from worker.train.templates import has_generation_markers
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

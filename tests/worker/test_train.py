@@ -18,9 +18,11 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 
+from common.text.masks import IGNORE_INDEX
+from common.text.templates import resolve_chat_template
 from worker.train.__main__ import EXIT_CANCELLED, EXIT_FAILED, main
 from worker.train.config import BaseModelRef, JobConfig, load_job
-from worker.train.data import IGNORE_INDEX, prepare_chat_data, resolve_chat_template
+from worker.train.data import prepare_chat_data
 from worker.train.errors import TrainingError
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method

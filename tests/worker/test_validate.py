@@ -24,8 +24,8 @@ from common.schemas.job_spec import JobSpec, resolved_hyperparameters
 from common.services import files as file_service
 from common.services import jobs as job_service
 from common.settings import BaseModelEntry, get_settings
+from common.text.templates import CHATML_TEMPLATE
 from tests.factories import jsonl, spec
-from worker.train.templates import CHATML_TEMPLATE
 from worker.validate import validate_job
 
 END = "<|im_end|>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.errors import InvalidRequest
-from worker.train.templates import TEMPLATES
+from common.text.templates import TEMPLATES
 
 
 def chat_template(tokenizer: Any, template_name: str | None) -> str | None:

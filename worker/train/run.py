@@ -18,9 +18,9 @@ import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
 from common.schemas.job_spec import ADAPTER_METHODS, auto_interval
+from common.text.templates import resolve_chat_template
 from worker.train.callbacks import ProgressCallback
 from worker.train.config import JobConfig
-from worker.train.data import resolve_chat_template
 from worker.train.errors import TrainingCancelled, TrainingPreempted
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method, quantization_config

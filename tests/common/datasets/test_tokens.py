@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
-from common.datasets.tokens import IGNORE_INDEX, Encoder, Sequence, TokenizeError, TokenStats, load_tokenizer
+from common.datasets.tokens import EncodedSequence, Encoder, TokenStats, load_tokenizer
+from common.errors import InvalidRequest, NotReady
 from common.settings import BaseModelEntry
+from common.text.masks import IGNORE_INDEX
+from common.text.templates import UnusableTemplate
 
 END = "<|im_end|>"
 SYSTEM: dict[str, Any] = {"role": "system", "content": "You are terse."}
@@ -38,7 +41,7 @@ def sft(tokenizer: Any, **kwargs: Any) -> Encoder:
     return Encoder.for_model(tokenizer, model_id="tiny-llama", stage="sft", registry_template="chatml", **kwargs)
 
 
-def trained_text(tokenizer: Any, seq: Sequence) -> str:
+def trained_text(tokenizer: Any, seq: EncodedSequence) -> str:
     return tokenizer.decode([t for t, label in zip(seq.input_ids, seq.labels, strict=True) if label != IGNORE_INDEX])
 
 
@@ -107,32 +110,32 @@ def test_pretraining_text_gets_eos_and_every_token_trained(tokenizer: Any) -> No
 def test_template_choice(tokenizer: Any) -> None:
     assert sft(tokenizer).template_name is None  # the tokenizer's own comes first
     assert sft(tokenizer, template="chatml").template_name == "chatml"
-    with pytest.raises(TokenizeError) as bad:
+    with pytest.raises(InvalidRequest) as bad:
         sft(tokenizer, template="vicuna")
     assert (bad.value.code, bad.value.param) == ("invalid_template", "template")
     assert "chatml" in bad.value.message
     bare = copy.deepcopy(tokenizer)
     bare.chat_template = None
     assert sft(bare).template_name == "chatml"  # no own template: the registry's
-    with pytest.raises(TokenizeError) as none:
+    with pytest.raises(UnusableTemplate) as none:
         Encoder.for_model(bare, model_id="bare", stage="sft")
     assert none.value.param == "template" and "has no chat template" in none.value.message
 
 
 def test_a_missing_model_folder_is_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(TokenizeError) as exc:
+    with pytest.raises(NotReady) as exc:
         load_tokenizer("gone", BaseModelEntry(path=str(tmp_path / "gone")))
     assert (exc.value.code, exc.value.param) == ("base_model_unavailable", "base_model")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TokenizeError) as broken:
+    with pytest.raises(NotReady) as broken:
         load_tokenizer("empty", BaseModelEntry(path=str(tmp_path / "empty")))
     assert "could not be loaded" in broken.value.message
 
 
-def seq(length: int, trained_from: int | None, name: str = "text") -> Sequence:
+def seq(length: int, trained_from: int | None, name: str = "text") -> EncodedSequence:
     ids = list(range(length))
     start = length if trained_from is None else trained_from
-    return Sequence(name, ids, [IGNORE_INDEX] * start + ids[start:])
+    return EncodedSequence(name, ids, [IGNORE_INDEX] * start + ids[start:])
 
 
 def test_token_stats_arithmetic() -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import Trainer
 
-from worker.train.data import IGNORE_INDEX
+from common.text.masks import IGNORE_INDEX
 
 Row = dict[str, Any]
 Batch = dict[str, Any]

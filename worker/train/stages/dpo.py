@@ -14,13 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from common.schemas.job_spec import dpo_beta
-from worker.train.data import (
-    INVALID_TRAINING_FILE,
-    TrainingError,
-    encode_completion,
-    normalize_messages,
-    read_jsonl,
-)
+from common.text.chat import encode_completion, normalize_messages
+from worker.train.data import read_jsonl
+from worker.train.errors import TrainingError
+from worker.train.protocol import INVALID_TRAINING_FILE
 from worker.train.stages.base import Batch, Metrics, Row, Stage, StageData, pad, padded_batch, sequence_logps
 
 PAIR_SHAPE = ('{"prompt": [messages...], "chosen": [{"role": "assistant", ...}], '

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from worker.train.data import INVALID_TRAINING_FILE, TrainingError, read_jsonl
+from worker.train.data import read_jsonl
+from worker.train.errors import TrainingError
+from worker.train.protocol import INVALID_TRAINING_FILE
 from worker.train.stages.base import Batch, Metrics, Row, Stage, StageData, pad, padded_batch, sequence_logps
 from worker.train.stages.dpo import as_messages, encode_truncated
 

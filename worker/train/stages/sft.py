@@ -15,7 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.train.data import IGNORE_INDEX, INVALID_TRAINING_FILE, TrainingError, prepare_chat_data, read_jsonl
+from common.text.masks import IGNORE_INDEX
+from worker.train.data import prepare_chat_data, read_jsonl
+from worker.train.errors import TrainingError
+from worker.train.protocol import INVALID_TRAINING_FILE
 from worker.train.stages.base import Batch, Metrics, Row, Stage, StageData, pad, scored_logits
 
 
