@@ -5,9 +5,9 @@ memory under 300 MB above the API's baseline).
 
 Two measurements, each in its own process so that one's memory does not hide the other's:
 
-- library: `common.datasets.validate_file` on the file (the work done for every upload), timed `--repeat`
-  times; peak RSS (VmHWM, reset with /proc/self/clear_refs after the imports) above the RSS before the first
-  call.
+- library: `common.datasets.upload_check.validate_file` on the file (the work done for every upload), timed
+  `--repeat` times; peak RSS (VmHWM, reset with /proc/self/clear_refs after the imports) above the RSS before
+  the first call.
 - tokenize (--tokenize): the validating_files step's work, every row through the trainer's chat template and
   assistant mask with the tiny model's tokenizer; time and peak RSS above the loaded tokenizer.
 - api: the real app under uvicorn (one process, as `uvicorn api.main:app`) with a scratch Postgres database and
@@ -79,7 +79,7 @@ def reset_peak() -> int:
 
 def library_side(path: str, repeat: int) -> None:
     """Runs in a child process: time validate_file, report peak RSS growth."""
-    from common.datasets import validate_file
+    from common.datasets.upload_check import validate_file
 
     before = reset_peak()
     times = []
@@ -97,7 +97,7 @@ def library_side(path: str, repeat: int) -> None:
 def tokenize_side(path: str, model: str) -> None:
     """Runs in a child process: the validating_files step's work on the file (every row through the trainer's
     chat template and mask, statistics accumulated), with the tiny model's tokenizer."""
-    from common.datasets import iter_stage_records
+    from common.datasets.convert import iter_stage_records
     from common.datasets.tokens import Encoder, TokenStats, load_tokenizer
     from common.settings import BaseModelEntry
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.artifacts import LocalArtifactStore
-from common.datasets import iter_stage_rows
+from common.datasets.convert import iter_stage_rows
 from common.models import Checkpoint, File, Job, Model
 from common.registry import local_path
 from common.settings import Settings

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from common import state
 from common.artifacts import get_store
-from common.datasets import STAGE_FORMATS, STAGES, iter_stage_records
+from common.datasets.convert import STAGE_FORMATS, iter_stage_records
+from common.datasets.formats import STAGES
 from common.datasets.tokens import Encoder, TokenStats, load_tokenizer, template_label
 from common.db import session_scope
 from common.errors import TuneQueueError

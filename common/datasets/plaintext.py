@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from common.datasets import reader
-from common.datasets.reader import BOM, Record, open_dataset
+from common.datasets import records
+from common.datasets.records import BOM, Record, file_issue, open_dataset, too_long_text, utf8_issue
 from common.datasets.report import Issue
 
 CHUNK = 1024 * 1024
@@ -27,7 +27,7 @@ def iter_text(path: Path) -> Iterator[Record]:
         with open_dataset(path) as f:
             yield from (_paragraphs(f) if by_paragraph else _lines(f))
     except (OSError, EOFError, zlib.error):
-        yield reader.file_issue("invalid_gzip", "the gzip data is corrupt or truncated; compress the file again")
+        yield file_issue("invalid_gzip", "the gzip data is corrupt or truncated; compress the file again")
 
 
 def has_paragraphs(f: IO[bytes]) -> bool:
@@ -51,9 +51,9 @@ def has_paragraphs(f: IO[bytes]) -> bool:
 def _physical_lines(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
     """(line number, its bytes without the line ending), or None for a line over `MAX_LINE_BYTES`."""
     n = 0
-    while raw := f.readline(reader.MAX_LINE_BYTES + 1):
+    while raw := f.readline(records.MAX_LINE_BYTES + 1):
         n += 1
-        if len(raw) > reader.MAX_LINE_BYTES and not raw.endswith(b"\n"):
+        if len(raw) > records.MAX_LINE_BYTES and not raw.endswith(b"\n"):
             while (rest := f.readline(CHUNK)) and not rest.endswith(b"\n"):
                 pass
             yield n, None
@@ -67,7 +67,7 @@ def _decode(raw: bytes) -> tuple[str, Issue | None]:
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError as exc:
-        return "", reader.utf8_issue(raw, exc)
+        return "", utf8_issue(raw, exc)
 
 
 def _lines(f: IO[bytes]) -> Iterator[Record]:
@@ -96,7 +96,7 @@ def _paragraphs(f: IO[bytes]) -> Iterator[Record]:
             start = n
         if problem is not None:
             continue  # the document is already an error; skip the rest of it
-        if raw is None or size + len(raw) > reader.MAX_LINE_BYTES:
+        if raw is None or size + len(raw) > records.MAX_LINE_BYTES:
             problem, parts = (n, Issue(None, "line_too_long", _too_long(f"the paragraph starting on line {start}"))), []
             continue
         text, issue = _decode(raw)
@@ -117,4 +117,4 @@ def _document(start: int, parts: list[str], problem: tuple[int, Issue] | None) -
 
 
 def _too_long(what: str) -> str:
-    return reader.too_long_text(what, "(separate documents with a blank line)")
+    return too_long_text(what, "(separate documents with a blank line)")

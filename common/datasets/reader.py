@@ -14,23 +14,31 @@ Which container (`open_records`), in order:
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
+from common.datasets import records
+from common.datasets.plaintext import iter_text
+from common.datasets.records import (
+    ACCEPTED,
+    BOM,
+    GZIP_MAGIC,
+    MISSING,
+    Record,
+    file_issue,
+    open_dataset,
+    too_long_text,
+    utf8_issue,
+)
 from common.datasets.report import Issue
+from common.datasets.tables import iter_csv, iter_parquet, sniff_header
 
-MAX_LINE_BYTES = 32 * 1024 * 1024
 MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
 
-BOM = b"\xef\xbb\xbf"
-GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
 UNSUPPORTED_MAGIC = {
     b"PK\x03\x04": "a zip archive",
@@ -44,9 +52,7 @@ EXTENSIONS = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
     ".txt": "text", ".text": "text", ".parquet": "parquet",
 }  # fmt: skip
-ACCEPTED = "JSON Lines, a JSON array, CSV, TSV, Parquet or plain text (.txt), optionally gzip-compressed"
 _WS = re.compile(r"[ \t\n\r]*")
-_MISSING: Any = object()
 
 
 def _reject_constant(name: str) -> Any:
@@ -54,30 +60,6 @@ def _reject_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-@dataclass(slots=True)
-class Record:
-    """One row (`row=True`) or a file-level problem (`row=False`). A row has a `value` or an `issue`."""
-
-    line: int
-    where: str | None
-    value: Any = _MISSING
-    issue: Issue | None = None
-    row: bool = True
-
-
-@contextmanager
-def open_dataset(path: Path) -> Iterator[IO[bytes]]:
-    """Open `path` for binary reading, decompressing gzip (recognised by its magic bytes, not its name)."""
-    with open(path, "rb") as raw:
-        magic = raw.read(2)
-        raw.seek(0)
-        if magic == GZIP_MAGIC:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                yield cast(IO[bytes], gz)
-        else:
-            yield raw
 
 
 def iter_records(path: Path, name: str | None = None) -> Iterator[Record]:
@@ -102,8 +84,6 @@ def open_records(path: Path, name: str | None = None) -> tuple[str | None, Itera
     with open(path, "rb") as raw:
         head = raw.read(8)
     if head.startswith(PARQUET_MAGIC):
-        from common.datasets.tables import iter_parquet
-
         return "parquet", iter_parquet(path)
     for magic, what in UNSUPPORTED_MAGIC.items():
         if head.startswith(magic):
@@ -122,17 +102,13 @@ def open_records(path: Path, name: str | None = None) -> tuple[str | None, Itera
         return None, iter([file_issue("unsupported_container", text)])
     container = _sniff(first, named)
     if container in ("csv", "tsv"):
-        from common.datasets.tables import iter_csv
-
         return container, _with_open(path, lambda f: iter_csv(f, "\t" if container == "tsv" else ","))
     if container == "text":
-        from common.datasets.plaintext import iter_text
-
         return container, iter_text(path)
     if container == "json":
         return container, _with_open(path, _iter_array)
-    records = _with_open(path, _iter_jsonl)
-    return "jsonl", records if named is not None else _hint_other_containers(records)
+    jsonl = _with_open(path, _iter_jsonl)
+    return "jsonl", jsonl if named is not None else _hint_other_containers(jsonl)
 
 
 def _with_open(path: Path, read: Callable[[IO[bytes]], Iterator[Record]]) -> Iterator[Record]:
@@ -150,15 +126,13 @@ def _sniff(first: bytes, named: str | None) -> str:
         return "json"
     if named is not None:  # .json / .jsonl that does not start with "[": JSON Lines, its errors say why
         return "jsonl"
-    from common.datasets.tables import sniff_header
-
     return sniff_header(first.decode("utf-8", "replace")) or "jsonl"
 
 
-def _hint_other_containers(records: Iterator[Record]) -> Iterator[Record]:
+def _hint_other_containers(rows: Iterator[Record]) -> Iterator[Record]:
     """A nameless file read as JSON Lines by default: its first JSON error also says how to name the others."""
     hinted = False
-    for record in records:
+    for record in rows:
         if not hinted and record.issue is not None and record.issue.code == "invalid_json":
             hinted = True
             text = (
@@ -167,10 +141,6 @@ def _hint_other_containers(records: Iterator[Record]) -> Iterator[Record]:
             )
             record.issue = record.issue._replace(text=text)
         yield record
-
-
-def file_issue(code: str, text: str, line: int = 0) -> Record:
-    return Record(line=line, where=None, issue=Issue(None, code, text), row=False)
 
 
 def _first_line(path: Path) -> bytes:
@@ -194,7 +164,7 @@ def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
     n = 0
     while True:
         try:
-            raw = f.readline(MAX_LINE_BYTES + 1)
+            raw = f.readline(records.MAX_LINE_BYTES + 1)
         except (OSError, EOFError, zlib.error):
             yield file_issue(
                 "invalid_gzip",
@@ -205,7 +175,7 @@ def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
         if not raw:
             return
         n += 1
-        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+        if len(raw) > records.MAX_LINE_BYTES and not raw.endswith(b"\n"):
             _skip_rest_of_line(f)
             yield Record(n, f"line {n}", issue=Issue(None, "line_too_long", too_long_text()))
             continue
@@ -229,32 +199,16 @@ def _skip_rest_of_line(f: IO[bytes]) -> None:
             return
 
 
-def too_long_text(what: str = "the line", advice: str = "(each line must be one JSON object)") -> str:
-    return (
-        f"{what} is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB; split the example or shorten it {advice}"
-    ).rstrip()
-
-
-def utf8_issue(raw: bytes, exc: UnicodeDecodeError) -> Issue:
-    bad = raw[exc.start : exc.start + 1].hex()
-    return Issue(
-        None,
-        "invalid_utf8",
-        f"byte 0x{bad} at position {exc.start + 1} of the line is not valid UTF-8; save the file as UTF-8 "
-        "(it may be Latin-1 or Windows-1252 encoded)",
-    )
-
-
 def parse_json_line(text: str) -> tuple[Any, Issue | None]:
     """Parse one line of JSON, explaining a failure the way a person would fix it."""
     try:
         return _DECODER.decode(text), None
     except json.JSONDecodeError as exc:
-        return _MISSING, Issue(None, "invalid_json", _json_error_text(exc))
+        return MISSING, Issue(None, "invalid_json", _json_error_text(exc))
     except ValueError as exc:  # NaN / Infinity, rejected by _reject_constant
-        return _MISSING, Issue(None, "invalid_json", str(exc))
+        return MISSING, Issue(None, "invalid_json", str(exc))
     except RecursionError:
-        return _MISSING, Issue(None, "invalid_json", "the JSON is nested too deeply to read")
+        return MISSING, Issue(None, "invalid_json", "the JSON is nested too deeply to read")
 
 
 def _json_error_text(exc: json.JSONDecodeError, *, with_line: bool = False) -> str:

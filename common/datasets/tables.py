@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from common.datasets import reader
+from common.datasets import records
 from common.datasets.formats import SIGNATURE_KEYS
-from common.datasets.reader import BOM, Record
+from common.datasets.records import ACCEPTED, BOM, Record, file_issue, too_long_text, utf8_issue
 from common.datasets.report import Issue
 
 PARQUET_BATCH_ROWS = 512
@@ -36,7 +36,7 @@ HEADER_WORDS = frozenset(SIGNATURE_KEYS) | {"input", "system", "history"}
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
-csv.field_size_limit(reader.MAX_LINE_BYTES)  # a cell may be as long as a JSON line; also bounds a runaway quote
+csv.field_size_limit(records.MAX_LINE_BYTES)  # a cell may be as long as a JSON line; also bounds a runaway quote
 
 
 def sniff_header(line: str) -> str | None:
@@ -66,18 +66,18 @@ class _Lines:
         return self
 
     def __next__(self) -> str:
-        raw = self.f.readline(reader.MAX_LINE_BYTES + 1)
+        raw = self.f.readline(records.MAX_LINE_BYTES + 1)
         if not raw:
             raise StopIteration
         self.count += 1
-        if len(raw) > reader.MAX_LINE_BYTES and not raw.endswith(b"\n"):
+        if len(raw) > records.MAX_LINE_BYTES and not raw.endswith(b"\n"):
             raise _TooLong(self.count)
         if self.count == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self.bad.setdefault(self.count, reader.utf8_issue(raw, exc))
+            self.bad.setdefault(self.count, utf8_issue(raw, exc))
             return raw.decode("utf-8", "replace")
 
     def first_bad(self, start: int) -> Issue | None:
@@ -100,7 +100,7 @@ def iter_csv(f: IO[bytes], delimiter: str) -> Iterator[Record]:
         except StopIteration:
             return
         except _TooLong as exc:
-            text = f"{reader.too_long_text(advice='')}; the rest of the file is not read"
+            text = f"{too_long_text(advice='')}; the rest of the file is not read"
             yield Record(exc.line, f"line {exc.line}", issue=Issue(None, "line_too_long", text))
             return
         except csv.Error as exc:
@@ -110,7 +110,7 @@ def iter_csv(f: IO[bytes], delimiter: str) -> Iterator[Record]:
                 return
             continue
         except (OSError, EOFError, zlib.error):
-            yield reader.file_issue(
+            yield file_issue(
                 "invalid_gzip",
                 f"the gzip data is corrupt or truncated after line {lines.count}; compress the file again",
                 lines.count + 1,
@@ -175,7 +175,7 @@ def _row(header: list[str], fields: list[str]) -> dict[str, Any]:
 def _csv_error_text(message: str, what: str, start: int, end: int) -> str:
     if "field larger than field limit" in message:
         return (
-            f"a field starting on line {start} runs past {reader.MAX_LINE_BYTES // (1024 * 1024)} MiB, usually "
+            f"a field starting on line {start} runs past {records.MAX_LINE_BYTES // (1024 * 1024)} MiB, usually "
             'because a quote (") is never closed; close it, or double the quotes inside a quoted field ("")'
         )
     if "unexpected end of data" in message:
@@ -200,16 +200,16 @@ def iter_parquet(path: Path) -> Iterator[Record]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - pyarrow comes with `datasets`
-        yield reader.file_issue(
+        yield file_issue(
             "unsupported_container",
             "this server cannot read Parquet (pyarrow is missing); "
-            f"upload {reader.ACCEPTED.replace('Parquet or ', '')}",
+            f"upload {ACCEPTED.replace('Parquet or ', '')}",
         )
         return
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        yield reader.file_issue(
+        yield file_issue(
             "invalid_parquet",
             f"the Parquet file cannot be read ({exc}); write it again, "
             "e.g. with pandas DataFrame.to_parquet or datasets Dataset.to_parquet",
@@ -222,7 +222,7 @@ def iter_parquet(path: Path) -> Iterator[Record]:
             batch = next(batches, None)
             values = batch.to_pylist() if batch is not None else None
         except (pa.ArrowException, OSError, ValueError) as exc:
-            yield reader.file_issue(
+            yield file_issue(
                 "invalid_parquet",
                 f"rows after row {n} of the Parquet file cannot be read ({exc}); write the file again",
                 n + 1,

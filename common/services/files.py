@@ -13,9 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.artifacts import LocalArtifactStore
-from common.datasets import FORMATS, iter_stage_records, validate_file
+from common.datasets.convert import iter_stage_records
+from common.datasets.formats import FORMATS
 from common.datasets.reader import EXTENSIONS
 from common.datasets.tokens import USE_LOCK, Encoder, load_tokenizer, template_label
+from common.datasets.upload_check import validate_file
 from common.errors import InvalidRequest, TooLarge
 from common.ids import new_id
 from common.models import File

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from common.artifacts import get_store
-from common.datasets import iter_stage_rows
+from common.datasets.convert import iter_stage_rows
 from common.db import session_scope
 from common.models import File
 from common.settings import BaseModelEntry, get_settings

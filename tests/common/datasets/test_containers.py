@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from common.datasets import reader, validate_file
+from common.datasets import reader, records
+from common.datasets.upload_check import validate_file
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
 BAD_ROLE = {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}
@@ -39,7 +40,7 @@ def test_ten_megabyte_single_line_is_a_valid_row(tmp_path: Path) -> None:
 
 
 def test_line_over_the_limit_is_skipped_and_counting_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 1000)
     path = tmp_path / "long.jsonl"
     long_row = {"messages": [{"role": "user", "content": "y" * 5000}, {"role": "assistant", "content": "ok"}]}
     path.write_text(jsonl(CHAT, long_row, BAD_ROLE))

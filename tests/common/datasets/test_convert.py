@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from common.datasets import (
-    check_stage,
-    iter_chat_rows,
-    iter_stage_records,
-    iter_stage_rows,
-    iter_valid_rows,
-    validate_file,
-)
+from common.datasets.convert import check_stage, iter_chat_rows, iter_stage_records, iter_stage_rows, iter_valid_rows
+from common.datasets.upload_check import validate_file
 
 CORPUS = Path(__file__).parent / "corpus"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.datasets import validate_file
+from common.datasets.upload_check import validate_file
 
 CORPUS = Path(__file__).parent / "corpus"
 

@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.datasets import iter_valid_rows, reader, validate_file
+from common.datasets import records
+from common.datasets.convert import iter_valid_rows
+from common.datasets.upload_check import validate_file
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -112,7 +114,7 @@ def test_csv_preference_strings(tmp_path: Path) -> None:
 
 
 def test_csv_line_over_the_limit_stops_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 100)
     path = write(tmp_path, "long.csv", "text\nshort\n" + "x" * 500 + "\nafter\n")
     assert errors(path) == [
         (
@@ -246,7 +248,7 @@ def test_text_invalid_utf8_fails_its_paragraph_on_the_bad_line() -> None:
 
 
 def test_text_paragraph_over_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 100)
     path = write(tmp_path, "long.txt", "ok\n\n" + ("forty characters of text in one line...\n" * 4) + "\nend\n")
     report = validate_file(path)
     assert [(e.code, e.line) for e in report.errors] == [("line_too_long", 5)]
