@@ -29,7 +29,7 @@ from api.deps import AdminCaller
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
-from common.state import TRANSITIONS
+from common.state import STATUSES
 
 log = logging.getLogger("tunequeue.api")
 
@@ -81,7 +81,7 @@ class ServiceCollector(Collector):
                 .group_by(Job.status)
             ).all()
         jobs = GaugeMetricFamily("tunequeue_jobs", "Jobs by state.", labels=["state"])
-        for name in TRANSITIONS:
+        for name in STATUSES:
             jobs.add_metric([name], int(by_state.get(name, 0)))
         depth = GaugeMetricFamily("tunequeue_queue_depth", "Jobs waiting for a worker (state queued).",
                                   value=int(by_state.get("queued", 0)))

@@ -1,12 +1,35 @@
-"""The job state machine. Every write by a worker is fenced by `attempt`: an owner whose attempt is no
-longer current (the job was requeued and claimed again) changes nothing.
+"""The job state machine and the one writer of job events.
 
-    validating_files → queued → running → succeeded | failed | cancelled
-                                running → queued   (requeued after a lost lease)
+Every status change is an event fired at the job's current status; `TRANSITIONS` says where each legal
+(status, event) pair leads, and `transition` refuses every other pair. Each change writes a `state` event.
+
+    status             event          → status     fired by
+    validating_files   files_checked  → queued     worker/validate.py (mark_queued)
+    validating_files   reject         → failed     worker/validate.py (fail_unclaimed)
+    validating_files   cancel         → cancelled  POST /jobs/{id}/cancel (request_cancel)
+    queued             claim          → running    worker/runner.py (claim)
+    queued             reject         → failed     fail_unclaimed
+    queued             cancel         → cancelled  POST /jobs/{id}/cancel (request_cancel)
+    running            succeed        → succeeded  worker/publish.py (finish)
+    running            fail           → failed     worker/runner.py (finish); the reaper after max_attempts
+    running            stop           → cancelled  the owner after a cancel request (finish); the reaper
+    running            requeue        → queued     the owner handing the job back; the reaper after a lost lease
+
+A cancel request on a running job changes no status: it sets `cancel_requested`, and the owner (or the reaper,
+when the owner is gone) then fires `stop`.
+
+Every write by a worker is fenced by `attempt`: an owner whose attempt is no longer current (the job was
+requeued and claimed again) changes nothing.
+
+Event order: `job_events.seq` is an identity, so its values are handed out at INSERT time, not at COMMIT time.
+A reader that follows `seq > last_seen` (the SSE stream of api/routes/jobs.py) could skip an event whose
+transaction committed after a later one. `add_event` therefore takes the job's row lock before it inserts:
+serialised per job, a job's events commit in `seq` order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,20 +40,42 @@ from common.errors import InvalidRequest
 from common.ids import new_id
 from common.models import Job, JobEvent
 
+STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE = frozenset({"validating_files", "queued", "running"})
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "validating_files": frozenset({"queued", "failed", "cancelled"}),
-    "queued": frozenset({"running", "failed", "cancelled"}),
-    "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
+EVENTS = ("files_checked", "reject", "cancel", "claim", "succeed", "fail", "stop", "requeue")
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("validating_files", "files_checked"): "queued",
+    ("validating_files", "reject"): "failed",
+    ("validating_files", "cancel"): "cancelled",
+    ("queued", "claim"): "running",
+    ("queued", "reject"): "failed",
+    ("queued", "cancel"): "cancelled",
+    ("running", "succeed"): "succeeded",
+    ("running", "fail"): "failed",
+    ("running", "stop"): "cancelled",
+    ("running", "requeue"): "queued",
 }
+FINISH_EVENTS = {"succeeded": "succeed", "failed": "fail", "cancelled": "stop"}
+
+
+class IllegalTransition(ValueError):
+    """An event fired at a status that has no transition for it: a bug in the caller, never a race (the
+    callers that race, such as a second claim, check `can_fire` first)."""
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def can_fire(status: str, event: str) -> bool:
+    return (status, event) in TRANSITIONS
+
+
+def lock_job(session: Session, job_id: str) -> Job | None:
+    """The job row, locked until the transaction ends and read fresh (not the session's cached copy)."""
+    return session.scalar(
+        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    )
 
 
 def add_event(
@@ -38,51 +83,60 @@ def add_event(
     job: Job | str,
     message: str,
     *,
-    tenant_id: str | None = None,
     level: str = "info",
     type: str = "message",
     data: dict[str, Any] | None = None,
     attempt: int | None = None,
-) -> JobEvent:
+    owner_attempt: int | None = None,
+) -> JobEvent | None:
+    """Append an event to the job's log, holding the job's row lock (see the module docstring).
+
+    `attempt` is recorded with the event (default: the job's current attempt). With `owner_attempt` the event
+    is written only while that attempt owns the running job, and recorded under it: a stale worker writes
+    nothing. Returns None when nothing was written (a stale owner, or no such job)."""
     job_id = job if isinstance(job, str) else job.id
-    if tenant_id is None:
-        tenant_id = job.tenant_id if isinstance(job, Job) else session.scalar(
-            select(Job.tenant_id).where(Job.id == job_id)
-        )
+    stmt = select(Job.tenant_id, Job.attempt).where(Job.id == job_id).with_for_update()
+    if owner_attempt is not None:
+        stmt = stmt.where(Job.attempt == owner_attempt, Job.status == "running")
+        attempt = owner_attempt
+    row = session.execute(stmt).one_or_none()
+    if row is None:
+        return None
     event = JobEvent(
-        id=new_id("ftevent"),
-        job_id=job_id,
-        tenant_id=tenant_id,
-        level=level,
-        type=type,
-        message=message,
-        data=data,
-        attempt=attempt if attempt is not None else (job.attempt if isinstance(job, Job) else 0),
+        id=new_id("ftevent"), job_id=job_id, tenant_id=row.tenant_id, level=level, type=type, message=message,
+        data=data, attempt=row.attempt if attempt is None else attempt,
     )
     session.add(event)
     session.flush()
     return event
 
 
+def transition(session: Session, job: Job, event: str, message: str, *, level: str = "info",
+               data: dict[str, Any] | None = None, changes: Mapping[str, Any] | None = None) -> str:
+    """Fire `event` at a job whose row the caller holds (`lock_job`, or a SELECT … FOR UPDATE): set its new
+    status and `changes`, and record a `state` event. Returns the new status; raises IllegalTransition (and
+    changes nothing) when the job's status has no transition for `event`."""
+    target = TRANSITIONS.get((job.status, event))
+    if target is None:
+        raise IllegalTransition(f"illegal job transition: {event} at status {job.status} (job {job.id})")
+    job.status = target
+    for name, value in (changes or {}).items():
+        setattr(job, name, value)
+    add_event(session, job, message, type="state", level=level, data={"status": target, **(data or {})})
+    return target
+
+
 def claim(session: Session, job_id: str, *, worker: str, lease_seconds: int) -> int | None:
-    """queued → running. Returns the new attempt (the caller's fencing epoch), or None if not claimable."""
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(
-            status="running",
-            attempt=Job.attempt + 1,
-            lease_until=now() + timedelta(seconds=lease_seconds),
-            worker=worker,
-            started_at=now(),
-        )
-        .returning(Job.attempt, Job.tenant_id)
-    ).one_or_none()
-    if row is None:
+    """queued → running. Returns the new attempt (the caller's fencing epoch), or None if not claimable
+    (already claimed: a broker may deliver a message twice; cancelled; finished)."""
+    job = lock_job(session, job_id)
+    if job is None or job.cancel_requested or not can_fire(job.status, "claim"):
         return None
-    add_event(session, job_id, f"Job started on {worker} (attempt {row.attempt})", tenant_id=row.tenant_id,
-              type="state", data={"status": "running", "worker": worker}, attempt=row.attempt)
-    return int(row.attempt)
+    attempt = job.attempt + 1
+    transition(session, job, "claim", f"Job started on {worker} (attempt {attempt})", data={"worker": worker},
+               changes={"attempt": attempt, "lease_until": now() + timedelta(seconds=lease_seconds),
+                        "worker": worker, "started_at": now()})
+    return attempt
 
 
 def heartbeat(session: Session, job_id: str, attempt: int, *, lease_seconds: int) -> tuple[bool, bool]:
@@ -107,6 +161,29 @@ def record_progress(session: Session, job_id: str, attempt: int, progress: dict[
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def _owned(session: Session, job_id: str, attempt: int) -> Job | None:
+    """The locked job if `attempt` owns it and it runs; None for a stale owner."""
+    job = lock_job(session, job_id)
+    if job is None or job.attempt != attempt or job.status != "running":
+        return None
+    return job
+
+
+def _end(session: Session, job: Job, status: str, *, error: dict[str, Any] | None = None,
+         fine_tuned_model: str | None = None, message: str | None = None) -> None:
+    """running → succeeded | failed | cancelled for a job whose row the caller holds."""
+    changes: dict[str, Any] = {"finished_at": now(), "lease_until": None}
+    if error is not None:
+        changes["error"] = error
+    if fine_tuned_model is not None:
+        changes["fine_tuned_model"] = fine_tuned_model
+    text = message or {"succeeded": "The job has successfully completed",
+                       "failed": f"The job failed: {(error or {}).get('message', '')}",
+                       "cancelled": "The job was cancelled"}[status]
+    transition(session, job, FINISH_EVENTS[status], text, level="error" if status == "failed" else "info",
+               data={"error": error} if error else None, changes=changes)
+
+
 def finish(
     session: Session,
     job_id: str,
@@ -118,51 +195,61 @@ def finish(
     message: str | None = None,
 ) -> bool:
     """running → succeeded | failed | cancelled, only for the current owner. Returns whether it applied."""
-    if status not in TRANSITIONS["running"] - {"queued"}:
+    if status not in FINISH_EVENTS:
         raise ValueError(f"finish() takes a terminal status; got {status!r}")
-    values: dict[str, Any] = {"status": status, "finished_at": now(), "lease_until": None}
-    if error is not None:
-        values["error"] = error
-    if fine_tuned_model is not None:
-        values["fine_tuned_model"] = fine_tuned_model
-    fence = [Job.id == job_id, Job.attempt == attempt, Job.status == "running"]
-    if status == "succeeded":
-        fence.append(Job.cancel_requested.is_(False))  # nothing is published after a cancel
-    row = session.execute(
-        update(Job)
-        .where(*fence)
-        .values(**values)
-        .returning(Job.tenant_id)
-    ).one_or_none()
-    if row is None:
+    job = _owned(session, job_id, attempt)
+    if job is None or (status == "succeeded" and job.cancel_requested):  # nothing is published after a cancel
         return False
-    text = message or {"succeeded": "The job has successfully completed",
-                       "failed": f"The job failed: {(error or {}).get('message', '')}",
-                       "cancelled": "The job was cancelled"}[status]
-    add_event(session, job_id, text, tenant_id=row.tenant_id, type="state",
-              level="error" if status == "failed" else "info",
-              data={"status": status, **({"error": error} if error else {})}, attempt=attempt)
+    _end(session, job, status, error=error, fine_tuned_model=fine_tuned_model, message=message)
     return True
 
 
+def _requeue(session: Session, job: Job, why: str, *, reason: str) -> None:
+    transition(session, job, "requeue", f"Requeued: {why}; the next attempt resumes from the newest checkpoint",
+               level="warning", data={"reason": reason}, changes={"lease_until": None, "worker": None})
+
+
+def requeue(session: Session, job_id: str, attempt: int, reason: str) -> bool:
+    """running → queued: the owner hands its job back at once (shutting down, or its child was killed from
+    outside) instead of waiting for its lease to expire. Not after a cancel request: that job is stopped.
+    Returns whether it applied."""
+    job = _owned(session, job_id, attempt)
+    if job is None or job.cancel_requested:
+        return False
+    _requeue(session, job, reason, reason=reason)
+    return True
+
+
+def expire_lease(session: Session, job: Job, *, max_attempts: int) -> str:
+    """A running job whose lease expired (the caller holds its row) lost its worker: cancelled if a cancel was
+    requested, failed with `worker_lost` after `max_attempts` claims, else requeued (the next claim makes
+    attempt + 1 and resumes from the newest checkpoint). Returns the new status."""
+    lost = f"worker {job.worker} stopped renewing its lease (attempt {job.attempt})"
+    if job.cancel_requested:
+        _end(session, job, "cancelled", message=f"The job was cancelled ({lost})")
+    elif job.attempt >= max_attempts:
+        _end(session, job, "failed", error={
+            "code": "worker_lost", "param": None,
+            "message": f"{lost}; it was tried {job.attempt} times (max_attempts), so it is not retried"})
+    else:
+        _requeue(session, job, lost, reason="lease_expired")
+    return job.status
+
+
 def fail_unclaimed(session: Session, job: Job, error: dict[str, Any]) -> None:
-    """validating_files/queued → failed (before any worker owns it)."""
-    _check(job.status, "failed")
-    job.status = "failed"
-    job.error = error
-    job.finished_at = now()
-    add_event(session, job, f"The job failed: {error['message']}", type="state", level="error",
-              data={"status": "failed", "error": error})
+    """validating_files/queued → failed (before any worker owns it), for a job whose row the caller holds."""
+    transition(session, job, "reject", f"The job failed: {error['message']}", level="error", data={"error": error},
+               changes={"error": error, "finished_at": now()})
 
 
 def mark_queued(session: Session, job: Job) -> None:
-    _check(job.status, "queued")
-    job.status = "queued"
-    add_event(session, job, "Job queued", type="state", data={"status": "queued"})
+    """validating_files → queued, for a job whose row the caller holds."""
+    transition(session, job, "files_checked", "Job queued")
 
 
 def request_cancel(session: Session, job: Job) -> None:
-    """A queued (or validating) job is cancelled at once; a running one is flagged and its worker stops it."""
+    """For a job whose row the caller holds: a queued (or validating) job is cancelled at once; a running one
+    is flagged and its worker stops it."""
     if job.status in TERMINAL:
         raise InvalidRequest(
             f"job {job.id} is already {job.status}; only queued or running jobs can be cancelled",
@@ -171,15 +258,8 @@ def request_cancel(session: Session, job: Job) -> None:
     if job.status == "running":
         if not job.cancel_requested:
             job.cancel_requested = True
-            add_event(session, job, "Cancellation requested; stopping the training process", type="message")
+            add_event(session, job, "Cancellation requested; stopping the training process")
         return
     # queued / validating_files: nothing runs yet, so cancel now. The claim refuses cancelled jobs.
-    job.cancel_requested = True
-    job.status = "cancelled"
-    job.finished_at = now()
-    add_event(session, job, "The job was cancelled", type="state", data={"status": "cancelled"})
-
-
-def _check(current: str, target: str) -> None:
-    if target not in TRANSITIONS[current]:
-        raise ValueError(f"illegal job transition {current} → {target}")
+    transition(session, job, "cancel", "The job was cancelled",
+               changes={"cancel_requested": True, "finished_at": now()})

@@ -14,7 +14,7 @@ import threading
 from datetime import timedelta
 
 import redis
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from common import state
@@ -28,28 +28,13 @@ LOCK_ID = 0x7475_6E65  # "tune": pg_try_advisory_xact_lock key for one maintenan
 
 
 def reap_expired(session: Session, settings: Settings) -> list[str]:
-    """Requeue or fail running jobs whose lease has expired. Returns the ids that were requeued."""
+    """Requeue, fail or cancel running jobs whose lease has expired (common/state.py: expire_lease). Returns the
+    ids that were requeued."""
     expired = session.scalars(
         select(Job).where(Job.status == "running", Job.lease_until < state.now()).with_for_update(skip_locked=True)
     ).all()
-    requeued = []
-    for job in expired:
-        lost = f"worker {job.worker} stopped renewing its lease (attempt {job.attempt})"
-        if job.cancel_requested:
-            job.status, job.finished_at, job.lease_until = "cancelled", state.now(), None
-            state.add_event(session, job, f"The job was cancelled ({lost})", type="state",
-                            data={"status": "cancelled"})
-        elif job.attempt >= settings.max_attempts:
-            error = {"code": "worker_lost", "param": None,
-                     "message": f"{lost}; it was tried {job.attempt} times (max_attempts), so it is not retried"}
-            job.status, job.error, job.finished_at, job.lease_until = "failed", error, state.now(), None
-            state.add_event(session, job, f"The job failed: {error['message']}", type="state", level="error",
-                            data={"status": "failed", "error": error})
-        else:
-            job.status, job.lease_until, job.worker = "queued", None, None
-            state.add_event(session, job, f"Requeued: {lost}; the next attempt resumes from the newest checkpoint",
-                            type="state", level="warning", data={"status": "queued", "reason": "lease_expired"})
-            requeued.append(job.id)
+    requeued = [job.id for job in expired
+                if state.expire_lease(session, job, max_attempts=settings.max_attempts) == "queued"]
     session.flush()
     return requeued
 
@@ -80,7 +65,7 @@ def reconcile_queued(session: Session, settings: Settings, client: redis.Redis,
 
 def run_pass(settings: Settings | None = None) -> tuple[list[str], list[str]]:
     """One reaper + reconciler pass. Returns (requeued, republished); enqueues after the commit."""
-    from common.progress import get_redis
+    from common.redis_client import get_redis
 
     settings = settings or get_settings()
     with session_scope() as session:
@@ -119,18 +104,9 @@ class MaintenanceLoop(threading.Thread):
 
 
 def requeue(job_id: str, attempt: int, reason: str) -> bool:
-    """The owner hands its job back at once (shutting down, or its child was killed from outside) instead of
-    waiting for the lease to expire. The next claim makes attempt + 1 and resumes from the newest checkpoint."""
+    """The owner hands its job back at once (common/state.py: requeue) and publishes it again after the commit."""
     with session_scope() as session:
-        row = session.execute(
-            update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running",
-                              Job.cancel_requested.is_(False))
-            .values(status="queued", lease_until=None, worker=None).returning(Job.tenant_id)
-        ).one_or_none()
-        if row is None:
+        if not state.requeue(session, job_id, attempt, reason):
             return False
-        state.add_event(session, job_id, f"Requeued: {reason}; the next attempt resumes from the newest checkpoint",
-                        tenant_id=row.tenant_id, type="state", level="warning",
-                        data={"status": "queued", "reason": reason}, attempt=attempt)
     enqueue_run(job_id)
     return True

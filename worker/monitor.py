@@ -27,10 +27,10 @@ from celery.signals import worker_process_init, worker_shutdown
 from sqlalchemy import func, literal, update
 from sqlalchemy.dialects.postgresql import JSONB
 
+from common import state
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
-from common.services.events import append_event
 from common.settings import Settings, get_settings
 from worker.gpu import GpuSampler, host_memory_available_mb, process_tree_pids, process_tree_rss_mb
 
@@ -165,8 +165,8 @@ class WorkerMonitor:
                 if broken and not job.warned:
                     job.warned = True
                     names = ", ".join(f"GPU {g['index']}: {g['error']}" for g in broken)
-                    append_event(session, job.job_id, job.attempt,
-                                 f"GPU metrics unavailable ({names}); training goes on", level="warning")
+                    state.add_event(session, job.job_id, f"GPU metrics unavailable ({names}); training goes on",
+                                    level="warning", owner_attempt=job.attempt)
         except Exception as exc:
             log.warning("GPU sample for %s not recorded (Postgres: %s)", job.job_id, exc)
 

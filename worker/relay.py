@@ -17,7 +17,6 @@ from common import state
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
-from common.services.events import append_event
 from common.settings import Settings
 from worker.child_events import parse_line
 from worker.monitor import latest_sample
@@ -54,8 +53,8 @@ class ProgressRelay:
             if not self.owner:
                 return
             with session_scope() as session:
-                added = append_event(session, self.job_id, self.attempt, str(event.get("message", "")),
-                                     level=str(event.get("level") or "info"))
+                added = state.add_event(session, self.job_id, str(event.get("message", "")),
+                                        level=str(event.get("level") or "info"), owner_attempt=self.attempt)
             self.owner = added is not None
         elif kind == "result":
             self.result = event
@@ -95,8 +94,8 @@ class ProgressRelay:
             if due and self.owner:
                 self._last_event_step = step
                 data = {**event, **({k: sample[k] for k in ("gpus", "process_rss_mb")} if sample else {})}
-                state.add_event(session, self.job_id, _metrics_message(event), tenant_id=self.tenant_id,
-                                type="metrics", data=data, attempt=self.attempt)
+                state.add_event(session, self.job_id, _metrics_message(event), type="metrics", data=data,
+                                owner_attempt=self.attempt)
 
 
 def _metrics_message(event: dict[str, Any]) -> str:

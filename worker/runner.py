@@ -24,7 +24,6 @@ from common.artifacts import LocalArtifactStore, get_store
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
-from common.services.events import append_event
 from common.settings import Settings, get_settings
 from worker.checkpoints import JobRelay
 from worker.maintenance import requeue
@@ -102,7 +101,7 @@ def _fail(job_id: str, attempt: int, error: dict[str, Any]) -> str:
 
 def _event(job: Job, attempt: int, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
     with session_scope() as session:  # under the job's row lock, and only while this attempt owns it
-        append_event(session, job.id, attempt, message, level=level, data=data)
+        state.add_event(session, job.id, message, level=level, data=data, owner_attempt=attempt)
 
 
 def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactStore | None = None) -> str:

@@ -1,12 +1,5 @@
-"""Job events, metrics series, checkpoints and the live-progress view: the read side of issue #5, and the one
-fenced way a worker appends an event.
-
-Event order: `job_events.seq` is an identity, so its values are handed out at INSERT time, not at COMMIT time.
-A reader that follows `seq > last_seen` could skip an event whose transaction committed after a later one
-(no gaps is the SSE promise). Writers therefore append a job's events while holding that job's row lock:
-`append_event` takes it, and the state machine's writes (claim, heartbeat-cancel, finish, record_progress) hold
-it already because they UPDATE the job row first. Serialised per job, a job's events commit in `seq` order.
-"""
+"""Job events, metrics series, checkpoints and the live-progress view: the read side. Events are written by
+common/state.py (`add_event`), under the job's row lock, so that a job's events commit in `seq` order."""
 
 from __future__ import annotations
 
@@ -16,7 +9,6 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
-from common import state
 from common.errors import InvalidRequest
 from common.models import Checkpoint, Job, JobEvent
 from common.services.queries import paginate
@@ -27,21 +19,6 @@ STREAM_BATCH = 500
 # The keys docs/progress.md promises in `progress`; the rest (grad_norm, trained_tokens, eval_loss, eval_accuracy,
 # peak_memory_mb, process_rss_mb, attempt, sampled_at) are passed through when a worker reported them.
 PROGRESS_KEYS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second", "eta_seconds")
-
-
-def append_event(session: Session, job_id: str, attempt: int, message: str, *, level: str = "info",
-                 type: str = "message", data: dict[str, Any] | None = None) -> JobEvent | None:
-    """Add an event for the owner of `attempt` of a running job, under the job's row lock. None if the caller
-    no longer owns the job (requeued, finished): a stale worker writes nothing."""
-    tenant_id = session.scalar(
-        select(Job.tenant_id)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-        .with_for_update()
-    )
-    if tenant_id is None:
-        return None
-    return state.add_event(session, job_id, message, tenant_id=tenant_id, level=level, type=type, data=data,
-                           attempt=attempt)
 
 
 def event_public(e: JobEvent) -> dict[str, Any]:
@@ -84,7 +61,8 @@ def parse_last_event_id(value: str | None, *, param: str) -> int:
 
 
 def progress_view(raw: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The `progress` object of a job: every key of docs/progress.md present (null when not known yet), `gpus` a list."""
+    """The `progress` object of a job: every key of docs/progress.md present (null when not known yet), `gpus`
+    a list."""
     if not raw:
         return None
     view: dict[str, Any] = {key: raw.get(key) for key in PROGRESS_KEYS}

@@ -90,8 +90,8 @@ def list_jobs(session: Session, tenant_id: str, *, after: str | None, limit: int
               status: str | None = None) -> tuple[list[Job], bool]:
     stmt = select(Job).where(Job.tenant_id == tenant_id)
     if status is not None:
-        if status not in state.TRANSITIONS:
-            raise InvalidRequest(f"status must be one of {', '.join(state.TRANSITIONS)}; got {status!r}",
+        if status not in state.STATUSES:
+            raise InvalidRequest(f"status must be one of {', '.join(state.STATUSES)}; got {status!r}",
                                  param="status")
         stmt = stmt.where(Job.status == status)
     return paginate(session, stmt, Job, after=after, limit=limit, tenant_id=tenant_id)
