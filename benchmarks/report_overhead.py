@@ -126,7 +126,7 @@ def main() -> None:
     url, db_handle = scratch_database()
     os.environ["TUNEQUEUE_DATABASE_URL"] = url  # before anything reads Settings; the relay process inherits it
     try:
-        from common.cli import upgrade_database
+        from common.db_setup import upgrade_database
 
         upgrade_database(url)
         results = run(args)

@@ -145,7 +145,7 @@ def run_api(path: Path, work: Path) -> dict[str, Any]:
            "TUNEQUEUE_ENVIRONMENT": "test"}
     os.environ.update(env)
     from common import auth
-    from common.cli import upgrade_database
+    from common.db_setup import upgrade_database
     from common.db import session_scope
 
     upgrade_database(url)

@@ -34,6 +34,7 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY api ./api
 COPY worker ./worker
+COPY cli ./cli
 RUN pip install . \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
 

@@ -51,6 +51,7 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY api ./api
 COPY worker ./worker
+COPY cli ./cli
 RUN pip install ".[gpu]" \
     && python -c "import torch; assert torch.version.cuda and torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
 

@@ -46,7 +46,7 @@ def _admin_engine():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session", autouse=True)
 def database() -> Iterator[str]:
-    from common.cli import upgrade_database
+    from common.db_setup import upgrade_database
 
     name = make_url(DATABASE_URL).database
     engine = _admin_engine()

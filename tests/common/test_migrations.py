@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from common.cli import create_database
+from common.db_setup import create_database
 from common.models import Base
 from tests.conftest import DATABASE_URL, _admin_engine
 
@@ -18,7 +18,7 @@ def _run(url: str, direction: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from common.cli import upgrade_database
+    from common.db_setup import upgrade_database
 
     if direction == "upgrade":
         upgrade_database(url)

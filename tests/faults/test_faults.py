@@ -184,7 +184,7 @@ def test_4_redis_restart_loses_no_job(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_5_postgres_restart_during_training(tiny_model: Path, tmp_path: Path) -> None:
-    from common.cli import create_database, upgrade_database
+    from common.db_setup import create_database, upgrade_database
 
     pg = OwnPostgres()
     pg.start()

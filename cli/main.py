@@ -1,0 +1,77 @@
+"""`tunequeue` — admin and developer commands.
+
+  tunequeue admin create-tenant NAME
+  tunequeue admin create-key --tenant NAME [--role member|admin] [--name LABEL]   (prints the key once)
+  tunequeue db create | db upgrade
+  tunequeue dev tiny-model PATH
+  tunequeue dev setup [--key-file var/dev-api-key]   (what `make up` runs before starting the processes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cli.admin import create_key, create_tenant
+from cli.dev import dev_setup
+from common.db_setup import create_database, upgrade_database
+from common.errors import TuneQueueError
+from common.settings import get_settings
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="tunequeue", description="TuneQueue admin and developer commands")
+    groups = root.add_subparsers(dest="group", required=True)
+
+    admin = groups.add_parser("admin", help="tenants and API keys").add_subparsers(dest="cmd", required=True)
+    p = admin.add_parser("create-tenant", help="create a tenant")
+    p.add_argument("name")
+    p = admin.add_parser("create-key", help="create an API key for a tenant; printed once, stored hashed")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--role", choices=["member", "admin"], default="member")
+    p.add_argument("--name", default="", help="a label for the key")
+
+    db = groups.add_parser("db", help="database").add_subparsers(dest="cmd", required=True)
+    db.add_parser("create", help="create the database if it is missing")
+    db.add_parser("upgrade", help="alembic upgrade head")
+
+    dev = groups.add_parser("dev", help="developer helpers").add_subparsers(dest="cmd", required=True)
+    p = dev.add_parser("tiny-model", help="build a tiny random Llama + BPE tokenizer (offline)")
+    p.add_argument("path", type=Path)
+    p = dev.add_parser("setup", help="database, migrations, demo model and a dev key (used by `make up`)")
+    p.add_argument("--key-file", type=Path, default=Path("var/dev-api-key"))
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = (args.group, args.cmd)
+    if command == ("admin", "create-tenant"):
+        print(create_tenant(args.name))
+    elif command == ("admin", "create-key"):
+        print(create_key(args.tenant, args.role, args.name))
+    elif command == ("db", "create"):
+        create_database(get_settings().database_url)
+    elif command == ("db", "upgrade"):
+        upgrade_database()
+    elif command == ("dev", "tiny-model"):
+        from worker.tiny_model import build_tiny_model  # torch and transformers: only for this command
+
+        print(build_tiny_model(args.path))
+    elif command == ("dev", "setup"):
+        key = dev_setup(args.key_file)
+        print(f"development API key (also in {args.key_file}):\n  {key}")
+    return 0
+
+
+def run() -> None:
+    try:
+        sys.exit(main())
+    except TuneQueueError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()
