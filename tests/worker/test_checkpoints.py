@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 
 from tests.worker.conftest import fixed_reply_rows, pair_rows, write_job_dir
 from tests.worker.test_train import _child, events_of
-from worker.train.__main__ import EXIT_FAILED, EXIT_PREEMPTED, main
+from worker.train.__main__ import main
 from worker.train.config import load_job
 from worker.train.errors import TrainingPreempted
+from worker.train.protocol import EXIT_FAILED, EXIT_PREEMPTED
 from worker.train.reporter import Reporter
 from worker.train.run import train
 

@@ -20,13 +20,14 @@ from safetensors.torch import load_file
 
 from common.text.masks import IGNORE_INDEX
 from common.text.templates import resolve_chat_template
-from worker.train.__main__ import EXIT_CANCELLED, EXIT_FAILED, main
+from worker.train.__main__ import main
 from worker.train.config import BaseModelRef, JobConfig, load_job
 from worker.train.data import prepare_chat_data
 from worker.train.errors import TrainingError
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method
-from worker.train.reporter import EVENT_PREFIX, Reporter
+from worker.train.protocol import EVENT_PREFIX, EXIT_CANCELLED, EXIT_FAILED
+from worker.train.reporter import Reporter
 from worker.train.run import train
 from worker.train.stages import make_stage
 

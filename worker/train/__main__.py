@@ -1,9 +1,10 @@
 """`python -m worker.train <job_dir>`: one training attempt in a fresh interpreter.
 
-Exit codes: 0 with a result event, 1 with an error event, 143 after SIGTERM (a cancel) with a "cancelled"
-warning and no result, 75 after SIGUSR1 (a preemption: the worker is shutting down) once a checkpoint event for
-the step boundary it stopped at is out, 2 for a wrong command line. Events go to stdout (see `worker.train.reporter`);
-everything else, library output included, goes to stderr.
+It speaks the protocol of `worker/train/protocol.py`: events on stdout (written by `worker/train/reporter.py`),
+everything else, library output included, on stderr, and an exit code that says how it ended: EXIT_OK with a
+result event, EXIT_FAILED with an error event, EXIT_CANCELLED after SIGTERM (a cancel) with a "cancelled"
+warning and no result, EXIT_PREEMPTED after SIGUSR1 (the worker is shutting down) once a checkpoint event for
+the step boundary it stopped at is out, EXIT_USAGE for a wrong command line.
 """
 
 from __future__ import annotations
@@ -15,13 +16,8 @@ import sys
 import threading
 import traceback
 
+from worker.train.protocol import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, TRAINING_ERROR
 from worker.train.reporter import Reporter
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later, from the checkpoint just saved
-EXIT_CANCELLED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
 
 
 def _quiet_libraries() -> None:
@@ -40,7 +36,7 @@ def _run(argv: list[str], reporter: Reporter, stop: threading.Event, preempt: th
         return EXIT_USAGE
     # Imported here, after the SIGTERM handler is in place: loading torch and transformers takes seconds.
     from worker.train.config import JobFileError, load_job
-    from worker.train.errors import TRAINING_ERROR, TrainingCancelled, TrainingPreempted, describe_failure
+    from worker.train.errors import TrainingCancelled, TrainingPreempted, describe_failure
 
     try:
         job = load_job(argv[0])
@@ -61,7 +57,7 @@ def _run(argv: list[str], reporter: Reporter, stop: threading.Event, preempt: th
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         failure = describe_failure(exc)
-        reporter.error(failure.code, failure.message, failure.param)
+        reporter.error(failure.code or TRAINING_ERROR, failure.message, failure.param)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-INVALID_TRAINING_FILE = "invalid_training_file"
-BASE_MODEL_UNAVAILABLE = "base_model_unavailable"
-CUDA_OOM = "cuda_oom"
-UNSUPPORTED_ON_WORKER = "unsupported_on_worker"
-TRAINING_ERROR = "training_error"
+from worker.train.protocol import CUDA_OOM, TRAINING_ERROR
 
 
 class TrainingError(Exception):

@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from worker.train.config import BaseModelRef
-from worker.train.errors import BASE_MODEL_UNAVAILABLE, TrainingError
+from worker.train.errors import TrainingError
+from worker.train.protocol import BASE_MODEL_UNAVAILABLE
 
 
 def _is_local(path: str) -> bool:

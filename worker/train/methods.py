@@ -11,7 +11,8 @@ import torch
 from transformers import PreTrainedModel, set_seed
 
 from common.schemas.job_spec import ADAPTER_METHODS, LoraOptions, Method
-from worker.train.errors import TRAINING_ERROR, TrainingError
+from worker.train.errors import TrainingError
+from worker.train.protocol import TRAINING_ERROR
 
 SERVING_WARNING = (
     "method.lora.modules_to_save trains {names} in full and stores them in the adapter; vLLM and most serving "

@@ -1,27 +1,22 @@
-"""How the training child talks to its parent: one `TUNEQUEUE_EVENT {json}` line per event on stdout.
-
-The parent ignores every other line, so library output is harmless; libraries are still pointed at stderr
-(see `worker.train.__main__`). Event shapes:
-
-- progress: step, total_steps, epoch, loss, learning_rate, grad_norm, tokens_per_second, trained_tokens,
-  eta_seconds (null where not known yet), peak_memory_mb (CUDA: max allocated; CPU: the process's peak RSS);
-  at a step that evaluated also eval_loss and eval_accuracy (null where the stage has no accuracy)
-- checkpoint: step, path (a complete Trainer checkpoint dir), metrics {train_loss, eval_loss, token_accuracy}
-- log: level ("info" | "warning"), message
-- result: adapter_dir, first_loss, last_loss, train_loss, trained_tokens, steps, stage, method, and merged_dir
-  when publish.merged asked for a merged model. For method full/freeze adapter_dir holds the full weights.
-- error: code, message, param
-"""
+"""The child's side of the protocol in `worker/train/protocol.py`: one typed method per event, each written as
+one line on stdout (the real one: `worker/train/__main__.py` points everything else at stderr)."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
-EVENT_PREFIX = "TUNEQUEUE_EVENT "
+from worker.train.protocol import (
+    CheckpointEvent,
+    ErrorEvent,
+    Event,
+    LogEvent,
+    ProgressEvent,
+    ResultEvent,
+    encode,
+)
 
 
 def _finite(value: float | None) -> float | None:
@@ -38,10 +33,10 @@ class Reporter:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._lock = threading.Lock()
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
 
-    def emit(self, event: dict[str, Any]) -> None:
-        line = EVENT_PREFIX + json.dumps(event, separators=(",", ":"), allow_nan=False)
+    def emit(self, event: Event) -> None:
+        line = encode(event)
         with self._lock:
             self.events.append(event)
             stream = self._stream or sys.stdout
@@ -63,7 +58,7 @@ class Reporter:
         peak_memory_mb: float | None = None,
         evaluation: dict[str, float | None] | None = None,
     ) -> None:
-        event: dict[str, Any] = {
+        event: ProgressEvent = {
             "type": "progress",
             "step": int(step),
             "total_steps": int(total_steps),
@@ -82,15 +77,19 @@ class Reporter:
         self.emit(event)
 
     def checkpoint(self, *, step: int, path: str, metrics: dict[str, float | None]) -> None:
-        self.emit({
+        event: CheckpointEvent = {
             "type": "checkpoint",
             "step": int(step),
             "path": path,
-            "metrics": {key: _finite(metrics.get(key)) for key in ("train_loss", "eval_loss", "token_accuracy")},
-        })
+            "metrics": {"train_loss": _finite(metrics.get("train_loss")),
+                        "eval_loss": _finite(metrics.get("eval_loss")),
+                        "token_accuracy": _finite(metrics.get("token_accuracy"))},
+        }
+        self.emit(event)
 
     def log(self, message: str, level: Literal["info", "warning"] = "info") -> None:
-        self.emit({"type": "log", "level": level, "message": message})
+        event: LogEvent = {"type": "log", "level": level, "message": message}
+        self.emit(event)
 
     def result(
         self,
@@ -105,7 +104,7 @@ class Reporter:
         method: str = "lora",
         merged_dir: str | None = None,
     ) -> None:
-        event: dict[str, Any] = {
+        event: ResultEvent = {
             "type": "result",
             "adapter_dir": adapter_dir,
             "first_loss": _finite(first_loss),
@@ -121,4 +120,5 @@ class Reporter:
         self.emit(event)
 
     def error(self, code: str, message: str, param: str | None = None) -> None:
-        self.emit({"type": "error", "code": code, "message": message, "param": param})
+        event: ErrorEvent = {"type": "error", "code": code, "message": message, "param": param}
+        self.emit(event)

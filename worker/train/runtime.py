@@ -11,7 +11,8 @@ import torch
 
 from common.schemas.job_spec import JobSpec
 from worker.train.config import TrainHyperparameters
-from worker.train.errors import UNSUPPORTED_ON_WORKER, TrainingError
+from worker.train.errors import TrainingError
+from worker.train.protocol import UNSUPPORTED_ON_WORKER
 
 OPTIMIZERS_CUDA = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit",
                    "paged_adamw": "paged_adamw_32bit", "paged_adamw_8bit": "paged_adamw_8bit"}
