@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import AdminCaller
 from common.db import session_scope
 from common.models import Job
-from common.progress import ProgressChannel
 from common.state import STATUSES
+from common.worker_registry import WorkerRegistry
 
 log = logging.getLogger("tunequeue.api")
 
@@ -98,7 +98,7 @@ class ServiceCollector(Collector):
         return [jobs, depth, trained, hist]
 
     def _workers(self) -> list[Metric]:
-        regs = ProgressChannel().list_workers()
+        regs = WorkerRegistry().registrations()
         labels = ["host", "gpu", "worker"]
         workers = GaugeMetricFamily("tunequeue_workers", "Registered worker slots (one per GPU).", value=len(regs))
         busy = GaugeMetricFamily("tunequeue_worker_busy", "1 while the worker runs a job.", labels=labels)

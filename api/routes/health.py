@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SessionDep, StoreDep
-from common.progress import get_redis
+from common.redis_client import get_redis
 
 router = APIRouter(tags=["health"])
 

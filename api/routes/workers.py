@@ -11,9 +11,9 @@ from fastapi import APIRouter
 
 from api.deps import CurrentCaller
 from common.errors import NotReady
-from common.progress import ProgressChannel
 from common.schemas.common import ListPage
 from common.schemas.jobs import WorkerPublic
+from common.worker_registry import WORKER_PREFIX, WorkerRegistry
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 
@@ -27,7 +27,7 @@ def worker_public(reg: dict[str, Any], *, tenant_id: str, admin: bool) -> Worker
         if admin:
             job["organization_id"] = reg.get("tenant_id")
     return WorkerPublic(
-        id=reg["key"].removeprefix("tunequeue:worker:"), host=reg.get("host"), worker=reg.get("worker"),
+        id=reg["key"].removeprefix(WORKER_PREFIX), host=reg.get("host"), worker=reg.get("worker"),
         gpu=reg.get("gpu"), host_memory_available_mb=reg.get("host_memory_available_mb"), busy=bool(job_id),
         job=job, updated_at=reg.get("updated_at"), expires_in=reg.get("expires_in"),
     )
@@ -36,7 +36,7 @@ def worker_public(reg: dict[str, Any], *, tenant_id: str, admin: bool) -> Worker
 @router.get("", response_model=ListPage[WorkerPublic])
 def list_workers(caller: CurrentCaller) -> ListPage[WorkerPublic]:
     try:
-        registrations = ProgressChannel().list_workers()
+        registrations = WorkerRegistry().registrations()
     except Exception as exc:
         raise NotReady(f"worker registrations live in Redis, which is not answering: {exc}",
                        code="redis_unavailable") from exc
