@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
-from api import errors, metrics
+from api import metrics
 from api.routes import files, health, inference, jobs, models, openai_jobs, workers
+from common import http_errors
+from common.errors import TooLarge
 from common.settings import get_settings
 
 UPLOAD_PATHS = ("/files", "/v1/files")
@@ -21,7 +23,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Self-hosted fine-tuning behind a durable job queue, with an OpenAI-compatible API.",
     )
-    errors.install(app)
+    http_errors.install(app, logging.getLogger("tunequeue.api"))
 
     @app.middleware("http")
     async def refuse_oversized_uploads(request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -31,10 +33,9 @@ def create_app() -> FastAPI:
             limit = get_settings().max_upload_bytes
             declared = request.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-                return JSONResponse(status_code=413, content={"error": {
-                    "message": f"the upload is {declared} bytes; this server accepts at most {limit} "
-                               "(TUNEQUEUE_MAX_UPLOAD_BYTES)",
-                    "type": "invalid_request_error", "param": "file", "code": "file_too_large"}})
+                return http_errors.error_response(TooLarge(
+                    f"the upload is {declared} bytes; this server accepts at most {limit} (TUNEQUEUE_MAX_UPLOAD_BYTES)",
+                    param="file"))
         return await call_next(request)
 
     for router in (health.router, files.router, jobs.router, models.router, workers.router, metrics.router):

@@ -1,9 +1,17 @@
-"""One error hierarchy. Each error knows its HTTP status and renders as the OpenAI error shape:
-{"error": {"message", "type", "param", "code"}}."""
+"""One error hierarchy, rooted at `TuneQueueError`: every error carries a `code` a program can act on, a
+`message` that says how to fix it, and the `param` (request or spec field) it concerns.
+
+An HTTP error also knows its status and renders as OpenAI's error body (`error_body`, the only place that
+shape is built). A `JobFailure` is what a job fails with; it is recorded on the job as `job_error()`."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def error_body(message: str, *, type: str, param: str | None, code: str | None) -> dict[str, Any]:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 class TuneQueueError(Exception):
@@ -18,8 +26,19 @@ class TuneQueueError(Exception):
         if code is not None:
             self.code = code
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    def to_body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def job_error(self) -> dict[str, Any]:
+        """The error object a failed job records: {"code", "message", "param"}."""
+        return {"code": self.code, "message": self.message, "param": self.param}
+
+
+class JobFailure(TuneQueueError):
+    """A job cannot run (its files, its base model, its training): the job fails with `job_error()`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
 
 
 class InvalidRequest(TuneQueueError):
@@ -67,3 +86,10 @@ class NotReady(TuneQueueError):
     status_code = 503
     type = "server_error"
     code = "not_ready"
+
+
+def model_not_found(model_id: str, reason: str | None = None) -> NotFound:
+    """404 model_not_found on `model`: the same answer whether the model never existed, was deleted or belongs to
+    another tenant (never 403). `reason` adds what only the server can know (e.g. a missing base model)."""
+    message = f"The model {model_id!r} does not exist or you do not have access to it."
+    return NotFound(f"{message} {reason}" if reason else message, param="model", code="model_not_found")

@@ -7,11 +7,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from api.deps import CurrentCaller, SessionDep, SettingsDep, StoreDep
-from common.errors import NotFound
-from common.progress import ProgressChannel
+from common.model_events import announce
 from common.schemas.common import ListPage
+from common.schemas.models import ModelPublic
 from common.services import models as service
-from common.services.models import ModelObject
 
 router = APIRouter(tags=["models"])
 log = logging.getLogger("tunequeue.api")
@@ -23,10 +22,10 @@ class ModelDeleted(BaseModel):
     deleted: bool = True
 
 
-@router.get("/v1/models", response_model=ListPage[ModelObject])
-@router.get("/models", response_model=ListPage[ModelObject], include_in_schema=False)
+@router.get("/v1/models", response_model=ListPage[ModelPublic])
+@router.get("/models", response_model=ListPage[ModelPublic], include_in_schema=False)
 def list_models(caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
-                store: StoreDep) -> ListPage[ModelObject]:
+                store: StoreDep) -> ListPage[ModelPublic]:
     data = service.list_models(session, settings, caller.tenant_id, store)
     return ListPage(data=data, has_more=False)
 
@@ -48,17 +47,14 @@ def download_adapter(model_id: str, caller: CurrentCaller, session: SessionDep,
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelObject)
-@router.get("/models/{model_id}", response_model=ModelObject, include_in_schema=False)
+@router.get("/v1/models/{model_id}", response_model=ModelPublic)
+@router.get("/models/{model_id}", response_model=ModelPublic, include_in_schema=False)
 def get_model(model_id: str, caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
-              store: StoreDep) -> ModelObject:
+              store: StoreDep) -> ModelPublic:
     for base in service.base_models(settings):
         if base.id == model_id:
             return base
-    try:
-        return service.adapter_public(service.get_adapter(session, caller.tenant_id, model_id), store)
-    except NotFound:
-        raise service.model_not_found(model_id) from None
+    return service.adapter_public(service.get_adapter(session, caller.tenant_id, model_id), store)
 
 
 @router.delete("/v1/models/{model_id}", response_model=ModelDeleted)
@@ -69,8 +65,8 @@ def delete_model(model_id: str, caller: CurrentCaller, session: SessionDep, sett
     row = service.delete_adapter(session, settings, caller.tenant_id, model_id)
     session.commit()  # tell serve only what is durable
     try:
-        ProgressChannel().publish_model({"event": "deleted", "model": row.id, "tenant_id": row.tenant_id,
-                                         "base_model": row.base_model, "storage_key": row.storage_key})
+        announce("deleted", model_id=row.id, tenant_id=row.tenant_id, base_model=row.base_model,
+                 storage_key=row.storage_key)
     except Exception as exc:  # serve also refuses it through the API's own check, and reloads from Postgres
         log.warning("could not announce the deletion of %s on Redis: %s", row.id, exc)
     return ModelDeleted(id=row.id)

@@ -8,63 +8,18 @@ import tarfile
 import tempfile
 from typing import IO, Any
 
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.adapter_support import vllm_compatibility
 from common.artifacts import ArtifactStore, LocalArtifactStore
-from common.errors import NotFound, PermissionDenied
+from common.errors import PermissionDenied, model_not_found
 from common.models import Checkpoint, Model
 from common.models.base import utcnow
 from common.registry import local_path
 from common.schemas.common import unix
 from common.schemas.models import ModelPublic
 from common.settings import Settings, get_settings
-
-# vLLM's default `--max-lora-rank`; an operator who starts vLLM with a larger one serves larger ranks.
-VLLM_MAX_LORA_RANK = 16
-# LoRA variants vLLM's LoRA kernels do not run (its loader refuses them or would silently differ).
-_VLLM_UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases",
-                     "fan_in_fan_out": "fan_in_fan_out layers", "layer_replication": "layer replication",
-                     "trainable_token_indices": "trainable tokens", "target_parameters": "target_parameters",
-                     "alora_invocation_tokens": "aLoRA"}
-
-
-class VllmCompatibility(BaseModel):
-    """Whether a vLLM server started with `--enable-lora --max-lora-rank N` can load this adapter."""
-
-    compatible: bool
-    lora_rank: int | None = Field(description="The largest rank of the adapter's LoRA layers.")
-    max_lora_rank: int = Field(description="The vLLM --max-lora-rank the check assumed (vLLM's default).")
-    modules_to_save: list[str] | None = None
-    problems: list[str] = Field(default_factory=list, description="Why vLLM cannot load it, fix by fix.")
-
-
-class ModelObject(ModelPublic):
-    """The model object with its serving notes. `vllm` is null for base models and unreadable adapters."""
-
-    vllm: VllmCompatibility | None = None
-
-
-def vllm_compatibility(config: dict[str, Any], max_lora_rank: int = VLLM_MAX_LORA_RANK) -> VllmCompatibility:
-    ranks = [int(config.get("r") or 0), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
-    rank = max(ranks) or None
-    problems = []
-    if config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type is {config.get('peft_type')}; vLLM serves LoRA adapters only")
-    if rank is not None and rank > max_lora_rank:
-        problems.append(f"LoRA rank {rank} is above --max-lora-rank {max_lora_rank}: start vLLM with "
-                        f"--max-lora-rank {rank} or more, or train with lora.r ≤ {max_lora_rank}")
-    modules = config.get("modules_to_save") or None
-    if modules:
-        problems.append(f"modules_to_save {modules} replaces whole modules, which vLLM's LoRA loader refuses")
-    if config.get("bias", "none") != "none":
-        problems.append(f"bias={config['bias']!r} trains base-model biases, which vLLM does not load")
-    problems += [f"{label} is not supported by vLLM's LoRA kernels"
-                 for key, label in _VLLM_UNSUPPORTED.items() if config.get(key)]
-    return VllmCompatibility(compatible=not problems, lora_rank=rank, max_lora_rank=max_lora_rank,
-                             modules_to_save=list(modules) if modules else None, problems=problems)
-
 
 _CONFIG_CACHE: dict[str, dict[str, Any] | None] = {}
 _CONFIG_CACHE_SIZE = 4096
@@ -85,25 +40,25 @@ def adapter_config(store: ArtifactStore, storage_key: str) -> dict[str, Any] | N
     return _CONFIG_CACHE[storage_key]
 
 
-def base_models(settings: Settings) -> list[ModelObject]:
+def base_models(settings: Settings) -> list[ModelPublic]:
     out = []
     for model_id, entry in sorted(settings.base_models.items()):
         path = local_path(entry)
-        out.append(ModelObject(id=model_id, created=0, owned_by="tunequeue", kind="base", root=model_id,
+        out.append(ModelPublic(id=model_id, created=0, owned_by="tunequeue", kind="base", root=model_id,
                                available=path is None or (path / "config.json").is_file()))
     return out
 
 
-def adapter_public(row: Model, store: ArtifactStore | None = None) -> ModelObject:
+def adapter_public(row: Model, store: ArtifactStore | None = None) -> ModelPublic:
     config = adapter_config(store, row.storage_key) if store is not None else None
-    return ModelObject(id=row.id, created=unix(row.created_at) or 0, owned_by=row.tenant_id, parent=row.base_model,
+    return ModelPublic(id=row.id, created=unix(row.created_at) or 0, owned_by=row.tenant_id, parent=row.base_model,
                        root=row.base_model, job_id=row.job_id, kind="adapter", manifest=row.manifest,
                        vllm=vllm_compatibility(config, get_settings().serve_vllm_max_lora_rank)
                        if config is not None else None)
 
 
 def list_models(session: Session, settings: Settings, tenant_id: str,
-                store: ArtifactStore | None = None) -> list[ModelObject]:
+                store: ArtifactStore | None = None) -> list[ModelPublic]:
     adapters = session.scalars(
         select(Model).where(Model.tenant_id == tenant_id, Model.deleted_at.is_(None)).order_by(Model.created_at.desc())
     )
@@ -115,13 +70,8 @@ def get_adapter(session: Session, tenant_id: str, model_id: str) -> Model:
         select(Model).where(Model.id == model_id, Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
     )
     if row is None:
-        raise NotFound(f"no fine-tuned model with id {model_id!r}", param="model", code="model_not_found")
+        raise model_not_found(model_id)
     return row
-
-
-def model_not_found(model_id: str) -> NotFound:
-    return NotFound(f"The model {model_id!r} does not exist or you do not have access to it.", param="model",
-                    code="model_not_found")
 
 
 def check_usable(session: Session, settings: Settings, tenant_id: str, model_id: str) -> None:
@@ -141,7 +91,7 @@ def check_usable(session: Session, settings: Settings, tenant_id: str, model_id:
 
 def delete_adapter(session: Session, settings: Settings, tenant_id: str, model_id: str) -> Model:
     """Soft delete: `deleted_at` is set, the row and files stay (the job still names it). The caller commits,
-    then tells `serve` (common.progress.ProgressChannel.publish_model) — never before the commit."""
+    then tells `serve` (common.model_events.announce) — never before the commit."""
     if model_id in settings.base_models:
         raise PermissionDenied(f"{model_id} is a base model, registered by the operator (TUNEQUEUE_BASE_MODELS); "
                                "only fine-tuned models can be deleted", code="cannot_delete_base_model")

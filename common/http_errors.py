@@ -1,4 +1,5 @@
-"""One handler per exception family; every error leaves as {"error": {message, type, param, code}}."""
+"""The error handlers of both HTTP apps (api/main.py and worker/serve/app.py): one per exception family, and
+every error leaves as common.errors.error_body's {"error": {message, type, param, code}}."""
 
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import TuneQueueError
-
-log = logging.getLogger("tunequeue.api")
+from common.errors import TuneQueueError, error_body
 
 _HTTP_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error",
                413: "invalid_request_error", 429: "rate_limit_error"}
 
 
+def error_response(exc: TuneQueueError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content=exc.to_body())
+
+
 def _shape(status: int, message: str, *, type: str, param: str | None, code: str | None) -> JSONResponse:
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": type, "param": param, "code": code}})
+    return JSONResponse(status_code=status, content=error_body(message, type=type, param=param, code=code))
 
 
 _UNION_TAG = re.compile(r"^(int|float|str|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-\w+\[.*\]|"
@@ -53,10 +55,11 @@ def _validation_message(err: dict) -> tuple[str, str]:
     return f"`{param}`: {msg}{suffix}", "invalid_value"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, log: logging.Logger) -> None:
+    """Register the handlers; `log` gets the traceback of an unexpected error."""
     @app.exception_handler(TuneQueueError)
     async def _tunequeue(_: Request, exc: TuneQueueError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=exc.to_dict())
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
