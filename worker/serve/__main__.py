@@ -8,8 +8,8 @@ import os
 import torch
 import uvicorn
 
+from common.settings import get_settings
 from worker.serve.app import create_app
-from worker.serve.config import get_serve_settings
 
 
 def default_threads() -> int:
@@ -21,7 +21,7 @@ def default_threads() -> int:
 
 
 def main() -> None:
-    settings = get_serve_settings()
+    settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(settings.serve_threads or default_threads())
     app = create_app(settings)

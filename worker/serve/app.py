@@ -8,14 +8,15 @@ that (a deleted adapter, one that does not fit its base) still get a proper stat
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
+from common import http_errors
 from common.errors import InvalidRequest, TuneQueueError
 from common.ids import new_id
 from common.schemas.inference import (
@@ -25,43 +26,30 @@ from common.schemas.inference import (
     ResponseBuilder,
     sse,
 )
-from worker.serve.config import ServeSettings, get_serve_settings
+from common.settings import Settings, get_settings
 from worker.serve.engine import Event, GenRequest, Sampling
-from worker.serve.runtime import Runtime
+from worker.serve.server import ModelServer
 from worker.serve.text import encode_chat, encode_prompt
 
 DISCONNECT_POLL_SECONDS = 1.0
 
 
-def _error(status: int, message: str, *, type: str, param: str | None, code: str | None) -> JSONResponse:
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": type, "param": param, "code": code}})
-
-
-def create_app(settings: ServeSettings | None = None, runtime: Runtime | None = None) -> FastAPI:
-    settings = settings or get_serve_settings()
-    rt = runtime or Runtime(settings)
+def create_app(settings: Settings | None = None, server: ModelServer | None = None) -> FastAPI:
+    """`server` given (tests): it is started without its Redis listener."""
+    settings = settings or get_settings()
+    listen = server is None
+    model_server = server or ModelServer(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        rt.start(listen=runtime is None)
+        model_server.start(listen=listen)
         yield
-        await asyncio.to_thread(rt.close)
+        await asyncio.to_thread(model_server.close)
 
     app = FastAPI(title="TuneQueue serve", version="0.1.0", lifespan=lifespan,
                   description="Internal inference server; reach it through the API, which authenticates.")
-    app.state.runtime = rt
-
-    @app.exception_handler(TuneQueueError)
-    async def _tunequeue(_: Request, exc: TuneQueueError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=exc.to_dict())
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        return _error(422, f"`{'.'.join(loc) or 'body'}`: {first.get('msg', 'invalid value')}",
-                      type="invalid_request_error", param=".".join(loc) or None, code="invalid_value")
+    app.state.server = model_server
+    http_errors.install(app, logging.getLogger("tunequeue.serve"))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -70,18 +58,19 @@ def create_app(settings: ServeSettings | None = None, runtime: Runtime | None = 
     @app.get("/status")
     def status() -> dict[str, Any]:
         """What is loaded: base models, their adapters (most recently used last), queue depths."""
-        return {"backend": settings.serve_backend, "device": str(rt.pool.device), "dtype": str(rt.pool.dtype),
-                "listening": bool(rt.listener and rt.listener.ready.is_set()),
+        pool = model_server.pool
+        return {"backend": settings.serve_backend, "device": str(pool.device), "dtype": str(pool.dtype),
+                "listening": bool(model_server.listener and model_server.listener.ready.is_set()),
                 "bases": {name: {**base.engine.stats(), "mib": base.nbytes // 2**20}
-                          for name, base in list(rt.pool.loaded.items())}}
+                          for name, base in list(pool.loaded.items())}}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        return await _generate(rt, body, request)
+        return await _generate(model_server, body, request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        return await _generate(rt, body, request)
+        return await _generate(model_server, body, request)
 
     return app
 
@@ -101,13 +90,13 @@ def _token_limit(body: ChatCompletionRequest | CompletionRequest, prompts: list[
     return limit if limit is not None else min(default, context - longest)
 
 
-async def _generate(rt: Runtime, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Any:
+async def _generate(server: ModelServer, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Any:
     body.check_supported()
-    target = await asyncio.to_thread(rt.catalog.resolve, body.model)
-    if rt.vllm is not None:
-        payload = {**body.model_dump(mode="json", exclude_unset=True), "model": await rt.vllm.ensure(target)}
-        return await rt.vllm.forward(request.url.path, payload, bool(body.stream))
-    base = await asyncio.to_thread(rt.pool.get, target.base_model)
+    target = await asyncio.to_thread(server.catalog.resolve, body.model)
+    if server.vllm is not None:
+        payload = {**body.model_dump(mode="json", exclude_unset=True), "model": await server.vllm.ensure(target)}
+        return await server.vllm.forward(request.url.path, payload, bool(body.stream))
+    base = await asyncio.to_thread(server.pool.get, target.base_model)
     kind: Literal["chat", "text"]
     if isinstance(body, ChatCompletionRequest):
         kind, prompts = "chat", [encode_chat(base.tokenizer, base.template, body.conversation(), body.model)]
@@ -115,10 +104,10 @@ async def _generate(rt: Runtime, body: ChatCompletionRequest | CompletionRequest
     else:
         kind, prompts = "text", [encode_prompt(base.tokenizer, p) for p in body.prompts]
         echo = body.prompts if body.echo else []
-    max_tokens = _token_limit(body, prompts, base.context_length, rt.settings.serve_default_max_tokens)
+    max_tokens = _token_limit(body, prompts, base.context_length, server.settings.serve_default_max_tokens)
     adapter = None
     if target.adapter_id is not None and target.adapter_id not in base.engine.bank:
-        adapter = await asyncio.to_thread(rt.load_adapter, target, base)
+        adapter = await asyncio.to_thread(server.load_adapter, target, base)
     sampling = Sampling(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
                         top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop_list), seed=body.seed)
     job = GenRequest(prompts, sampling, n=body.choices, adapter_id=target.adapter_id, adapter=adapter,
@@ -204,7 +193,7 @@ async def _stream(job: GenRequest, events: list[Event], builder: ResponseBuilder
             try:
                 events = await _next_events(job, request)
             except TuneQueueError as exc:
-                yield sse(exc.to_dict()) + SSE_DONE
+                yield sse(exc.to_body()) + SSE_DONE
                 return
         if include_usage:
             yield sse(builder.usage_chunk(job.prompt_tokens, sum(tokens)))

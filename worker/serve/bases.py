@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from common.errors import NotFound, NotReady
+from common.errors import NotReady, model_not_found
 from common.registry import local_path
-from common.settings import BaseModelEntry
-from worker.serve.config import ServeSettings
+from common.settings import BaseModelEntry, Settings
 from worker.serve.engine import Engine
 from worker.serve.lora import LoraAdapter, LoraBank
 from worker.serve.text import chat_template
@@ -85,7 +84,7 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 class BasePool:
-    def __init__(self, settings: ServeSettings,
+    def __init__(self, settings: Settings,
                  adapter_loader: Callable[[str, LoadedBase], LoraAdapter]) -> None:
         self.settings = settings
         self.adapter_loader = adapter_loader
@@ -149,7 +148,7 @@ class BasePool:
 
         entry = self.settings.base_models.get(base_id)
         if entry is None:
-            raise NotFound(f"The model {base_id!r} does not exist", param="model", code="model_not_found")
+            raise model_not_found(base_id)
         path = local_path(entry)
         if path is not None and not (path / "config.json").is_file():
             raise NotReady(f"base model {base_id!r} is registered at {path}, which holds no model (run `make up` or "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.errors import NotFound, NotReady
+from common.errors import NotReady, model_not_found
 from common.settings import Settings
 
 
@@ -23,11 +23,6 @@ class Target:
     base_model: str
     adapter_id: str | None = None
     storage_key: str | None = None
-
-
-def not_found(model_id: str) -> NotFound:
-    return NotFound(f"The model {model_id!r} does not exist or you do not have access to it.", param="model",
-                    code="model_not_found")
 
 
 def lookup_in_database(model_id: str) -> Target | None:
@@ -64,12 +59,12 @@ class Catalog:
                 raise NotReady(f"could not look {model_id!r} up in Postgres: {type(exc).__name__}; retry shortly",
                                param="model", code="database_unavailable") from exc
             if target is None:
-                raise not_found(model_id)
+                raise model_not_found(model_id)
             with self._lock:
                 self._known[model_id] = target
         if target.base_model not in self.settings.base_models:
-            raise NotFound(f"{model_id} was trained on base model {target.base_model!r}, which this server does not "
-                           "have registered (TUNEQUEUE_BASE_MODELS)", param="model", code="model_not_found")
+            raise model_not_found(model_id, f"It was trained on base model {target.base_model!r}, which this server "
+                                  "does not have registered (TUNEQUEUE_BASE_MODELS).")
         return target
 
     def published(self, model_id: str, base_model: str, storage_key: str) -> Target:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from common.errors import NotFound, TuneQueueError
+from common.errors import TuneQueueError, model_not_found
 from worker.serve.kvcache import keep_rows, merge, new_cache
 from worker.serve.lora import LoraAdapter, LoraBank
 from worker.serve.text import Detokenizer, StopMatcher
@@ -99,7 +99,9 @@ class GenRequest:
 
 
 @dataclass
-class Sequence:
+class RunningRow:
+    """One choice of one request, decoding in the batch: its adapter slot, position, sampler and text so far."""
+
     request: GenRequest
     choice: int
     slot: int
@@ -131,7 +133,7 @@ class Engine:
         self.pending: deque[GenRequest] = deque()
         self.control: deque[Callable[[], None]] = deque()
         self.cond = threading.Condition()
-        self.running: list[Sequence] = []
+        self.running: list[RunningRow] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None
         self.doomed: set[str] = set()
@@ -212,7 +214,7 @@ class Engine:
         self.doomed.add(model_id)
         for request in [r for r in self.pending if r.adapter_id == model_id]:
             self.pending.remove(request)
-            request.fail(NotFound(f"the model {model_id!r} was deleted", param="model", code="model_not_found"))
+            request.fail(model_not_found(model_id, "It was deleted."))
         self._evict_doomed()
 
     def _evict_doomed(self) -> None:
@@ -225,7 +227,7 @@ class Engine:
         if request.adapter_id is None:
             return 0
         if request.adapter_id in self.doomed:
-            raise NotFound(f"the model {request.adapter_id!r} was deleted", param="model", code="model_not_found")
+            raise model_not_found(request.adapter_id, "It was deleted.")
         slot = self.bank.slot_of(request.adapter_id)
         if slot is not None:
             return slot
@@ -287,7 +289,7 @@ class Engine:
             index = torch.tensor(expand, device=self.device)
             cache.batch_select_indices(index)
             mask, logits = mask[index], logits[index]
-        seqs: list[Sequence] = []
+        seqs: list[RunningRow] = []
         for row in expand:
             request, p, ids, slot = prompts[row]
             j = len([s for s in seqs if s.request is request and s.choice // request.n == p])
@@ -296,7 +298,7 @@ class Engine:
             # Any int the client sends is a seed: folded into torch's 63-bit range.
             generator = torch.Generator().manual_seed((seed + choice) % 2**63 if seed is not None
                                                       else secrets.randbits(62))
-            seqs.append(Sequence(request=request, choice=choice, slot=slot, next_pos=len(ids), generator=generator,
+            seqs.append(RunningRow(request=request, choice=choice, slot=slot, next_pos=len(ids), generator=generator,
                                  detok=Detokenizer(self.tokenizer), stopper=StopMatcher(list(request.sampling.stop))))
         self._merge(cache, mask)
         self.running.extend(seqs)
@@ -321,7 +323,7 @@ class Engine:
             s.next_pos += 1
         self._advance(seqs, out.logits[:, -1, :])
 
-    def _advance(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+    def _advance(self, seqs: list[RunningRow], logits: torch.Tensor) -> None:
         """Sample each row's next token, tell its request, and drop finished rows from the batch."""
         tokens = sample(logits, seqs)
         now = time.monotonic()
@@ -364,7 +366,7 @@ class Engine:
             self._evict_doomed()
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+def sample(logits: torch.Tensor, seqs: list[RunningRow]) -> list[int]:
     """Greedy for temperature 0, else temperature + nucleus (top_p) sampling from each row's own generator."""
     greedy = logits.argmax(dim=-1).tolist()
     sampled = [i for i, s in enumerate(seqs) if s.request.sampling.temperature > 0]

@@ -25,13 +25,10 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from common.adapter_support import serving_problems
 from common.artifacts import ArtifactStore
 from common.errors import TuneQueueError
 
-# Config keys of LoRA variants whose forward is not `W x + s·B A x` (or DoRA): such adapters are refused.
-_VARIANT_KEYS = ("alora_invocation_tokens", "arrow_config", "layer_replication", "trainable_token_indices",
-                 "target_parameters", "use_qalora", "use_bdlora", "kasa_config", "velora_config",
-                 "monteclora_config", "lora_bias", "fan_in_fan_out")
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|"
                   r"lora_magnitude_vector(?:\.weight)?)$")
 
@@ -66,19 +63,6 @@ def read_adapter_files(store: ArtifactStore, storage_key: str) -> tuple[dict[str
     return config, tensors
 
 
-def unsupported_reasons(config: dict[str, Any]) -> list[str]:
-    """Why this adapter cannot run in a mixed LoRA batch (empty: it can)."""
-    reasons = []
-    if config.get("peft_type", "LORA") != "LORA":
-        reasons.append(f"peft_type is {config.get('peft_type')!r}; only LORA adapters are served")
-    if config.get("modules_to_save"):
-        reasons.append(f"modules_to_save {config['modules_to_save']} replaces whole modules")
-    if config.get("bias", "none") != "none":
-        reasons.append(f"bias={config['bias']!r} trains the base model's biases")
-    reasons += [f"{key} is set" for key in _VARIANT_KEYS if config.get(key)]
-    return reasons
-
-
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     # PEFT's rule (peft.utils.other.get_pattern_key): a pattern matches the end of the module's dotted name.
     for key, value in patterns.items():
@@ -90,7 +74,7 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 def parse_adapter(model_id: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], model: nn.Module,
                   *, dtype: torch.dtype, device: torch.device | str) -> LoraAdapter:
     """Check that the adapter fits `model` and turn it into per-module (A, s·B[, DoRA scale]) on `device`."""
-    reasons = unsupported_reasons(config)
+    reasons = serving_problems(config)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         match = _KEY.match(key)

@@ -1,5 +1,6 @@
-"""What the serve process holds: the catalog of ids, the loaded base models, the artifact store, and the
-listener on `tunequeue:models` that makes a published adapter available at once and a deleted one disappear."""
+"""`ModelServer`: what the serve process holds — the catalog of ids, the loaded base models, the artifact store,
+the vLLM backend when configured — and the listener on `tunequeue:models` (common/model_events.py) that makes a
+published adapter available at once and a deleted one disappear."""
 
 from __future__ import annotations
 
@@ -13,19 +14,19 @@ from typing import Any
 import redis
 
 from common.artifacts import ArtifactStore, get_store
-from common.errors import NotFound
-from common.progress import MODELS_CHANNEL
+from common.errors import model_not_found
+from common.model_events import MODELS_CHANNEL
+from common.settings import Settings
 from worker.serve.bases import BasePool, LoadedBase
 from worker.serve.catalog import Catalog, Target
-from worker.serve.config import ServeSettings
 from worker.serve.lora import LoraAdapter, parse_adapter, read_adapter_files
 from worker.serve.vllm import VllmBackend
 
 log = logging.getLogger("tunequeue.serve")
 
 
-class Runtime:
-    def __init__(self, settings: ServeSettings, *, store: ArtifactStore | None = None,
+class ModelServer:
+    def __init__(self, settings: Settings, *, store: ArtifactStore | None = None,
                  catalog: Catalog | None = None) -> None:
         self.settings = settings
         self.store = store or get_store(settings.artifacts)
@@ -57,8 +58,7 @@ class Runtime:
         try:
             config, tensors = read_adapter_files(self.store, target.storage_key)
         except FileNotFoundError:
-            raise NotFound(f"{target.adapter_id} has no adapter files in the artifact store", param="model",
-                           code="model_not_found") from None
+            raise model_not_found(target.adapter_id, "Its adapter files are missing from the artifact store.") from None
         return parse_adapter(target.adapter_id, config, tensors, base.model, dtype=base.dtype, device=base.device)
 
     def _load_for_engine(self, model_id: str, base: LoadedBase) -> LoraAdapter:
