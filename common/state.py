@@ -4,8 +4,8 @@ Every status change is an event fired at the job's current status; `TRANSITIONS`
 (status, event) pair leads, and `transition` refuses every other pair. Each change writes a `state` event.
 
     status             event          → status     fired by
-    validating_files   files_checked  → queued     worker/validate.py (mark_queued)
-    validating_files   reject         → failed     worker/validate.py (fail_unclaimed)
+    validating_files   files_checked  → queued     worker/check_job_files.py (mark_queued)
+    validating_files   reject         → failed     worker/check_job_files.py (fail_unclaimed)
     validating_files   cancel         → cancelled  POST /jobs/{id}/cancel (request_cancel)
     queued             claim          → running    worker/runner.py (claim)
     queued             reject         → failed     fail_unclaimed

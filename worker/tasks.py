@@ -2,8 +2,8 @@
 
 from common.queue import RUN_JOB_TASK, VALIDATE_JOB_TASK
 from worker.celery_app import app
+from worker.check_job_files import check_job_files
 from worker.runner import run_job
-from worker.validate import validate_job
 
 
 @app.task(name=RUN_JOB_TASK)
@@ -13,4 +13,4 @@ def run(job_id: str) -> str:
 
 @app.task(name=VALIDATE_JOB_TASK)
 def validate(job_id: str) -> str:
-    return validate_job(job_id)
+    return check_job_files(job_id)

@@ -26,7 +26,7 @@ from common.services import jobs as job_service
 from common.settings import BaseModelEntry, get_settings
 from common.text.templates import CHATML_TEMPLATE
 from tests.factories import jsonl, spec
-from worker.validate import validate_job
+from worker.check_job_files import check_job_files
 
 END = "<|im_end|>"
 MAX = 64
@@ -117,7 +117,7 @@ def test_token_statistics_are_exact(tenant: tuple[str, str], tok: Any) -> None:
     file_id = upload(tenant[0], "chat.jsonl", jsonl([{"messages": m} for m in ROWS]))
     job_id = make_job(tenant[0], file_id, validation_split=0.2)
 
-    assert validate_job(job_id) == "queued"
+    assert check_job_files(job_id) == "queued"
 
     lengths = [rendered(tok, m) for m in ROWS]
     assert lengths[2] > MAX and lengths[4] > MAX and max(lengths[:2] + lengths[3:4]) <= MAX
@@ -163,7 +163,7 @@ def test_train_on_inputs_trains_every_kept_token(tenant: tuple[str, str], tok: A
     rows = ROWS[:2]
     job_id = make_job(tenant[0], upload(tenant[0], "chat.jsonl", jsonl([{"messages": m} for m in rows])),
                      train_on_inputs=True)
-    assert validate_job(job_id) == "queued"
+    assert check_job_files(job_id) == "queued"
     stats = job_state(job_id)[0].spec["token_stats"]["training_file"]
     assert stats["trained_tokens"] == stats["total_tokens"] == sum(rendered(tok, m) for m in rows)
 
@@ -171,7 +171,7 @@ def test_train_on_inputs_trains_every_kept_token(tenant: tuple[str, str], tok: A
 def test_a_file_without_a_trained_token_fails_before_queueing(tenant: tuple[str, str]) -> None:
     file_id = upload(tenant[0], "chat.jsonl", jsonl([{"messages": ROWS[2]}, {"messages": ROWS[3]}]))
     job_id = make_job(tenant[0], file_id)
-    assert validate_job(job_id) == "failed"
+    assert check_job_files(job_id) == "failed"
     job, events = job_state(job_id)
     error = error_of(job_id)
     assert job.status == "failed" and not enqueued(job_id)
@@ -184,7 +184,7 @@ def test_a_file_without_a_trained_token_fails_before_queueing(tenant: tuple[str,
 def test_a_file_that_does_not_feed_the_stage_fails(tenant: tuple[str, str]) -> None:
     file_id = upload(tenant[0], "chat.jsonl", jsonl([{"messages": ROWS[0]}]))
     job_id = unchecked_job(tenant[0], file_id, "dpo")
-    assert validate_job(job_id) == "failed"
+    assert check_job_files(job_id) == "failed"
     error = error_of(job_id)
     assert error == {
         "code": "invalid_training_file",
@@ -200,7 +200,7 @@ def test_preference_pairs_count_both_sides(tenant: tuple[str, str], tok: Any) ->
         {"chosen": [user("Hi"), assistant("Hello!")], "rejected": [user("Hi"), assistant("Go away.")]},
     ]
     job_id = make_job(tenant[0], upload(tenant[0], "pairs.jsonl", jsonl(rows)), stage="dpo")
-    assert validate_job(job_id) == "queued"
+    assert check_job_files(job_id) == "queued"
     sides = [
         ([user("Capital of France?")], "Paris."), ([user("Capital of France?")], "Lyon, I think."),
         ([user("Hi")], "Hello!"), ([user("Hi")], "Go away."),
@@ -216,7 +216,7 @@ def test_preference_pairs_count_both_sides(tenant: tuple[str, str], tok: Any) ->
 def test_kto_counts_labels(tenant: tuple[str, str]) -> None:
     content = b"prompt,completion,label\nIs the sky blue?,Yes.,true\nIs it green?,Yes.,false\nWet rain?,Yes.,1\n"
     job_id = make_job(tenant[0], upload(tenant[0], "kto.csv", content), stage="kto")
-    assert validate_job(job_id) == "queued"
+    assert check_job_files(job_id) == "queued"
     stats = job_state(job_id)[0].spec["token_stats"]["training_file"]
     assert stats["labels"] == {"desirable": 2, "undesirable": 1} and stats["rows_kept"] == 3
 
@@ -224,7 +224,7 @@ def test_kto_counts_labels(tenant: tuple[str, str]) -> None:
 def test_pretraining_text_file(tenant: tuple[str, str], tok: Any) -> None:
     docs = ["The first document\nhas two lines.", "The second one."]
     job_id = make_job(tenant[0], upload(tenant[0], "corpus.txt", "\n\n".join(docs).encode()), stage="pt")
-    assert validate_job(job_id) == "queued"
+    assert check_job_files(job_id) == "queued"
     stats = job_state(job_id)[0].spec["token_stats"]
     expected = sum(len(tok(d)["input_ids"]) + 1 for d in docs)  # + eos
     assert stats["training_file"]["total_tokens"] == stats["training_file"]["trained_tokens"] == expected
@@ -235,28 +235,28 @@ def test_validation_file_is_checked_too(tenant: tuple[str, str], tok: Any) -> No
     train = upload(tenant[0], "train.jsonl", jsonl([{"messages": ROWS[0]}]))
     good = upload(tenant[0], "valid.csv", b"instruction,output\nSay hi,Hi!\n")
     job_id = make_job(tenant[0], train, validation_file=good)
-    assert validate_job(job_id) == "queued"
+    assert check_job_files(job_id) == "queued"
     stats = job_state(job_id)[0].spec["token_stats"]["validation_file"]
     assert (stats["id"], stats["rows"]) == (good, 1)
     assert stats["total_tokens"] == rendered(tok, [user("Say hi"), assistant("Hi!")])
 
     hopeless = upload(tenant[0], "valid.jsonl", jsonl([{"messages": ROWS[3]}]))
     job_id = make_job(tenant[0], train, validation_file=hopeless)
-    assert validate_job(job_id) == "failed"
+    assert check_job_files(job_id) == "failed"
     error = error_of(job_id)
     assert (error["code"], error["param"]) == ("invalid_validation_file", "validation_file")
 
 
 def test_validation_split_that_leaves_nothing_to_train_fails(tenant: tuple[str, str]) -> None:
     job_id = make_job(tenant[0], upload(tenant[0], "one.jsonl", jsonl([{"messages": ROWS[0]}])), validation_split=0.1)
-    assert validate_job(job_id) == "failed"
+    assert check_job_files(job_id) == "failed"
     error = error_of(job_id)
     assert (error["code"], error["param"]) == ("invalid_training_file", "validation_split")
 
 
 def test_unknown_template_fails_with_its_param(tenant: tuple[str, str]) -> None:
     job_id = make_job(tenant[0], upload(tenant[0], "c.jsonl", jsonl([{"messages": ROWS[0]}])), template="vicuna")
-    assert validate_job(job_id) == "failed"
+    assert check_job_files(job_id) == "failed"
     error = error_of(job_id)
     assert (error["code"], error["param"]) == ("invalid_template", "template")
     assert "chatml" in error["message"]
@@ -282,7 +282,7 @@ def test_a_row_the_template_refuses_fails_with_its_line(tenant: tuple[str, str],
     tool_row = [user("Weather?"), {"role": "tool", "content": "3 C", "tool_call_id": "c1"}, assistant("3 C.")]
     content = jsonl([{"messages": ROWS[0]}]) + b"\n" + jsonl([{"messages": tool_row}])
     job_id = make_job(tenant[0], upload(tenant[0], "c.jsonl", content), base_model=strict_model)
-    assert validate_job(job_id) == "failed"
+    assert check_job_files(job_id) == "failed"
     error = error_of(job_id)
     assert (error["code"], error["param"]) == ("invalid_training_file", "training_file")
     assert error["message"].startswith("line 3 of training_file")
@@ -295,12 +295,12 @@ def test_a_base_model_that_cannot_be_used_fails(tenant: tuple[str, str], strict_
     gone, missing = make_job(tenant[0], file_id, base_model=strict_model), make_job(tenant[0], file_id,
                                                                                    base_model=strict_model)
     del settings.base_models[strict_model]
-    assert validate_job(gone) == "failed"
+    assert check_job_files(gone) == "failed"
     error = error_of(gone)
     assert (error["code"], error["param"]) == ("base_model_unavailable", "base_model")
     assert "no longer registered" in error["message"]
     settings.base_models[strict_model] = BaseModelEntry(path="/nonexistent/strict-llama")
-    assert validate_job(missing) == "failed"
+    assert check_job_files(missing) == "failed"
     error = error_of(missing)
     assert (error["code"], error["param"]) == ("base_model_unavailable", "base_model")
     assert "/nonexistent/strict-llama" in error["message"]
@@ -311,13 +311,13 @@ def test_a_job_no_longer_validating_is_left_alone(tenant: tuple[str, str]) -> No
     job_id = make_job(tenant[0], file_id)
     with session_scope() as session:
         job_service.cancel_job(session, tenant[0], job_id)
-    assert validate_job(job_id) == "cancelled"
+    assert check_job_files(job_id) == "cancelled"
     job, _ = job_state(job_id)
     assert job.status == "cancelled" and "token_stats" not in job.spec and not enqueued(job_id)
 
     job_id = make_job(tenant[0], file_id)
-    assert validate_job(job_id) == "queued"
+    assert check_job_files(job_id) == "queued"
     count = len(job_state(job_id)[1])
-    assert validate_job(job_id) == "queued" and len(job_state(job_id)[1]) == count
-    assert validate_job("ftjob-missing") == "missing"
+    assert check_job_files(job_id) == "queued" and len(job_state(job_id)[1]) == count
+    assert check_job_files("ftjob-missing") == "missing"
     json.dumps(job_state(job_id)[0].spec)  # stored as JSONB

@@ -32,7 +32,7 @@ from common.models import File, Job
 from common.queue import enqueue_run
 from common.settings import Settings, get_settings
 
-log = logging.getLogger("tunequeue.validate")
+log = logging.getLogger("tunequeue.check_job_files")
 
 DEFAULT_MAX_SEQ_LENGTH = 2048
 
@@ -69,7 +69,7 @@ class Plan:
     files: list[FileRef]
 
 
-def validate_job(job_id: str) -> str:
+def check_job_files(job_id: str) -> str:
     """Returns the job's status afterwards. Idempotent: a job no longer validating is left alone."""
     settings = get_settings()
     with session_scope() as session:
@@ -80,7 +80,7 @@ def validate_job(job_id: str) -> str:
     stats: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     try:
-        stats = check_files(plan, settings)
+        stats = token_stats(plan, settings)
     except JobFilesError as exc:
         error = exc.error
     except Exception as exc:  # a bug must fail the job, not leave it for the reconciler to retry forever
@@ -122,7 +122,7 @@ def _plan(session: Session, job: Job) -> Plan:
     )
 
 
-def check_files(plan: Plan, settings: Settings) -> dict[str, Any]:
+def token_stats(plan: Plan, settings: Settings) -> dict[str, Any]:
     """The token statistics of the job's files; JobFilesError when the job cannot run with them."""
     for ref in plan.files:
         _check_fits(ref, plan.stage)
