@@ -1,7 +1,9 @@
 """Artifact store: uploaded files, checkpoints, adapters. Keys are server-made, '/'-separated.
 
-`LocalArtifactStore` is the embedded default (a folder). The interface is what an S3-compatible store
-implements too: streamed writes that become visible atomically, streamed reads, fetch-to-local for workers."""
+`ArtifactStore` is the interface the serving side is typed against (worker/serve/, common/services/models.py):
+streamed writes that become visible atomically, streamed reads, fetch-to-local. `LocalArtifactStore` (a folder)
+is its one implementation; the API and the worker use it directly for what only a folder offers (`local_path`,
+whole-directory copies)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from common.errors import InvalidRequest
 
 
 class ArtifactStore(Protocol):
+    """What any artifact store offers."""
+
     def writer(self, key: str) -> AbstractContextManager[BinaryIO]: ...
     def put_file(self, key: str, src: Path) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
@@ -29,7 +33,7 @@ class ArtifactStore(Protocol):
     def check(self) -> None: ...
 
 
-class LocalArtifactStore:
+class LocalArtifactStore(ArtifactStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
