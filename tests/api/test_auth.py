@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.api.conftest import assert_error
+from tests.support.http import assert_error
 
 
 def test_health_needs_no_key(client) -> None:  # type: ignore[no-untyped-def]

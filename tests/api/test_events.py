@@ -4,10 +4,9 @@ the real Postgres and Redis. The streams run against the app in a real uvicorn o
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,67 +18,15 @@ from common import state
 from common.db import session_scope
 from common.ids import new_id
 from common.models import Checkpoint, Job, JobEvent
-from common.progress import ProgressChannel, get_redis
+from common.progress import ProgressChannel
 from common.settings import get_settings
-from tests.api.conftest import assert_error, auth
-from tests.e2e.conftest import free_port
-from tests.factories import make_job_row, make_tenant
-from tests.waiting import wait_until
+from tests.support.factories import make_job_row, make_tenant
+from tests.support.http import assert_error, auth
+from tests.support.redis_keys import drop_redis_keys
+from tests.support.servers import free_port
+from tests.support.sse import SseReader
+from tests.support.waiting import wait_until
 from worker.relay import ProgressRelay
-
-# --- helpers shared with tests/e2e/test_progress.py -------------------------------------------------------
-
-
-class SseReader(threading.Thread):
-    """Follows `GET /jobs/{id}/events` as Server-Sent Events and keeps every frame. `stop_when(frames)` closes the
-    connection early (a client that goes away mid-way)."""
-
-    def __init__(self, base_url: str, key: str, job_id: str, *, last_event_id: int | None = None,
-                 stop_when: Callable[[list[dict[str, Any]]], bool] | None = None, use_accept: bool = False) -> None:
-        super().__init__(daemon=True)
-        self.url = f"{base_url}/jobs/{job_id}/events" + ("" if use_accept else "?stream=true")
-        self.headers = {**auth(key), "Accept": "text/event-stream"}
-        if last_event_id is not None:
-            self.headers["Last-Event-ID"] = str(last_event_id)
-        self.stop_when = stop_when
-        self.frames: list[dict[str, Any]] = []
-        self.status: int | None = None
-        self.content_type: str | None = None
-        self.error: BaseException | None = None
-        self.opened = threading.Event()
-
-    def run(self) -> None:
-        try:
-            with httpx.stream("GET", self.url, headers=self.headers, timeout=httpx.Timeout(60, read=60)) as resp:
-                self.status, self.content_type = resp.status_code, resp.headers.get("content-type")
-                self.opened.set()
-                frame: dict[str, Any] = {}
-                for line in resp.iter_lines():
-                    if line == "":
-                        if "data" in frame:
-                            self.frames.append({"id": frame.get("id"), "event": frame.get("event", "message"),
-                                                "data": json.loads(frame["data"])})
-                            if self.stop_when is not None and self.stop_when(self.frames):
-                                return
-                        frame = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(":")
-                        frame[name] = value.removeprefix(" ")
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-        finally:
-            self.opened.set()
-
-    def messages(self) -> list[dict[str, Any]]:
-        """The durable events (the frames with an id), in arrival order."""
-        return [f for f in self.frames if f["event"] == "message"]
-
-    def finish(self, timeout: float = 30) -> SseReader:
-        self.join(timeout)
-        assert not self.is_alive(), f"the stream did not end; frames so far: {self.frames}"
-        if self.error is not None:
-            raise self.error
-        return self
 
 
 def db_event_seqs(job_id: str) -> list[int]:
@@ -119,13 +66,6 @@ def progress(step: int, total: int = 8, **extra: Any) -> dict[str, Any]:
             "loss": round(3.0 - 0.2 * step, 3), "learning_rate": 1e-3, "grad_norm": 0.5,
             "tokens_per_second": 1000.0 + step, "trained_tokens": 128 * step, "eta_seconds": (total - step) * 0.5,
             **extra}
-
-
-def drop_redis_keys(job_id: str) -> None:
-    """What a Redis flush loses for one job (the shared Redis also carries other runs and the broker)."""
-    keys = list(get_redis().scan_iter(match=f"tunequeue:job:{job_id}:*"))
-    if keys:
-        get_redis().delete(*keys)
 
 
 @pytest.fixture(scope="module")

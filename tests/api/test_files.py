@@ -14,8 +14,8 @@ from common.datasets.convert import iter_stage_rows
 from common.db import session_scope
 from common.models import File
 from common.settings import BaseModelEntry, get_settings
-from tests.api.conftest import assert_error, auth
-from tests.factories import chat_rows, jsonl, make_tenant, upload
+from tests.support.factories import chat_rows, jsonl, make_tenant, upload
+from tests.support.http import assert_error, auth
 
 
 def test_upload_valid_chat_file(client, tenant) -> None:  # type: ignore[no-untyped-def]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import assert_error, auth
-from tests.factories import chat_rows, jsonl, make_tenant, spec, upload
+from tests.support.factories import chat_rows, jsonl, make_tenant, spec, upload
+from tests.support.http import assert_error, auth
 
 
 @pytest.fixture

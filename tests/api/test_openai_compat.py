@@ -7,7 +7,7 @@ import io
 import openai
 import pytest
 
-from tests.factories import chat_rows, jsonl, make_tenant
+from tests.support.factories import chat_rows, jsonl, make_tenant
 
 
 @pytest.fixture

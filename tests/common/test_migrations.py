@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 
 from common.db_setup import create_database
 from common.models import Base
-from tests.conftest import DATABASE_URL, _admin_engine
+from tests.support.environment import DATABASE_URL, admin_engine
 
 
 def _run(url: str, direction: str) -> None:
@@ -46,5 +46,5 @@ def test_upgrade_downgrade_upgrade_and_no_drift() -> None:
         assert "jobs" in set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-        with _admin_engine().connect() as conn:
+        with admin_engine().connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.e2e.conftest import LiveService
-from tests.factories import make_tenant
+from tests.support.factories import make_tenant
+from tests.support.servers import LiveService, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -81,18 +81,6 @@ CASES = [
     ("kto.csv", kto_csv, "kto", "kto"),
     ("corpus.txt", corpus_txt, "text", "pt"),
 ]
-
-
-def wait_for(client: httpx.Client, job_id: str, statuses: set[str], service: LiveService,
-             timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} never reached {statuses}; last: {job}\n{service.logs()}")
 
 
 def committed(client: httpx.Client, file_id: str, timeout: float = 10) -> None:

@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from common.progress import ProgressChannel
-from tests.api.test_events import SseReader, drop_redis_keys
-from tests.e2e.conftest import LiveService
-from tests.factories import chat_rows, jsonl, make_tenant, spec
+from tests.support.factories import chat_rows, jsonl, make_tenant, spec
+from tests.support.redis_keys import drop_redis_keys
+from tests.support.servers import LiveService
+from tests.support.sse import SseReader
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,8 @@ from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.orm import Session
 
 from common.models import Checkpoint, Job, JobEvent, Model
-from tests.factories import chat_rows, jsonl
-from tests.faults.cluster import Cluster, OwnPostgres, OwnRedis, training_children, wait_until
-from tests.faults.conftest import api, tenant_key
+from tests.support.cluster import Cluster, OwnPostgres, OwnRedis, api, tenant_key, training_children, wait_until
+from tests.support.factories import chat_rows, jsonl
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled"}

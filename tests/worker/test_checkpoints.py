@@ -15,8 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.worker.conftest import fixed_reply_rows, pair_rows, write_job_dir
-from tests.worker.test_train import _child, events_of
+from tests.support.training import events_of, fixed_reply_rows, pair_rows, start_child, write_job_dir
 from worker.train.__main__ import main
 from worker.train.config import load_job
 from worker.train.errors import TrainingPreempted
@@ -113,7 +112,7 @@ def test_preempt_saves_a_checkpoint_and_resuming_finishes_the_same(tmp_path, tin
 
 def test_sigusr1_makes_the_child_checkpoint_and_exit_75(tmp_path, tiny_model_dir) -> None:
     job_dir = write_job_dir(tmp_path, tiny_model_dir, fixed_reply_rows(16), n_epochs=100, batch_size=1)
-    child = _child(job_dir)
+    child = start_child(job_dir)
     events: list[dict[str, Any]] = []
     assert child.stdout is not None
     for line in child.stdout:

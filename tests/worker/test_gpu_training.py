@@ -13,7 +13,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from tests.worker.conftest import fixed_reply_rows, write_job_dir
+from tests.support.training import fixed_reply_rows, write_job_dir
 from worker.train.config import BaseModelRef, load_job
 from worker.train.loading import load_base_model
 from worker.train.methods import quantization_config

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from common.text.chat import tokenize_chat
 from common.text.masks import IGNORE_INDEX
 from common.text.templates import resolve_chat_template
-from tests.worker.conftest import fixed_reply_rows, write_job_dir
+from tests.support.training import fixed_reply_rows, write_job_dir
 from worker.train.config import BaseModelRef, load_job
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.reporter import Reporter

@@ -20,8 +20,8 @@ from common.models import Job, JobEvent
 from common.progress import ProgressChannel, get_redis, worker_key
 from common.settings import get_settings
 from tests.api.test_events import claim, finish, progress, queued_job, relay
-from tests.waiting import wait_until
-from tests.worker.test_gpu import MIB, Card, StandInNVML
+from tests.support.nvml import MIB, Card, StandInNVML
+from tests.support.waiting import wait_until
 from worker import monitor as monitor_module
 from worker import relay as relay_module
 from worker.gpu import GpuSampler

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from common.schemas.job_spec import ADAPTER_METHODS
 from common.text.templates import resolve_chat_template
-from tests.worker.conftest import ROWS_BY_STAGE, pair_rows, write_job_dir
+from tests.support.training import ROWS_BY_STAGE, pair_rows, write_job_dir
 from worker.train.config import JobConfig, load_job
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method

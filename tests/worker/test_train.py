@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from safetensors.torch import load_file
 
 from common.text.masks import IGNORE_INDEX
 from common.text.templates import resolve_chat_template
+from tests.support.training import events_of, start_child
 from worker.train.__main__ import main
 from worker.train.config import BaseModelRef, JobConfig, load_job
 from worker.train.data import prepare_chat_data
@@ -32,11 +30,6 @@ from worker.train.run import train
 from worker.train.stages import make_stage
 
 pytestmark = pytest.mark.slow
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def events_of(stdout: str) -> list[dict[str, Any]]:
-    return [json.loads(line[len(EVENT_PREFIX):]) for line in stdout.splitlines() if line.startswith(EVENT_PREFIX)]
 
 
 def base_model(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -231,19 +224,11 @@ def test_cancel_stops_at_a_step_boundary_without_result(tmp_path, tiny_model_dir
     assert not (job.output_dir / "adapter").exists()
 
 
-def _child(job_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.train", str(job_dir)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},  # local files; see one_cpu_thread
-    )
-
-
 def test_child_process_reports_progress_and_result(tmp_path, tiny_model_dir, write_job, fixed_rows) -> None:
     job_dir = write_job(
         tmp_path, tiny_model_dir, fixed_rows[:8], validation_rows=fixed_rows[8:10], n_epochs=2, logging_steps=3
     )
-    child = _child(job_dir)
+    child = start_child(job_dir)
     stdout, _ = child.communicate(timeout=120)
     assert child.returncode == 0, stdout
     assert all(line.startswith(EVENT_PREFIX) for line in stdout.splitlines()), "library output on stdout"
@@ -263,7 +248,7 @@ def test_child_process_reports_progress_and_result(tmp_path, tiny_model_dir, wri
 
 def test_sigterm_cancels_the_child_with_exit_143(tmp_path, tiny_model_dir, write_job, fixed_rows) -> None:
     job_dir = write_job(tmp_path, tiny_model_dir, fixed_rows, n_epochs=100, batch_size=1)
-    child = _child(job_dir)
+    child = start_child(job_dir)
     events = []
     assert child.stdout is not None
     for line in child.stdout:

@@ -1,6 +1,6 @@
-"""A test-owned TuneQueue: its own queues, optionally its own redis-server or Postgres cluster on free ports, an
-API and any number of workers as real processes that a test may SIGKILL, SIGTERM or restart. Never touches the
-shared servers' processes."""
+"""A test-owned TuneQueue for the fault-injection suite (tests/faults): its own queues, optionally its own
+redis-server or Postgres cluster on free ports, an API and any number of workers as real processes that a test may
+SIGKILL, SIGTERM or restart. Never touches the shared servers' processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +17,13 @@ from typing import Any
 
 import httpx
 import redis
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
-from tests.e2e.conftest import REPO, free_port
-from tests.waiting import wait_until as _wait_until
+from common import auth
+from tests.support.servers import BIN, REPO, free_port
+from tests.support.waiting import wait_until as _wait_until
 
-BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 # Short leases and fast maintenance so a scenario recovers in seconds, not minutes.
@@ -184,3 +185,20 @@ def training_children(job_id: str) -> list[int]:
     """PIDs of live `python -m worker.train …/<job_id>/…` processes."""
     out = subprocess.run(["pgrep", "-f", f"worker.train .*{job_id}"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def tenant_key(database_url: str) -> str:
+    """A new tenant's member key, written straight into the cluster's database."""
+    engine = create_engine(database_url)
+    try:
+        with Session(engine) as session:
+            tenant = auth.create_tenant(session, f"faults-{secrets.token_hex(4)}")
+            _, key = auth.create_key(session, tenant)
+            session.commit()
+            return key
+    finally:
+        engine.dispose()
+
+
+def api(cluster: Cluster, key: str) -> httpx.Client:
+    return httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
