@@ -44,8 +44,8 @@ WARMUP = 3
 def relay_side(job_id: str, tenant_id: str, attempt: int) -> None:
     """The worker parent's half: read the child's events from stdin, relay them, print timing stats."""
     from common.settings import get_settings
-    from worker.child_events import parse_line
     from worker.relay import ProgressRelay
+    from worker.train.protocol import parse_line
 
     relay = ProgressRelay(job_id, tenant_id, attempt, get_settings())
     times: list[float] = []

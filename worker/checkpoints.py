@@ -1,12 +1,11 @@
-"""Checkpoints: the child writes one every `save_steps` and says so; the parent uploads it to the artifact store
-under an attempt-scoped key and records a `checkpoints` row — only while it still owns the job. A later attempt
-(after a crash, a requeue, a shutdown or an OOM retry) resumes from the newest one."""
+"""Checkpoints in the artifact store and the `checkpoints` table. The child writes one every `save_steps` and
+says so; the parent's relay (`CheckpointRelay`, worker/relay.py) uploads it under an attempt-scoped key and
+records its row here — only while it still owns the job. A later attempt (after a crash, a requeue, a shutdown
+or an OOM retry) resumes from the newest one (worker/prepare.py fetches it)."""
 
 from __future__ import annotations
 
-import logging
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,8 @@ from sqlalchemy.orm import Session
 
 from common import state
 from common.artifacts import LocalArtifactStore
-from common.db import session_scope
 from common.ids import new_id
 from common.models import Checkpoint, Job
-from common.settings import Settings
-from worker.relay import ChildRelay, ProgressRelay
-
-log = logging.getLogger("tunequeue.worker")
 
 
 def checkpoint_key(job: Job, attempt: int, step: int) -> str:
@@ -57,36 +51,3 @@ def fetch_checkpoint(store: LocalArtifactStore, row: Checkpoint, dest: Path) -> 
     if dest.exists():
         shutil.rmtree(dest)
     return store.fetch_dir(row.storage_key, dest)
-
-
-class CheckpointingRelay(ProgressRelay):
-    """The progress relay, plus checkpoint events: upload, record (fenced), then free the local copy."""
-
-    def __init__(self, job: Job, attempt: int, settings: Settings, store: LocalArtifactStore) -> None:
-        super().__init__(job.id, job.tenant_id, attempt, settings)
-        self.job, self.store = job, store
-        self.checkpoints: list[int] = []
-
-    def handle(self, event: dict[str, Any]) -> None:
-        if event.get("type") != "checkpoint":
-            super().handle(event)
-            return
-        step, path = int(event["step"]), Path(event["path"])
-        key = checkpoint_key(self.job, self.attempt, step)
-        self.store.put_dir(key, path)
-        with session_scope() as session:
-            row = record_checkpoint(session, self.job, self.attempt, step, key, event.get("metrics") or {})
-        if row is None:
-            self.store.delete_prefix(key)
-            log.warning("checkpoint %d of %s not recorded: attempt %d no longer owns the job", step, self.job.id,
-                        self.attempt)
-            return
-        self.checkpoints.append(step)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-class JobRelay(ChildRelay):
-    def __init__(self, proc: subprocess.Popen[str], job: Job, attempt: int, settings: Settings, *,
-                 store: LocalArtifactStore) -> None:
-        super().__init__(proc, job, attempt, settings)
-        self.relay = CheckpointingRelay(job, attempt, settings, store)

@@ -90,10 +90,12 @@ def _init_adapter(session: Session, store: LocalArtifactStore, job: Job, dest: P
 
 
 def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Settings, job: Job, attempt: int,
-                    *, run: int = 0, overrides: dict[str, Any] | None = None) -> Prepared:
-    """`run` counts in-attempt restarts (OOM retries); `overrides` patch the resolved hyperparameters."""
+                    *, oom_retry: int = 0, overrides: dict[str, Any] | None = None) -> Prepared:
+    """`oom_retry` counts the attempt's restarts after a CUDA OOM; `overrides` patch the resolved
+    hyperparameters with the retry's smaller micro-batch."""
     base_model = _base_model(settings, job)
-    job_dir = settings.work_path / job.id / (f"attempt-{attempt}" + (f"-run-{run}" if run else ""))
+    retry = f"-oom-retry-{oom_retry}" if oom_retry else ""
+    job_dir = settings.work_path / job.id / f"attempt-{attempt}{retry}"
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job_dir.mkdir(parents=True)
@@ -126,7 +128,7 @@ def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Setti
         "output_dir": str(job_dir / "output"),
         "resume_from_checkpoint": str(resume_dir) if resume_dir else None,
         "init_adapter_dir": str(init_adapter) if init_adapter else None,
-        "fault": settings.fault_injection if run == 0 else None,  # a retry must not meet the same fake fault
+        "fault": settings.fault_injection if oom_retry == 0 else None,  # a retry must not meet the same fake fault
     }
     (job_dir / "job.json").write_text(json.dumps(config, indent=2))
     return Prepared(job_dir=job_dir, resumed_from_step=resumed_step)

@@ -1,6 +1,12 @@
-"""Relay the training child's events: progress to Redis at once (the live view) and to Postgres, fenced by attempt
-(the durable view: `jobs.last_progress` at most once a second, and one metrics event per `metrics_event_every`
-steps, so a 100,000-step job writes 10,000 rows at the default, not 100,000).
+"""The worker parent's side of the protocol in worker/train/protocol.py: what the training child's events become.
+
+- `ChildReader` (a thread) reads the child's stdout, parses each event line, hands it to a relay;
+- `ProgressRelay` turns progress into the live view in Redis at once and the durable view in Postgres, fenced
+  by attempt (`jobs.last_progress` at most once a second, and one metrics event per `metrics_event_every`
+  steps, so a 100,000-step job writes 10,000 rows at the default, not 100,000); log events into job events;
+  and keeps the result and the error for the runner;
+- `CheckpointRelay`, the one the runner uses, also uploads each checkpoint to the artifact store and records
+  it (worker/checkpoints.py), only while its attempt owns the job.
 
 The relay runs in the worker parent, beside the training child, so its writes are off the training loop's
 path; what the child pays per logging step is one JSON line on a pipe (benchmarks/report_overhead.py)."""
@@ -8,18 +14,22 @@ path; what the child pays per logging step is one JSON line on a pipe (benchmark
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from common import state
+from common.artifacts import LocalArtifactStore
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
 from common.settings import Settings
-from worker.child_events import parse_line
+from worker.checkpoints import checkpoint_key, record_checkpoint
 from worker.monitor import latest_sample
+from worker.train.protocol import TRAINING_ERROR, CheckpointEvent, Event, ProgressEvent, ResultEvent, parse_line
 
 log = logging.getLogger("tunequeue.worker")
 
@@ -31,40 +41,41 @@ STICKY = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eta_second
 
 
 class ProgressRelay:
-    """What one attempt's progress, logs, result and error become. Plain object: a test drives `handle`."""
+    """What one attempt's progress, logs, result and error become; checkpoints are left to `CheckpointRelay`.
+    Plain object: a test drives `handle`."""
 
     def __init__(self, job_id: str, tenant_id: str, attempt: int, settings: Settings,
                  channel: ProgressChannel | None = None) -> None:
         self.job_id, self.tenant_id, self.attempt, self.settings = job_id, tenant_id, attempt, settings
         self.channel = channel or ProgressChannel()
-        self.result: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
+        self.result: ResultEvent | None = None
+        self.error: dict[str, Any] | None = None  # the job's error: the error event's code, message and param
         self.live: dict[str, Any] = {}
         self.owner = True  # False once a fenced write finds another attempt owns the job
         self._last_event_step = -1
         self._last_db_write = 0.0
         self._published = False
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event.pop("type", None)
-        if kind == "progress":
+    def handle(self, event: Event) -> None:
+        if event["type"] == "progress":
             self._progress(event)
-        elif kind == "log":
+        elif event["type"] == "log":
             if not self.owner:
                 return
             with session_scope() as session:
                 added = state.add_event(session, self.job_id, str(event.get("message", "")),
                                         level=str(event.get("level") or "info"), owner_attempt=self.attempt)
             self.owner = added is not None
-        elif kind == "result":
+        elif event["type"] == "result":
             self.result = event
-        elif kind == "error":
-            self.error = {"code": event.get("code") or "training_error", "message": event.get("message") or "",
+        elif event["type"] == "error":
+            self.error = {"code": event.get("code") or TRAINING_ERROR, "message": event.get("message") or "",
                           "param": event.get("param")}
 
-    def _progress(self, event: dict[str, Any]) -> None:
+    def _progress(self, progress: ProgressEvent) -> None:
         if not self.owner:  # another attempt owns the job: its relay publishes, this one would only confuse
             return
+        event: dict[str, Any] = {key: value for key, value in progress.items() if key != "type"}
         now = time.time()
         for key in STICKY:
             if event.get(key) is None and self.live.get(key) is not None:
@@ -110,21 +121,39 @@ def _metrics_message(event: dict[str, Any]) -> str:
     return text + (": " + ", ".join(parts) if parts else "")
 
 
-class ChildRelay(threading.Thread):
-    """Reads the child's stdout and hands each event line to a `ProgressRelay`."""
+class CheckpointRelay(ProgressRelay):
+    """The progress relay, plus checkpoint events: upload, record (fenced), then free the local copy."""
 
-    def __init__(self, proc: subprocess.Popen[str], job: Job, attempt: int, settings: Settings) -> None:
-        super().__init__(daemon=True, name=f"relay-{job.id}")
-        self.proc = proc
-        self.relay = ProgressRelay(job.id, job.tenant_id, attempt, settings)
+    def __init__(self, job: Job, attempt: int, settings: Settings, store: LocalArtifactStore) -> None:
+        super().__init__(job.id, job.tenant_id, attempt, settings)
+        self.job, self.store = job, store
 
-    @property
-    def result(self) -> dict[str, Any] | None:
-        return self.relay.result
+    def handle(self, event: Event) -> None:
+        if event["type"] == "checkpoint":
+            self._checkpoint(event)
+        else:
+            super().handle(event)
 
-    @property
-    def error(self) -> dict[str, Any] | None:
-        return self.relay.error
+    def _checkpoint(self, event: CheckpointEvent) -> None:
+        step, path = int(event["step"]), Path(event["path"])
+        key = checkpoint_key(self.job, self.attempt, step)
+        self.store.put_dir(key, path)
+        with session_scope() as session:
+            row = record_checkpoint(session, self.job, self.attempt, step, key, dict(event.get("metrics") or {}))
+        if row is None:
+            self.store.delete_prefix(key)
+            log.warning("checkpoint %d of %s not recorded: attempt %d no longer owns the job", step, self.job.id,
+                        self.attempt)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class ChildReader(threading.Thread):
+    """Reads the child's stdout until it closes and hands each event to `relay`; other lines are ignored."""
+
+    def __init__(self, proc: subprocess.Popen[str], relay: ProgressRelay) -> None:
+        super().__init__(daemon=True, name=f"relay-{relay.job_id}")
+        self.proc, self.relay = proc, relay
 
     def run(self) -> None:
         assert self.proc.stdout is not None
@@ -135,4 +164,4 @@ class ChildRelay(threading.Thread):
             try:
                 self.relay.handle(event)
             except Exception:  # a relay hiccup (Postgres blip) must never kill the job
-                log.exception("relaying %s for %s failed", event.get("type"), self.relay.job_id)
+                log.exception("relaying %s for %s failed", event["type"], self.relay.job_id)

@@ -25,17 +25,17 @@ from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
 from common.settings import Settings, get_settings
-from worker.checkpoints import JobRelay
 from worker.maintenance import requeue
 from worker.monitor import start_monitor
-from worker.prepare import JobSetupError, Prepared, prepare_job_dir
+from worker.prepare import JobSetupError, prepare_job_dir
 from worker.publish import PublishError, record_model, upload_adapter
+from worker.relay import CheckpointRelay, ChildReader
+from worker.train.protocol import CUDA_OOM, EXIT_PREEMPTED, TRAINING_ERROR, ResultEvent
 
 log = logging.getLogger("tunequeue.worker")
 T = TypeVar("T")
 
-EXIT_PREEMPTED = 75  # the child saved a checkpoint on SIGUSR1 and left
-MAX_OOM_RETRIES = 3
+MAX_OOM_RETRIES = 3  # a CUDA OOM with batch_size "auto" retries, within the attempt, at half the micro-batch
 SHUTDOWN = threading.Event()  # set by the Celery worker's shutdown signal (worker/celery_app.py)
 
 
@@ -120,12 +120,12 @@ def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactS
     overrides: dict[str, Any] = {}
     micro = int(hp.get("micro_batch_size") or hp["batch_size"])
     accumulation = int(hp.get("gradient_accumulation_steps") or 1)
-    for run in range(MAX_OOM_RETRIES + 1):
-        outcome, error = _train_once(job, attempt, settings, store, run, overrides)
+    for oom_retry in range(MAX_OOM_RETRIES + 1):
+        outcome, error = _train_once(job, attempt, settings, store, oom_retry, overrides)
         if error is None:
             return outcome
         can_shrink = job.spec.get("hyperparameters", {}).get("batch_size") == "auto" and micro > 1
-        if error["code"] == "cuda_oom" and can_shrink and run < MAX_OOM_RETRIES:
+        if error["code"] == CUDA_OOM and can_shrink and oom_retry < MAX_OOM_RETRIES:
             micro, accumulation = micro // 2, accumulation * 2
             overrides = {"micro_batch_size": micro, "gradient_accumulation_steps": accumulation}
             _event(job, attempt, f"CUDA out of memory; batch_size is auto, so retrying with micro-batch {micro} × "
@@ -136,12 +136,13 @@ def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactS
     raise AssertionError("unreachable")
 
 
-def _train_once(job: Job, attempt: int, settings: Settings, store: LocalArtifactStore, run: int,
+def _train_once(job: Job, attempt: int, settings: Settings, store: LocalArtifactStore, oom_retry: int,
                 overrides: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     """One child from spawn to exit. Returns (outcome, None) when decided, or ('failed', error) to decide."""
     try:
         with session_scope() as session:
-            prepared = prepare_job_dir(session, store, settings, job, attempt, run=run, overrides=overrides)
+            prepared = prepare_job_dir(session, store, settings, job, attempt, oom_retry=oom_retry,
+                                       overrides=overrides)
     except JobSetupError as exc:
         return "failed", exc.error
     except Exception as exc:
@@ -152,14 +153,15 @@ def _train_once(job: Job, attempt: int, settings: Settings, store: LocalArtifact
                data={"resumed_from_step": prepared.resumed_from_step})
 
     proc = _spawn(prepared.job_dir, settings)
-    relay = JobRelay(proc, job, attempt, settings, store=store)
-    relay.start()
+    relay = CheckpointRelay(job, attempt, settings, store)
+    reader = ChildReader(proc, relay)
+    reader.start()
     monitor = start_monitor(job, attempt, proc.pid, settings)
     try:
         outcome = _supervise(proc, job.id, attempt, settings)
     finally:
         monitor.stop()
-    relay.join(timeout=300)  # a last checkpoint may still be uploading
+    reader.join(timeout=300)  # a last checkpoint may still be uploading
     if outcome in ("lost", "cancelled"):
         return outcome, None
     if outcome == "preempted" or proc.returncode == EXIT_PREEMPTED:
@@ -229,18 +231,20 @@ def _exit_error(returncode: int | None, job_dir: Path) -> dict[str, Any]:
     log_path = job_dir / "child.log"
     if log_path.exists():
         tail = log_path.read_text(errors="replace")[-800:].strip()
-    return {"code": "training_error", "message": f"the training process exited with code {returncode}: {tail}",
+    return {"code": TRAINING_ERROR, "message": f"the training process exited with code {returncode}: {tail}",
             "param": None}
 
 
-def _publish(job: Job, attempt: int, result: dict[str, Any], store: LocalArtifactStore) -> str:
+def _publish(job: Job, attempt: int, result: ResultEvent, store: LocalArtifactStore) -> str:
+    merged_dir = result.get("merged_dir")
     try:
         key, manifest = upload_adapter(store, job, attempt, Path(result["adapter_dir"]),
-                                       merged_dir=Path(result["merged_dir"]) if result.get("merged_dir") else None)
+                                       merged_dir=Path(merged_dir) if merged_dir else None)
     except PublishError as exc:
         return _fail(job.id, attempt, {"code": "publish_failed", "message": str(exc), "param": None})
-    manifest["training"] = {k: result.get(k) for k in ("stage", "first_loss", "last_loss", "train_loss",
-                                                        "trained_tokens", "steps")}
+    manifest["training"] = {"stage": result["stage"], "first_loss": result["first_loss"],
+                            "last_loss": result["last_loss"], "train_loss": result["train_loss"],
+                            "trained_tokens": result["trained_tokens"], "steps": result["steps"]}
 
     def write() -> tuple[Any, bool]:
         with session_scope() as session:
@@ -262,5 +266,3 @@ def _publish(job: Job, attempt: int, result: dict[str, Any], store: LocalArtifac
         log.warning("could not announce %s on Redis: %s", row.id, exc)
     return "succeeded"
 
-
-__all__ = ["SHUTDOWN", "Prepared", "run_job"]

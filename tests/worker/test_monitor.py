@@ -26,6 +26,8 @@ from worker import monitor as monitor_module
 from worker import relay as relay_module
 from worker.gpu import GpuSampler
 from worker.monitor import WorkerMonitor, latest_sample, merge_progress, start_monitor
+from worker.relay import ChildReader
+from worker.train.protocol import EVENT_PREFIX, ResultEvent, encode
 
 
 @pytest.fixture
@@ -242,7 +244,34 @@ def test_relay_keeps_result_and_error_for_the_runner(tenant) -> None:  # type: i
     tenant_id, _ = tenant
     job_id, attempt = running_job(tenant_id)
     r = relay(job_id, tenant_id, attempt)
-    r.handle({"type": "result", "adapter_dir": "/x", "steps": 4})
+    result: ResultEvent = {"type": "result", "adapter_dir": "/x", "first_loss": 2.0, "last_loss": 1.0,
+                           "train_loss": 1.5, "trained_tokens": 512, "steps": 4, "stage": "sft", "method": "lora"}
+    r.handle(result)
     r.handle({"type": "error", "code": "cuda_oom", "message": "out of memory", "param": None})
-    assert r.result == {"adapter_dir": "/x", "steps": 4}
+    assert r.result == result
     assert r.error == {"code": "cuda_oom", "message": "out of memory", "param": None}
+
+
+def test_child_reader_relays_the_event_lines_of_a_real_process_and_skips_the_rest(tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant_id, _ = tenant
+    job_id, attempt = running_job(tenant_id)
+    lines = [
+        "Loading checkpoint shards: 100%",  # library noise
+        encode({"type": "log", "level": "warning", "message": "from the child"}),
+        EVENT_PREFIX + '{"type": "progress", "step": 1}',  # not a whole event
+        encode({**progress(2, total=4), "peak_memory_mb": 10.0}),  # type: ignore[typeddict-item]
+        encode({"type": "error", "code": "training_error", "message": "boom", "param": None}),
+    ]
+    script = "import sys; sys.stdout.write(sys.argv[1])"
+    proc = subprocess.Popen([sys.executable, "-c", script, "".join(line + "\n" for line in lines)],
+                            stdout=subprocess.PIPE, text=True)
+    r = relay(job_id, tenant_id, attempt)
+    reader = ChildReader(proc, r)
+    reader.start()
+    reader.join(timeout=30)
+    proc.wait()
+    assert not reader.is_alive()
+    assert r.error == {"code": "training_error", "message": "boom", "param": None}
+    assert ProgressChannel().read_progress(job_id)["step"] == 2, "the half event (step 1) was not relayed"
+    assert [e.message for e in events(job_id, type="message")] == ["from the child"]
+    ProgressChannel().clear(job_id)
