@@ -25,7 +25,7 @@ from common.services import files as file_service
 from common.services import jobs as job_service
 from common.settings import BaseModelEntry, get_settings
 from common.text.templates import CHATML_TEMPLATE
-from tests.factories import jsonl, spec
+from tests.support.factories import jsonl, spec
 from worker.check_job_files import check_job_files
 
 END = "<|im_end|>"
