@@ -10,7 +10,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serve.conftest import PHRASE, PHRASE_MESSAGES
+from tests.support.serving import PHRASE, PHRASE_MESSAGES
 from worker.serve.app import create_app
 from worker.serve.config import ServeSettings
 from worker.serve.runtime import Runtime

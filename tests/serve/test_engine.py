@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from common.errors import NotFound
-from tests.serve.adapters import random_adapter
-from tests.serve.conftest import (
+from tests.support.adapters import random_adapter
+from tests.support.serving import (
     OTHER_MESSAGES,
     OTHER_PHRASE,
     PHRASE,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.serve.adapters import copy_adapter, random_adapter
+from tests.support.adapters import copy_adapter, random_adapter
 from worker.serve.lora import LoraBank, UnsupportedAdapter, parse_adapter
 
 pytestmark = pytest.mark.filterwarnings(

@@ -17,9 +17,9 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
-from tests.e2e.conftest import free_port
-from tests.serve.adapters import random_adapter
-from tests.serve.conftest import publish
+from tests.support.adapters import random_adapter
+from tests.support.servers import free_port
+from tests.support.serving import publish
 from worker.serve.app import create_app
 from worker.serve.catalog import Catalog
 from worker.serve.config import ServeSettings
