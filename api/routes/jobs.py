@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentCaller, SessionDep, SettingsDep
@@ -17,7 +18,6 @@ from common.db import session_scope
 from common.errors import InvalidRequest
 from common.models import Job, JobEvent
 from common.progress import ProgressChannel
-from common.queue import enqueue_job
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
@@ -29,8 +29,6 @@ from common.state import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger("tunequeue.api")
-
-__all__ = ["event_public", "live_progress", "router"]
 
 STREAM_POLL_SECONDS = 0.5  # how often a stream looks for new events in Postgres
 STREAM_KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
@@ -59,15 +57,7 @@ def live_progress(job: Job) -> dict[str, Any] | None:
 @router.post("", response_model=JobPublic)
 def create_job(spec: JobSpec, caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
                idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
-    job, created = service.create_job(session, settings, tenant_id=caller.tenant_id, spec=spec,
-                                      idempotency_key=idempotency_key)
-    session.commit()  # enqueue only what is durable
-    if created:
-        try:
-            enqueue_job(job.id)
-        except Exception:
-            # The job is queued in Postgres; the reconciler republishes jobs the broker never got.
-            log.exception("could not enqueue %s; it stays queued for the reconciler", job.id)
+    job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=spec, idempotency_key=idempotency_key)
     return JobPublic.of(job, None)
 
 
@@ -108,25 +98,39 @@ def list_events(
     happen, then `event: done` once the job has ended. A reconnect's `Last-Event-ID` resumes right after it."""
     job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
     wants_stream = stream if stream is not None else "text/event-stream" in (accept or "")
-    if not wants_stream:
-        check_limit(limit)
-        rows, has_more = events_service.list_events(session, job_id, after=after, limit=limit)
-        data = [event_public(e) for e in rows]
-        return ListPage(data=data, has_more=has_more, first_id=data[0]["id"] if data else None,
-                        last_id=data[-1]["id"] if data else None)
+    if wants_stream:
+        return stream_events(session, job, _resume_point(after, last_event_id_header, last_event_id))
+    return event_page(session, job_id, after=after, limit=limit)
+
+
+def _resume_point(after: str | None, header: str | None, query: str | None) -> int:
+    """The `seq` a stream resumes after: the Last-Event-ID header (what EventSource sends when it reconnects),
+    else ?last_event_id=, else 0 (from the beginning)."""
     if after is not None:
         raise InvalidRequest("`after` pages a list; a stream resumes with the Last-Event-ID header "
                              "(or ?last_event_id=) set to the `seq` of the last event it got", param="after")
-    if last_event_id_header is not None:
-        last_seq = events_service.parse_last_event_id(last_event_id_header, param="Last-Event-ID")
-    else:
-        last_seq = events_service.parse_last_event_id(last_event_id, param="last_event_id")
+    if header is not None:
+        return events_service.parse_last_event_id(header, param="Last-Event-ID")
+    return events_service.parse_last_event_id(query, param="last_event_id")
+
+
+def event_page(session: Session, job_id: str, *, after: str | None, limit: int) -> ListPage[dict[str, Any]]:
+    """One page of the job's events, newest first."""
+    check_limit(limit)
+    rows, has_more = events_service.list_events(session, job_id, after=after, limit=limit)
+    data = [event_public(e) for e in rows]
+    return ListPage(data=data, has_more=has_more, first_id=data[0]["id"] if data else None,
+                    last_id=data[-1]["id"] if data else None)
+
+
+def stream_events(session: Session, job: Job, last_seq: int) -> Response:
+    """The job's events after `last_seq` as Server-Sent Events, then live ones until it ends (`_event_stream`)."""
     if job.status in TERMINAL and not session.scalar(
-            select(exists().where(JobEvent.job_id == job_id, JobEvent.seq > last_seq))):
+            select(exists().where(JobEvent.job_id == job.id, JobEvent.seq > last_seq))):
         # Nothing will ever follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status_code=204)
     session.close()  # the stream opens a short session per poll; it holds no connection while it waits
-    return StreamingResponse(_event_stream(job_id, last_seq), media_type="text/event-stream",
+    return StreamingResponse(_event_stream(job.id, last_seq), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

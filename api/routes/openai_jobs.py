@@ -1,6 +1,7 @@
 """`POST /v1/fine_tuning/jobs` in OpenAI's shape, so `openai.OpenAI(base_url=…/v1).fine_tuning.jobs.create(...)`
-works unchanged. The body is translated into the native JobSpec and goes through the same service; the other
-/v1/fine_tuning/jobs routes are the native jobs router mounted under /v1/fine_tuning (same objects)."""
+works unchanged. The body is translated into the native JobSpec and submitted like POST /jobs
+(common/services/jobs.py: submit); the other /v1/fine_tuning/jobs routes are the native jobs router mounted
+under /v1/fine_tuning (same objects)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import CurrentCaller, SessionDep, SettingsDep
-from api.routes import jobs as native
 from common.errors import SchemaError
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import JobPublic
+from common.services import jobs as service
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai-compatible"])
 
@@ -83,4 +84,6 @@ def to_spec(body: OpenAIJobCreate) -> JobSpec:
 @router.post("", response_model=JobPublic)
 def create_fine_tuning_job(body: OpenAIJobCreate, caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
                            idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
-    return native.create_job(to_spec(body), caller, session, settings, idempotency_key)
+    job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=to_spec(body),
+                         idempotency_key=idempotency_key)
+    return JobPublic.of(job, None)

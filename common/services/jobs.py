@@ -1,9 +1,10 @@
-"""Job creation, listing, cancel — the domain rules both the native and OpenAI surfaces use."""
+"""Job submission, listing, cancel — the domain rules both the native and OpenAI surfaces use."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,10 +15,13 @@ from common import state
 from common.errors import InvalidRequest
 from common.ids import new_id
 from common.models import File, Job
+from common.queue import enqueue_job
 from common.registry import resolve
 from common.schemas.job_spec import JobSpec, resolved_hyperparameters
 from common.services.queries import get_owned, paginate
 from common.settings import Settings
+
+log = logging.getLogger("tunequeue.api")
 
 
 def _spec_hash(spec: JobSpec) -> str:
@@ -41,10 +45,25 @@ def _check_file(session: Session, tenant_id: str, file_id: str, *, param: str, s
     return row
 
 
+def submit(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
+           idempotency_key: str | None = None) -> Job:
+    """POST /jobs and POST /v1/fine_tuning/jobs: create the job, commit it, then enqueue it for validation
+    (only what is durable is enqueued). A replayed Idempotency-Key returns the job it made and enqueues nothing."""
+    job, created = create_job(session, settings, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
+    session.commit()
+    if created:
+        try:
+            enqueue_job(job.id)
+        except Exception:
+            # The job is in Postgres; the reconciler (worker/maintenance.py) publishes what the broker never got.
+            log.exception("could not enqueue %s; it stays validating_files for the reconciler", job.id)
+    return job
+
+
 def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
                idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Validate against what the server has, insert `validating_files`. Returns (job, created). The caller
-    commits, then enqueues (common.queue.enqueue_job) — never before the commit."""
+    """Validate against what the server has, insert `validating_files`. Returns (job, created). Nothing is
+    committed or enqueued: `submit` does both, in that order."""
     spec_hash = _spec_hash(spec)
     if idempotency_key:
         existing = _by_idempotency_key(session, tenant_id, idempotency_key, spec_hash)

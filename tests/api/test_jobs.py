@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from common.redis_client import get_redis
+from common.settings import get_settings
 from tests.support.factories import chat_rows, jsonl, make_tenant, spec, upload
 from tests.support.http import assert_error, auth
+from worker.maintenance import broker_job_ids
 
 
 @pytest.fixture
@@ -18,12 +21,13 @@ def post_job(client, key, body, **headers):  # type: ignore[no-untyped-def]
     return client.post("/jobs", headers={**auth(key), **headers}, json=body)
 
 
-def test_create_job_is_queued(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
+def test_create_job_starts_validating_files_and_enqueues_the_check(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
     resp = post_job(client, tenant[1], spec(good_file, metadata={"team": "search"}))
     assert resp.status_code == 200, resp.text
     job = resp.json()
     assert job["object"] == "fine_tuning.job" and job["id"].startswith("ftjob-")
     assert (job["status"], job["model"], job["training_file"]) == ("validating_files", "tiny-llama", good_file)
+    assert job["id"] in broker_job_ids(get_redis(), get_settings().validate_queue)
     assert job["stage"] == "sft"
     assert job["metadata"] == {"team": "search"} and job["hyperparameters"]["batch_size"] == 4
     got = client.get(f"/jobs/{job['id']}", headers=auth(tenant[1])).json()
@@ -113,6 +117,7 @@ def test_idempotency_key(client, tenant, good_file) -> None:  # type: ignore[no-
     first = post_job(client, tenant[1], spec(good_file), **{"Idempotency-Key": "k-1"}).json()
     again = post_job(client, tenant[1], spec(good_file), **{"Idempotency-Key": "k-1"}).json()
     assert first["id"] == again["id"]
+    assert broker_job_ids(get_redis(), get_settings().validate_queue).count(first["id"]) == 1, "enqueued once"
     assert_error(post_job(client, tenant[1], spec(good_file, seed=7), **{"Idempotency-Key": "k-1"}), 400,
                  "idempotency_key_reused", "Idempotency-Key")
 
@@ -122,6 +127,6 @@ def test_list_jobs_filters_by_status(client, tenant, good_file) -> None:  # type
     b = post_job(client, tenant[1], spec(good_file)).json()["id"]
     client.post(f"/jobs/{a}/cancel", headers=auth(tenant[1]))
     cancelled = client.get("/jobs?status=cancelled", headers=auth(tenant[1])).json()["data"]
-    queued = client.get("/jobs?status=validating_files", headers=auth(tenant[1])).json()["data"]
-    assert [j["id"] for j in cancelled] == [a] and [j["id"] for j in queued] == [b]
+    validating = client.get("/jobs?status=validating_files", headers=auth(tenant[1])).json()["data"]
+    assert [j["id"] for j in cancelled] == [a] and [j["id"] for j in validating] == [b]
     assert_error(client.get("/jobs?status=nope", headers=auth(tenant[1])), 400, param="status")

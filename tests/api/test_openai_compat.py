@@ -7,7 +7,10 @@ import io
 import openai
 import pytest
 
+from common.redis_client import get_redis
+from common.settings import get_settings
 from tests.support.factories import chat_rows, jsonl, make_tenant
+from worker.maintenance import broker_job_ids
 
 
 @pytest.fixture
@@ -26,6 +29,7 @@ def test_files_and_jobs_through_the_sdk(sdk: openai.OpenAI) -> None:
                                           "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2.0}}},
                                       metadata={"team": "search"})
     assert job.object == "fine_tuning.job" and job.model == "tiny-llama" and job.status == "validating_files"
+    assert job.id in broker_job_ids(get_redis(), get_settings().validate_queue), "submitted like POST /jobs"
     assert job.seed == 3 and job.metadata == {"team": "search"}
     again = sdk.fine_tuning.jobs.retrieve(job.id)
     assert again.hyperparameters.n_epochs == 2 and again.hyperparameters.batch_size == 4
