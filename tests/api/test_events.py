@@ -14,58 +14,23 @@ import pytest
 import uvicorn
 from sqlalchemy import select, update
 
-from common import state
 from common.db import session_scope
 from common.ids import new_id
 from common.models import Checkpoint, Job, JobEvent
 from common.progress import ProgressChannel
-from common.settings import get_settings
-from tests.support.factories import make_job_row, make_tenant
+from tests.support.factories import make_tenant
 from tests.support.http import assert_error, auth
+from tests.support.jobs import claim, finish, lose_lease, progress, queued_job, relay
 from tests.support.redis_keys import drop_redis_keys
 from tests.support.servers import free_port
 from tests.support.sse import SseReader
 from tests.support.waiting import wait_until
-from worker.relay import ProgressRelay
+from worker import relay as relay_module
 
 
 def db_event_seqs(job_id: str) -> list[int]:
     with session_scope() as session:
         return list(session.scalars(select(JobEvent.seq).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
-
-
-# --- a job driven by hand -------------------------------------------------------------------------------------
-
-
-def queued_job(tenant_id: str) -> str:
-    job_id = make_job_row(tenant_id, "queued")
-    with session_scope() as session:
-        state.add_event(session, job_id, "Job queued", type="state", data={"status": "queued"})
-    return job_id
-
-
-def claim(job_id: str) -> int:
-    with session_scope() as session:
-        attempt = state.claim(session, job_id, worker="test-host:1", lease_seconds=60)
-    assert attempt is not None
-    return attempt
-
-
-def finish(job_id: str, attempt: int, status: str = "succeeded") -> None:
-    with session_scope() as session:
-        assert state.finish(session, job_id, attempt, status)
-
-
-def relay(job_id: str, tenant_id: str, attempt: int, **overrides: Any) -> ProgressRelay:
-    settings = get_settings().model_copy(update=overrides)
-    return ProgressRelay(job_id, tenant_id, attempt, settings)
-
-
-def progress(step: int, total: int = 8, **extra: Any) -> dict[str, Any]:
-    return {"type": "progress", "step": step, "total_steps": total, "epoch": step / total * 2,
-            "loss": round(3.0 - 0.2 * step, 3), "learning_rate": 1e-3, "grad_norm": 0.5,
-            "tokens_per_second": 1000.0 + step, "trained_tokens": 128 * step, "eta_seconds": (total - step) * 0.5,
-            **extra}
 
 
 @pytest.fixture(scope="module")
@@ -250,17 +215,20 @@ def test_progress_survives_a_redis_flush_and_returns_at_the_next_step(client, te
     ProgressChannel().clear(job_id)
 
 
-def test_a_live_view_left_by_an_earlier_attempt_is_not_shown(client, tenant) -> None:  # type: ignore[no-untyped-def]
+def test_a_live_view_left_by_an_earlier_attempt_is_not_shown(client, tenant, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(relay_module, "DB_PROGRESS_SECONDS", 3600.0)  # a report that is not due stays in Redis
     tenant_id, key = tenant
     job_id = queued_job(tenant_id)
     first = claim(job_id)
-    relay(job_id, tenant_id, first).handle(progress(5))
-    with session_scope() as session:  # what the reaper does after a lost lease
-        session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+    old = relay(job_id, tenant_id, first, metrics_event_every=100)
+    old.handle(progress(5))  # the first report is recorded in Postgres too
+    old.handle(progress(6))  # not due: Redis only
+    lose_lease(job_id)
     second = claim(job_id)
-    assert ProgressChannel().read_progress(job_id)["attempt"] == first
+    left = ProgressChannel().read_progress(job_id)
+    assert (left["attempt"], left["step"]) == (first, 6)
     p = client.get(f"/jobs/{job_id}", headers=auth(key)).json()["progress"]
-    assert p is None or p.get("attempt") == first  # Postgres' last record, not a mixed view
+    assert (p["attempt"], p["step"]) == (first, 5), "Postgres' last record, not the earlier attempt's live view"
     relay(job_id, tenant_id, second).handle(progress(2))
     p = client.get(f"/jobs/{job_id}", headers=auth(key)).json()["progress"]
     assert (p["attempt"], p["step"]) == (second, 2)
@@ -277,8 +245,7 @@ def test_metrics_series_one_point_per_step_newest_attempt_wins(client, tenant) -
     r = relay(job_id, tenant_id, first)
     for step in range(1, 6):
         r.handle(progress(step, total=10, peak_memory_mb=512.0))
-    with session_scope() as session:  # requeued after a lost lease; the next attempt resumes from step 2
-        session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+    lose_lease(job_id)  # requeued; the next attempt resumes from step 2
     second = claim(job_id)
     r2 = relay(job_id, tenant_id, second)
     r2.handle(progress(3, total=10, loss=9.0))

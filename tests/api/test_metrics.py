@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.ids import new_id
 from common.progress import ProgressChannel
-from tests.api.test_events import claim, finish, progress, queued_job, relay
 from tests.support.factories import make_tenant
 from tests.support.http import assert_error, auth
+from tests.support.jobs import claim, finish, progress, queued_job, relay
 
 
 def scrape(client: Any, key: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from common.ids import new_id
 from common.models import Job, JobEvent
 from common.progress import ProgressChannel, get_redis, worker_key
 from common.settings import get_settings
-from tests.api.test_events import claim, finish, progress, queued_job, relay
+from tests.support.jobs import claim, finish, progress, queued_job, relay
 from tests.support.nvml import MIB, Card, StandInNVML
 from tests.support.waiting import wait_until
 from worker import monitor as monitor_module

@@ -1,0 +1,58 @@
+"""A job driven by hand through the real state machine (common/state.py) and the worker's real relay
+(worker/relay.py), over the real Postgres and Redis: no queue, no worker, no training child."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from common import state
+from common.db import session_scope
+from common.models import Job
+from common.settings import get_settings
+from tests.support.factories import make_job_row
+from worker.relay import ProgressRelay
+from worker.train.protocol import ProgressEvent
+
+
+def queued_job(tenant_id: str) -> str:
+    """A job whose files passed validation: `queued`, with its `Job queued` state event."""
+    job_id = make_job_row(tenant_id, "validating_files")
+    with session_scope() as session:
+        state.mark_queued(session, session.get_one(Job, job_id))
+    return job_id
+
+
+def claim(job_id: str) -> int:
+    with session_scope() as session:
+        attempt = state.claim(session, job_id, worker="test-host:1", lease_seconds=60)
+    assert attempt is not None
+    return attempt
+
+
+def lose_lease(job_id: str) -> None:
+    """What the reaper does when the owner's lease has expired: the job is requeued for the next attempt."""
+    with session_scope() as session:
+        job = state.lock_job(session, job_id)
+        assert job is not None
+        assert state.expire_lease(session, job, max_attempts=job.attempt + 1) == "queued"
+
+
+def finish(job_id: str, attempt: int, status: str = "succeeded") -> None:
+    with session_scope() as session:
+        assert state.finish(session, job_id, attempt, status)
+
+
+def relay(job_id: str, tenant_id: str, attempt: int, **overrides: Any) -> ProgressRelay:
+    settings = get_settings().model_copy(update=overrides)
+    return ProgressRelay(job_id, tenant_id, attempt, settings)
+
+
+def progress(step: int, total: int = 8, **extra: Any) -> ProgressEvent:
+    """A `progress` event as the training child reports it (worker/train/protocol.py); `extra` sets more keys."""
+    event: ProgressEvent = {
+        "type": "progress", "step": step, "total_steps": total, "epoch": step / total * 2,
+        "loss": round(3.0 - 0.2 * step, 3), "learning_rate": 1e-3, "grad_norm": 0.5,
+        "tokens_per_second": 1000.0 + step, "trained_tokens": 128 * step, "eta_seconds": (total - step) * 0.5,
+        "peak_memory_mb": None,
+    }
+    return cast(ProgressEvent, {**event, **extra})
