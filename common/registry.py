@@ -8,10 +8,6 @@ from common.errors import InvalidRequest
 from common.settings import BaseModelEntry, Settings
 
 
-def registered(settings: Settings) -> dict[str, BaseModelEntry]:
-    return settings.base_models
-
-
 def resolve(settings: Settings, model_id: str, *, param: str = "base_model") -> BaseModelEntry:
     entry = settings.base_models.get(model_id)
     if entry is None:

@@ -95,9 +95,6 @@ class BasePool:
         self.loaded: dict[str, LoadedBase] = {}
         self._lock = threading.Lock()
 
-    def peek(self, base_id: str) -> LoadedBase | None:
-        return self.loaded.get(base_id)
-
     def get(self, base_id: str, *, evict: bool = True) -> LoadedBase:
         """The loaded base model, loading it now if needed (blocking: call it from a worker thread).
         `evict=False`: refuse (NotReady) rather than unload another base model to make room."""
