@@ -15,16 +15,16 @@ from sqlalchemy.orm import Session
 
 from common.artifacts import LocalArtifactStore
 from common.datasets.convert import iter_stage_rows
+from common.errors import JobFailure
 from common.models import Checkpoint, File, Job, Model
 from common.registry import local_path
 from common.settings import Settings
 from worker.checkpoints import fetch_checkpoint, newest_checkpoint
 
 
-class JobSetupError(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.error = {"code": code, "message": message, "param": param}
+class JobSetupError(JobFailure):
+    """The job's folder cannot be laid out (its files, base model, checkpoint or starting model are gone): the
+    attempt fails with this error and no child starts."""
 
 
 @dataclass

@@ -11,13 +11,17 @@ from sqlalchemy.orm import Session
 
 from common import state
 from common.artifacts import LocalArtifactStore
+from common.errors import JobFailure
 from common.models import Job, Model
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-class PublishError(Exception):
-    pass
+class PublishError(JobFailure):
+    """The child finished but left nothing publishable: the job fails with code publish_failed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("publish_failed", message)
 
 
 def model_name(job: Job) -> str:

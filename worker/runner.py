@@ -144,7 +144,7 @@ def _train_once(job: Job, attempt: int, settings: Settings, store: LocalArtifact
             prepared = prepare_job_dir(session, store, settings, job, attempt, oom_retry=oom_retry,
                                        overrides=overrides)
     except JobSetupError as exc:
-        return "failed", exc.error
+        return "failed", exc.job_error()
     except Exception as exc:
         log.exception("preparing %s failed", job.id)
         return "failed", {"code": "worker_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
@@ -241,7 +241,7 @@ def _publish(job: Job, attempt: int, result: ResultEvent, store: LocalArtifactSt
         key, manifest = upload_adapter(store, job, attempt, Path(result["adapter_dir"]),
                                        merged_dir=Path(merged_dir) if merged_dir else None)
     except PublishError as exc:
-        return _fail(job.id, attempt, {"code": "publish_failed", "message": str(exc), "param": None})
+        return _fail(job.id, attempt, exc.job_error())
     manifest["training"] = {"stage": result["stage"], "first_loss": result["first_loss"],
                             "last_loss": result["last_loss"], "train_loss": result["train_loss"],
                             "trained_tokens": result["trained_tokens"], "steps": result["steps"]}

@@ -47,5 +47,8 @@ def test_nothing_to_publish_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PublishError):
         upload_adapter(LocalArtifactStore(tmp_path / "store"), _job(), 1, tmp_path / "out")
     _write(tmp_path / "half", {"adapter_config.json": b"{}"})
-    with pytest.raises(PublishError, match="adapter_model.safetensors"):
+    with pytest.raises(PublishError, match="adapter_model.safetensors") as caught:
         upload_adapter(LocalArtifactStore(tmp_path / "store"), _job(), 1, tmp_path / "half")
+    assert caught.value.job_error() == {  # what the runner records as the job's error
+        "code": "publish_failed", "param": None,
+        "message": f"the training process produced no adapter_model.safetensors in {tmp_path / 'half'}"}

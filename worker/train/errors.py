@@ -1,20 +1,16 @@
-"""Failures of a training attempt, as the codes a program can act on (docs/architecture.md, "A job's path")."""
+"""How a training attempt ends other than with a result. A `TrainingError` (a `JobFailure`, common/errors.py)
+carries {code, message, param}: the error event's fields (codes: worker/train/protocol.py), then `jobs.error`.
+`TrainingCancelled` and `TrainingPreempted` are control flow, not failures: they carry no error body and stay
+plain exceptions (the child turns them into EXIT_CANCELLED and EXIT_PREEMPTED)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from common.errors import JobFailure, TuneQueueError
 from worker.train.protocol import CUDA_OOM, TRAINING_ERROR
 
 
-class TrainingError(Exception):
-    """A failure with a code, a message that says how to fix it, and the spec field it concerns."""
-
-    def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+class TrainingError(JobFailure):
+    """A failure inside the training child; `__main__` sends it as the error event and exits EXIT_FAILED."""
 
 
 class TrainingCancelled(Exception):
@@ -36,13 +32,6 @@ class TrainingPreempted(Exception):
         self.checkpoint = checkpoint
 
 
-@dataclass(frozen=True)
-class Failure:
-    code: str
-    message: str
-    param: str | None = None
-
-
 def _is_cuda_oom(exc: BaseException) -> bool:
     try:
         import torch
@@ -53,20 +42,21 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
 
 
-def describe_failure(exc: BaseException) -> Failure:
-    """Turn any exception from `train()` into the error event's code, message and param."""
-    if isinstance(exc, TrainingError):
-        return Failure(exc.code, exc.message, exc.param)
+def describe_failure(exc: BaseException) -> TuneQueueError:
+    """Any exception from `train()` as the error the child reports: a TuneQueueError as it is (e.g. common.text's
+    UnusableTemplate), anything else as a TrainingError."""
+    if isinstance(exc, TuneQueueError):
+        return exc
     if _is_cuda_oom(exc):
-        return Failure(
+        return TrainingError(
             CUDA_OOM,
             "The GPU ran out of memory while training. Lower hyperparameters.batch_size (or raise "
             "gradient_accumulation_steps) or hyperparameters.max_seq_length, set gradient_checkpointing to true, "
             "or use method.type 'qlora'.",
-            "hyperparameters.batch_size",
+            param="hyperparameters.batch_size",
         )
     text = str(exc).strip() or "(no message)"
-    return Failure(
+    return TrainingError(
         TRAINING_ERROR,
         f"Training failed with {type(exc).__name__}: {text}. Retrying will not help if the same data and spec "
         "fail again; the worker log holds the full traceback for whoever runs this service.",
