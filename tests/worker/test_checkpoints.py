@@ -19,7 +19,7 @@ from tests.support.training import events_of, fixed_reply_rows, pair_rows, start
 from worker.train.__main__ import main
 from worker.train.config import load_job
 from worker.train.errors import TrainingPreempted
-from worker.train.protocol import EXIT_FAILED, EXIT_PREEMPTED
+from worker.train.protocol import EXIT_FAILED, EXIT_PREEMPTED, Event
 from worker.train.reporter import Reporter
 from worker.train.run import train
 
@@ -54,8 +54,10 @@ def test_checkpoint_events_follow_complete_checkpoints(tmp_path, tiny_model_dir)
         progress = [e for e in events[:events.index(event)] if e["type"] == "progress"][-1]
         assert progress["step"] == event["step"]  # the step's progress (with its evaluation) comes first
         assert event["metrics"]["train_loss"] == progress["loss"]
-        assert event["metrics"]["eval_loss"] == progress["eval_loss"] > 0  # eval auto: each epoch = 2 steps
-        assert 0 <= event["metrics"]["token_accuracy"] <= 1
+        eval_loss = event["metrics"]["eval_loss"]  # eval auto: each epoch = 2 steps
+        assert eval_loss is not None and eval_loss == progress.get("eval_loss") and eval_loss > 0
+        accuracy = event["metrics"]["token_accuracy"]
+        assert accuracy is not None and 0 <= accuracy <= 1
 
 
 @pytest.mark.parametrize(("stage", "method"), [("sft", "lora"), ("dpo", "full")])
@@ -88,7 +90,7 @@ def test_preempt_saves_a_checkpoint_and_resuming_finishes_the_same(tmp_path, tin
     preempt = threading.Event()
 
     class PreemptAtStep3(Reporter):
-        def emit(self, event: dict[str, Any]) -> None:
+        def emit(self, event: Event) -> None:
             super().emit(event)
             if event["type"] == "progress" and event["step"] == 3:
                 preempt.set()
@@ -148,7 +150,8 @@ def test_oom_retry_override_trains_the_same_effective_batch(tmp_path, tiny_model
                                         resolved={"micro_batch_size": 2, "gradient_accumulation_steps": 2}))
     reporter = Reporter(io.StringIO())
     halved = train(halved_job, reporter)
-    assert "4 steps of 4 (2 × 2)" in reporter.events[0]["message"]
+    first = reporter.events[0]
+    assert first["type"] == "log" and "4 steps of 4 (2 × 2)" in first["message"]
     assert halved.steps == whole.steps == 4
     assert halved.first_loss == pytest.approx(whole.first_loss, rel=1e-4)
     assert_same_weights(halved.adapter_dir, whole.adapter_dir, atol=1e-4)

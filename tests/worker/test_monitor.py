@@ -57,6 +57,25 @@ def job_row(job_id: str) -> Job:
         return session.get_one(Job, job_id)
 
 
+def live_view(job_id: str) -> dict[str, Any]:
+    """The job's live progress in Redis; there must be one."""
+    view = ProgressChannel().read_progress(job_id)
+    assert view is not None, f"no live progress for {job_id} in Redis"
+    return view
+
+
+def durable_view(job_id: str) -> dict[str, Any]:
+    """`jobs.last_progress`; there must be one."""
+    view = job_row(job_id).last_progress
+    assert view is not None, f"no last_progress for {job_id} in Postgres"
+    return view
+
+
+def metrics_data(job_id: str) -> list[dict[str, Any]]:
+    """The `data` of the job's metrics events, oldest first."""
+    return [e.data or {} for e in events(job_id, type="metrics")]
+
+
 def host_name() -> str:
     return f"test-host-{new_id('h')[-8:]}"
 
@@ -74,11 +93,12 @@ def test_monitor_samples_into_the_live_view_and_registers_each_gpu(tenant, child
     try:
         mon.attach(job_id, tenant_id, attempt, child.pid)
         mon.tick()
-        live = ProgressChannel().read_progress(job_id)
+        live = live_view(job_id)
         assert live is not None and live["attempt"] == attempt
         assert [g["process_memory_mb"] for g in live["gpus"]] == [2000.0, None]
         assert live["process_rss_mb"] > 0 and live["sampled_at"] > time.time() - 10
-        assert mon.latest_for(job_id)["gpus"] == live["gpus"] and mon.latest_for("ftjob-other") is None
+        latest = mon.latest_for(job_id)
+        assert latest is not None and latest["gpus"] == live["gpus"] and mon.latest_for("ftjob-other") is None
         durable = job_row(job_id).last_progress
         assert durable is not None and durable["gpus"] == live["gpus"], "the first sample also goes to Postgres"
 
@@ -133,7 +153,7 @@ def test_a_host_without_gpus_reports_no_gpus_and_the_process_memory(tenant, chil
     try:
         mon.attach(job_id, tenant_id, attempt, child.pid)
         mon.tick()
-        live = ProgressChannel().read_progress(job_id)
+        live = live_view(job_id)
         assert live["gpus"] == [] and live["process_rss_mb"] > 0
         regs = [r for r in ProgressChannel().list_workers() if r.get("host") == host]
         assert [r["key"] for r in regs] == [worker_key(host, f"cpu-{os.getpid()}")]
@@ -167,9 +187,9 @@ def test_start_monitor_outside_celery_watches_the_job_then_leaves_nothing(tenant
         # The relay copies the newest sample into what it records durably.
         r = relay(job_id, tenant_id, attempt)
         r.handle(progress(1))
-        recorded = events(job_id, type="metrics")[-1].data
+        recorded = metrics_data(job_id)[-1]
         assert isinstance(recorded["gpus"], list) and recorded["process_rss_mb"] > 0
-        assert job_row(job_id).last_progress["process_rss_mb"] > 0
+        assert durable_view(job_id)["process_rss_mb"] > 0
     finally:
         handle.stop()
         ProgressChannel().clear(job_id)
@@ -187,18 +207,18 @@ def test_relay_keeps_one_metrics_event_per_n_steps_plus_evaluations_and_the_last
     r = relay(job_id, tenant_id, attempt, metrics_event_every=3)
     r.handle(progress(1, total=10))
     r.handle(progress(2, total=10))
-    assert ProgressChannel().read_progress(job_id)["step"] == 2, "Redis gets every step"
-    assert job_row(job_id).last_progress["step"] == 1, "Postgres gets the due ones"
+    assert live_view(job_id)["step"] == 2, "Redis gets every step"
+    assert durable_view(job_id)["step"] == 1, "Postgres gets the due ones"
     for step in range(3, 11):
         extra = {"eval_loss": 1.5, "eval_accuracy": 0.25} if step == 5 else {}
         r.handle(progress(step, total=10, peak_memory_mb=300.0 + step, **extra))
     kept = events(job_id, type="metrics")
-    assert [e.data["step"] for e in kept] == [1, 4, 5, 8, 10]
-    assert kept[2].data["eval_loss"] == 1.5 and "validation loss=1.5000" in kept[2].message
-    assert kept[-1].data["peak_memory_mb"] == 310.0 and all(e.attempt == attempt for e in kept)
-    final = job_row(job_id)
-    assert final.last_progress["step"] == 10 and final.trained_tokens == 1280
-    live = ProgressChannel().read_progress(job_id)
+    data = metrics_data(job_id)
+    assert [d["step"] for d in data] == [1, 4, 5, 8, 10]
+    assert data[2]["eval_loss"] == 1.5 and "validation loss=1.5000" in kept[2].message
+    assert data[-1]["peak_memory_mb"] == 310.0 and all(e.attempt == attempt for e in kept)
+    assert durable_view(job_id)["step"] == 10 and job_row(job_id).trained_tokens == 1280
+    live = live_view(job_id)
     assert live["eval_loss"] == 1.5, "the last evaluation stays in the live view"
     finish(job_id, attempt)
     ProgressChannel().clear(job_id)
@@ -210,9 +230,10 @@ def test_relay_keeps_the_last_known_loss_when_a_report_has_none(tenant) -> None:
     r = relay(job_id, tenant_id, attempt)
     r.handle(progress(3, loss=1.25))
     r.handle(progress(4, loss=None))  # the end-of-training safety net reports no loss
-    assert ProgressChannel().read_progress(job_id)["loss"] == 1.25
-    assert job_row(job_id).last_progress["loss"] == 1.25
-    assert events(job_id, type="metrics")[-1].data.get("loss") is None, "the event records what that step had"
+    assert live_view(job_id)["loss"] == 1.25
+    assert durable_view(job_id)["loss"] == 1.25
+    last = metrics_data(job_id)[-1]
+    assert last["step"] == 4 and last.get("loss") is None, "the event records what that step had"
     ProgressChannel().clear(job_id)
 
 
@@ -232,9 +253,9 @@ def test_a_stale_relay_writes_nothing_after_the_job_was_requeued(tenant) -> None
     old.handle({"type": "log", "level": "info", "message": "still here?"})
     old.handle(progress(3))
     assert [e.id for e in events(job_id)] == before and old.owner is False
-    row = job_row(job_id)
-    assert (row.last_progress["attempt"], row.last_progress["step"]) == (second, 1)
-    assert ProgressChannel().read_progress(job_id)["attempt"] == second, "nor does it publish once it knows"
+    durable = durable_view(job_id)
+    assert (durable["attempt"], durable["step"]) == (second, 1)
+    assert live_view(job_id)["attempt"] == second, "nor does it publish once it knows"
     logs = events(job_id, type="message")
     assert [(e.level, e.message, e.attempt) for e in logs] == [("warning", "first attempt speaking", first)]
     ProgressChannel().clear(job_id)
@@ -258,8 +279,8 @@ def test_child_reader_relays_the_event_lines_of_a_real_process_and_skips_the_res
     lines = [
         "Loading checkpoint shards: 100%",  # library noise
         encode({"type": "log", "level": "warning", "message": "from the child"}),
-        EVENT_PREFIX + '{"type": "progress", "step": 1}',  # not a whole event
-        encode({**progress(2, total=4), "peak_memory_mb": 10.0}),  # type: ignore[typeddict-item]
+        encode(progress(2, total=4)),
+        EVENT_PREFIX + '{"type": "progress", "step": 3}',  # not a whole event
         encode({"type": "error", "code": "training_error", "message": "boom", "param": None}),
     ]
     script = "import sys; sys.stdout.write(sys.argv[1])"
@@ -272,6 +293,6 @@ def test_child_reader_relays_the_event_lines_of_a_real_process_and_skips_the_res
     proc.wait()
     assert not reader.is_alive()
     assert r.error == {"code": "training_error", "message": "boom", "param": None}
-    assert ProgressChannel().read_progress(job_id)["step"] == 2, "the half event (step 1) was not relayed"
+    assert live_view(job_id)["step"] == 2, "the half event (step 3) was not relayed"
     assert [e.message for e in events(job_id, type="message")] == ["from the child"]
     ProgressChannel().clear(job_id)

@@ -8,7 +8,6 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from worker.train.data import prepare_chat_data
 from worker.train.errors import TrainingError
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method
-from worker.train.protocol import EVENT_PREFIX, EXIT_CANCELLED, EXIT_FAILED
+from worker.train.protocol import EVENT_PREFIX, EXIT_CANCELLED, EXIT_FAILED, Event
 from worker.train.reporter import Reporter
 from worker.train.run import train
 from worker.train.stages import make_stage
@@ -210,7 +209,7 @@ def test_cancel_stops_at_a_step_boundary_without_result(tmp_path, tiny_model_dir
     stop = threading.Event()
 
     class StopAfterTwoSteps(Reporter):
-        def emit(self, event: dict[str, Any]) -> None:
+        def emit(self, event: Event) -> None:
             super().emit(event)
             if event["type"] == "progress" and event["step"] == 2:
                 stop.set()
