@@ -27,7 +27,7 @@ from common.datasets.convert import STAGE_FORMATS, iter_stage_records
 from common.datasets.formats import STAGES
 from common.datasets.tokens import Encoder, TokenStats, load_tokenizer, template_label
 from common.db import session_scope
-from common.errors import TuneQueueError
+from common.errors import JobFailure, TuneQueueError
 from common.models import File, Job
 from common.queue import enqueue_run
 from common.settings import Settings, get_settings
@@ -37,12 +37,8 @@ log = logging.getLogger("tunequeue.check_job_files")
 DEFAULT_MAX_SEQ_LENGTH = 2048
 
 
-class JobFilesError(Exception):
-    """The job cannot run with these files / this model: the error object it fails with."""
-
-    def __init__(self, code: str, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.error = {"code": code, "message": message, "param": param}
+class JobFilesError(JobFailure):
+    """The job cannot run with these files / this model: it fails with `job_error()`."""
 
 
 @dataclass
@@ -82,7 +78,7 @@ def check_job_files(job_id: str) -> str:
     try:
         stats = token_stats(plan, settings)
     except JobFilesError as exc:
-        error = exc.error
+        error = exc.job_error()
     except Exception as exc:  # a bug must fail the job, not leave it for the reconciler to retry forever
         log.exception("checking the files of %s failed", job_id)
         error = {"code": "internal_error", "param": None,
