@@ -1,9 +1,17 @@
-"""The native job spec (docs/job-spec.md). Unknown fields are an error at every level.
+"""The native job spec (docs/job-spec.md) and its one hyperparameter model. Unknown fields are an error at every
+level.
 
-Validated once at `POST /jobs`; the worker receives the same model, with `"auto"` values still in place.
-`resolved_hyperparameters` turns the data-dependent "auto" values into numbers (the API stores and shows its
-output); the device-dependent ones (precision, attention, gradient checkpointing) stay "auto" until the worker
-that trains the job picks them, and it logs what it picked. docs/job-spec.md is the reference of every field.
+`POST /jobs` validates a `JobSpec`, then `resolve_spec()` turns it into a `ResolvedJobSpec` once: every default is
+filled in and the "auto" values that the submitted rows decide (n_epochs, batch_size,
+gradient_accumulation_steps, learning_rate, packing) become values. The API stores the resolved
+hyperparameters beside the submitted spec (`resolved_hyperparameters`, common/services/jobs.py) and shows them
+(common/schemas/jobs.py); the worker parent hands the training child the spec with them in place
+(worker/prepare.py), and the child parses that as a `ResolvedJobSpec` (worker/train/config.py).
+
+The values only the worker can decide stay "auto" until the child decides them and reports what it picked in its
+first event: precision, attention and gradient_checkpointing (from the device, worker/train/runtime.py), and
+eval_steps and save_steps (from the number of training sequences the stage really prepared — packing, a
+validation split and skipped rows change it; worker/train/run.py `plan_steps`).
 
 Stage- and method-specific option blocks (`method.lora`, `method.quantization`, `method.freeze`, `dpo`, `orpo`,
 `kto`) are `null` unless they apply; the validator fills in their defaults where they apply, so a stored spec
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -345,9 +354,13 @@ DEFAULT_LEARNING_RATES: dict[tuple[str, bool], float] = {
 }
 
 
-def auto_interval(total_steps: int, per_run: int = 4, at_most: int = 500) -> int:
-    """'auto' save interval: about `per_run` times per run, at least every `at_most` steps."""
-    return max(1, min(at_most, math.ceil(total_steps / per_run)))
+def step_intervals(hp: Hyperparameters, total_steps: int, steps_per_epoch: int) -> tuple[int | None, int | None]:
+    """(save interval, eval interval) in optimizer steps for a run of `total_steps`; None: never. "auto" save:
+    about 4 checkpoints per run, at least one every 500 steps; "auto" eval: once per epoch (the last step always
+    evaluates, worker/train/callbacks.py). The training child calls this once it knows the real step count."""
+    save = hp.save_steps if hp.save_steps != "auto" else max(1, min(500, math.ceil(total_steps / 4)))
+    evaluate = hp.eval_steps if hp.eval_steps != "auto" else min(steps_per_epoch, total_steps)
+    return save or None, evaluate or None
 
 
 def dpo_beta(options: DpoOptions) -> float:
@@ -356,48 +369,64 @@ def dpo_beta(options: DpoOptions) -> float:
     return 2.0 if options.loss_type == "simpo" else 0.1
 
 
-def resolved_hyperparameters(spec: JobSpec, n_rows: int) -> dict[str, Any]:
-    """Turn the data-dependent "auto" values into numbers. One place: the API stores and shows its output, the
-    worker trains with it (with `micro_batch_size`/`gradient_accumulation_steps` possibly overridden by an OOM
-    retry). Device-dependent choices (precision, attention, gradient_checkpointing) stay "auto" for the worker.
+class ResolvedHyperparameters(Hyperparameters):
+    """`Hyperparameters` after `resolve_spec()`: the data-dependent "auto" values are values (and required, so a job
+    that skipped resolution fails to parse instead of training with a guess)."""
 
-    `n_rows` counts rows (pairs for dpo/orpo/rm); packing makes fewer, longer sequences, so the worker recomputes
-    the step-based "auto" intervals from the real step count with `auto_interval`."""
+    n_epochs: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    packing: bool
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Rows per forward pass."""
+        return self.batch_size // self.gradient_accumulation_steps
+
+
+class ResolvedJobSpec(JobSpec):
+    """A `JobSpec` whose hyperparameters went through `resolve_spec()`: what the training child parses."""
+
+    hyperparameters: ResolvedHyperparameters
+
+
+def resolve_spec(spec: JobSpec, n_rows: int) -> ResolvedJobSpec:
+    """Decide the "auto" values the training data decides, once, at submit time. `n_rows` counts the rows of
+    the training file (pairs for dpo/orpo/rm). What only the worker can decide stays "auto" (module docstring)."""
     hp = spec.hyperparameters
     batch_size = hp.batch_size if hp.batch_size != "auto" else max(1, min(8, n_rows // 4 or 1))
     accumulation = hp.gradient_accumulation_steps if hp.gradient_accumulation_steps != "auto" else 1
     if batch_size % accumulation:  # an explicit accumulation with an auto batch size
         batch_size = max(accumulation, batch_size - batch_size % accumulation)
-    n_epochs = hp.n_epochs if hp.n_epochs != "auto" else (3 if n_rows < 10_000 else 1)
     if hp.learning_rate != "auto":
         learning_rate = float(hp.learning_rate)
     else:
         learning_rate = DEFAULT_LEARNING_RATES[(spec.stage, spec.method.type in ADAPTER_METHODS)]
-    steps_per_epoch = math.ceil(max(1, n_rows) / batch_size)
-    total_steps = hp.max_steps or steps_per_epoch * n_epochs
-    save_steps = hp.save_steps if hp.save_steps != "auto" else auto_interval(total_steps)
-    eval_steps = hp.eval_steps if hp.eval_steps != "auto" else min(steps_per_epoch, total_steps)
-    return {
-        "n_epochs": n_epochs,
-        "max_steps": hp.max_steps,
-        "total_steps": total_steps,
+    decided = {
+        "n_epochs": hp.n_epochs if hp.n_epochs != "auto" else (3 if n_rows < 10_000 else 1),
         "batch_size": batch_size,
-        "micro_batch_size": batch_size // accumulation,
         "gradient_accumulation_steps": accumulation,
         "learning_rate": learning_rate,
-        "lr_scheduler": hp.lr_scheduler,
-        "warmup_ratio": hp.warmup_ratio,
-        "weight_decay": hp.weight_decay,
-        "max_grad_norm": hp.max_grad_norm,
-        "max_seq_length": hp.max_seq_length,
-        "logging_steps": hp.logging_steps,
         "packing": hp.packing if hp.packing != "auto" else spec.stage == "pt",
-        "gradient_checkpointing": hp.gradient_checkpointing,
-        "precision": hp.precision,
-        "attention": hp.attention,
-        "optimizer": hp.optimizer,
-        "neftune_noise_alpha": hp.neftune_noise_alpha,
-        "eval_steps": eval_steps or None,
-        "save_steps": save_steps or None,
-        "early_stopping_patience": hp.early_stopping_patience,
     }
+    data = spec.model_dump()
+    data["hyperparameters"].update(decided)
+    return ResolvedJobSpec.model_validate(data)
+
+
+def stored_spec(spec: JobSpec, n_rows: int) -> dict[str, Any]:
+    """What the jobs table stores: the spec as submitted (its hash keys idempotency, and worker/runner.py reads
+    whether batch_size was "auto") and, under `resolved_hyperparameters`, what `resolve_spec` made of it."""
+    stored = spec.model_dump(mode="json")
+    stored["resolved_hyperparameters"] = resolve_spec(spec, n_rows).hyperparameters.model_dump(mode="json")
+    return stored
+
+
+def training_spec(stored: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> ResolvedJobSpec:
+    """The spec the training child trains with: a stored spec (`stored_spec`) with its resolved hyperparameters
+    in place, patched by `overrides` (the parent's OOM retry). Keys the worker added to the stored spec
+    (e.g. token statistics) are left out."""
+    data = {name: stored[name] for name in JobSpec.model_fields if name in stored}
+    data["hyperparameters"] = {**stored["resolved_hyperparameters"], **(overrides or {})}
+    return ResolvedJobSpec.model_validate(data)

@@ -4,10 +4,12 @@ from typing import Any, Literal
 
 from common.models import Job
 from common.schemas.common import PublicModel, error_obj, unix
+from common.schemas.job_spec import ResolvedHyperparameters
 
 
 class JobPublic(PublicModel):
-    """The OpenAI fine_tuning.job object, plus the native spec and live progress."""
+    """The OpenAI fine_tuning.job object, plus the native spec and live progress. `hyperparameters` are the
+    resolved ones that the job trains with (common/schemas/job_spec.py `resolve_spec`)."""
 
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -23,7 +25,7 @@ class JobPublic(PublicModel):
     validation_file: str | None
     stage: str
     method: dict[str, Any]
-    hyperparameters: dict[str, Any]
+    hyperparameters: ResolvedHyperparameters
     suffix: str | None
     seed: int
     metadata: dict[str, str] | None
@@ -49,7 +51,7 @@ class JobPublic(PublicModel):
             fine_tuned_model=job.fine_tuned_model, organization_id=job.tenant_id, status=job.status,
             training_file=job.training_file_id, validation_file=job.validation_file_id,
             stage=spec.get("stage", "sft"), method=spec.get("method", {}),
-            hyperparameters=spec.get("resolved_hyperparameters") or spec.get("hyperparameters", {}),
+            hyperparameters=ResolvedHyperparameters.model_validate(spec["resolved_hyperparameters"]),
             suffix=spec.get("suffix"), seed=spec.get("seed", 42), metadata=spec.get("metadata"),
             error=error_obj(job.error), trained_tokens=job.trained_tokens, attempt=job.attempt,
             cancel_requested=job.cancel_requested, progress=progress, estimated_finish=estimated,

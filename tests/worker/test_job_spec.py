@@ -10,9 +10,12 @@ from pydantic import ValidationError
 
 from common.schemas.job_spec import (
     JobSpec,
-    auto_interval,
+    ResolvedJobSpec,
     dpo_beta,
-    resolved_hyperparameters,
+    resolve_spec,
+    step_intervals,
+    stored_spec,
+    training_spec,
 )
 
 
@@ -71,23 +74,46 @@ def test_unknown_fields_are_refused_at_every_level() -> None:
     assert "extra" in refusal(publish={"merge": True})
 
 
-def test_resolved_hyperparameters_turn_auto_into_numbers() -> None:
-    resolved = resolved_hyperparameters(spec(), 8)
-    assert (resolved["n_epochs"], resolved["batch_size"], resolved["learning_rate"]) == (3, 2, 2e-4)
-    assert (resolved["micro_batch_size"], resolved["gradient_accumulation_steps"]) == (2, 1)
-    assert resolved["total_steps"] == 12 and resolved["save_steps"] == 3 and resolved["eval_steps"] == 4
-    assert resolved["packing"] is False and resolved["lr_scheduler"] == "cosine"
-    for device_choice in ("gradient_checkpointing", "precision", "attention"):
-        assert resolved[device_choice] == "auto"  # the worker decides
-    assert resolved_hyperparameters(spec(stage="pt"), 8)["packing"] is True
-    assert resolved_hyperparameters(spec(stage="dpo"), 8)["learning_rate"] == 5e-6
-    assert resolved_hyperparameters(spec(method={"type": "full"}), 8)["learning_rate"] == 2e-5
-    big = resolved_hyperparameters(spec(hyperparameters={"batch_size": 32, "gradient_accumulation_steps": 4}),
-                                   100_000)
-    assert (big["n_epochs"], big["micro_batch_size"], big["save_steps"]) == (1, 8, 500)
-    none = resolved_hyperparameters(spec(hyperparameters={"save_steps": 0, "eval_steps": None}), 8)
-    assert none["save_steps"] is None and none["eval_steps"] is None
+def test_resolve_spec_decides_the_data_dependent_auto_values() -> None:
+    hp = resolve_spec(spec(), 8).hyperparameters
+    assert (hp.n_epochs, hp.batch_size, hp.learning_rate, hp.packing) == (3, 2, 2e-4, False)
+    assert (hp.micro_batch_size, hp.gradient_accumulation_steps) == (2, 1)
+    assert hp.lr_scheduler == "cosine" and hp.warmup_ratio == 0.0
+    for worker_choice in ("gradient_checkpointing", "precision", "attention", "eval_steps", "save_steps"):
+        assert getattr(hp, worker_choice) == "auto"  # the training child decides
+    assert resolve_spec(spec(stage="pt"), 8).hyperparameters.packing is True
+    assert resolve_spec(spec(stage="dpo"), 8).hyperparameters.learning_rate == 5e-6
+    assert resolve_spec(spec(method={"type": "full"}), 8).hyperparameters.learning_rate == 2e-5
+    big = resolve_spec(spec(hyperparameters={"batch_size": 32, "gradient_accumulation_steps": 4}), 100_000)
+    assert (big.hyperparameters.n_epochs, big.hyperparameters.micro_batch_size) == (1, 8)
+    odd = resolve_spec(spec(hyperparameters={"gradient_accumulation_steps": 3}), 40).hyperparameters
+    assert (odd.batch_size, odd.gradient_accumulation_steps) == (6, 3)  # auto 8, down to a multiple of 3
 
 
-def test_auto_interval() -> None:
-    assert [auto_interval(n) for n in (1, 4, 10, 400, 10_000)] == [1, 1, 3, 100, 500]
+def test_an_unresolved_spec_is_not_a_training_spec() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ResolvedJobSpec.model_validate(spec().model_dump(mode="json"))
+    assert "hyperparameters.n_epochs" in str(caught.value) and "hyperparameters.packing" in str(caught.value)
+
+
+def test_the_stored_spec_keeps_what_was_submitted_and_the_child_gets_the_resolved_values() -> None:
+    submitted = spec(hyperparameters={"save_steps": 10})
+    stored = stored_spec(submitted, 8)
+    assert stored["hyperparameters"]["batch_size"] == "auto"  # worker/runner.py: may an OOM retry shrink it?
+    assert JobSpec.model_validate({k: v for k, v in stored.items() if k != "resolved_hyperparameters"}) == submitted
+    child = training_spec({**stored, "token_stats": {"rows": 8}})
+    assert child.hyperparameters == resolve_spec(submitted, 8).hyperparameters
+    assert child.hyperparameters.save_steps == 10
+    retry = training_spec(stored, {"batch_size": 2, "gradient_accumulation_steps": 2})
+    assert (retry.hyperparameters.micro_batch_size, retry.hyperparameters.gradient_accumulation_steps) == (1, 2)
+
+
+def test_step_intervals() -> None:
+    auto = spec().hyperparameters
+    assert [step_intervals(auto, n, 5)[0] for n in (1, 4, 10, 400, 10_000)] == [1, 1, 3, 100, 500]
+    assert step_intervals(auto, 12, 4) == (3, 4)  # eval: once per epoch
+    assert step_intervals(auto, 3, 4) == (1, 3)  # a run shorter than an epoch evaluates at its end
+    never = spec(hyperparameters={"save_steps": 0, "eval_steps": None}).hyperparameters
+    assert step_intervals(never, 12, 4) == (None, None)
+    fixed = spec(hyperparameters={"save_steps": 7, "eval_steps": 2}).hyperparameters
+    assert step_intervals(fixed, 12, 4) == (7, 2)
