@@ -145,8 +145,8 @@ def run_api(path: Path, work: Path) -> dict[str, Any]:
            "TUNEQUEUE_ENVIRONMENT": "test"}
     os.environ.update(env)
     from common import auth
-    from common.db_setup import upgrade_database
     from common.db import session_scope
+    from common.db_setup import upgrade_database
 
     upgrade_database(url)
     with session_scope() as session:
