@@ -10,10 +10,10 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from common.settings import Settings
 from tests.support.serving import PHRASE, PHRASE_MESSAGES
 from worker.serve.app import create_app
-from worker.serve.config import ServeSettings
-from worker.serve.runtime import Runtime
+from worker.serve.server import ModelServer
 from worker.serve.text import StopMatcher
 
 pytestmark = pytest.mark.filterwarnings(
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 @pytest.fixture(scope="module")
-def http(serve_settings: ServeSettings, runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(serve_settings, runtime)) as client:
+def http(serve_settings: Settings, model_server: ModelServer) -> Iterator[TestClient]:
+    with TestClient(create_app(serve_settings, model_server)) as client:
         yield client
 
 

@@ -17,13 +17,13 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
+from common.settings import Settings
 from tests.support.adapters import random_adapter
 from tests.support.servers import free_port
 from tests.support.serving import publish
 from worker.serve.app import create_app
 from worker.serve.catalog import Catalog
-from worker.serve.config import ServeSettings
-from worker.serve.runtime import Runtime
+from worker.serve.server import ModelServer
 
 pytestmark = pytest.mark.filterwarnings(
     # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model; not ours
@@ -78,15 +78,15 @@ def vllm() -> Iterator[FakeVllm]:
 
 
 def test_vllm_backend_loads_evicts_and_refuses(vllm: FakeVllm, tiny_model: Path, tmp_path: Path) -> None:
-    settings = ServeSettings(base_models={"tiny-llama": {"path": str(tiny_model), "template": "chatml"}},
-                             serve_backend="vllm", serve_vllm_url=f"http://127.0.0.1:{vllm.port}",
-                             serve_max_adapters=2)
-    runtime = Runtime(settings, catalog=Catalog(settings, lookup=lambda _: None))
+    settings = Settings(base_models={"tiny-llama": {"path": str(tiny_model), "template": "chatml"}},
+                        serve_backend="vllm", serve_vllm_url=f"http://127.0.0.1:{vllm.port}",
+                        serve_max_adapters=2)
+    model_server = ModelServer(settings, catalog=Catalog(settings, lookup=lambda _: None))
     ids = []
     for i, r in enumerate([8, 8, 8, 32]):
         ids.append(f"ft:tiny-llama:v{i}:ftjob-vllm{i}")
-        publish(runtime, random_adapter(tiny_model, tmp_path / f"a{i}", seed=i, r=r), ids[-1])
-    with TestClient(create_app(settings, runtime)) as http:
+        publish(model_server, random_adapter(tiny_model, tmp_path / f"a{i}", seed=i, r=r), ids[-1])
+    with TestClient(create_app(settings, model_server)) as http:
         def chat(model: str, **kw: Any) -> Any:
             return http.post("/v1/chat/completions",
                              json={"model": model, "messages": [{"role": "user", "content": "x"}], **kw})
@@ -104,10 +104,10 @@ def test_vllm_backend_loads_evicts_and_refuses(vllm: FakeVllm, tiny_model: Path,
         assert refused.status_code == 400 and "max-lora-rank" in refused.json()["error"]["message"]
         assert ids[3] not in vllm.names("load")
 
-        runtime.on_event({"event": "deleted", "model": ids[0]})
+        model_server.on_event({"event": "deleted", "model": ids[0]})
         deadline = time.monotonic() + 5
         while ids[0] not in vllm.names("unload") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert vllm.names("unload") == [ids[1], ids[0]]
         assert chat(ids[0]).status_code == 404
-        assert not runtime.pool.loaded  # vLLM holds the models; serve loads none
+        assert not model_server.pool.loaded  # vLLM holds the models; serve loads none
