@@ -35,7 +35,8 @@ _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 class UnusableTemplate(InvalidRequest):
-    """The base model's chat template cannot mark the trained tokens (or it has none, or an unknown one)."""
+    """The trained tokens cannot be marked for this base model: its chat template has no generation markers, it
+    has none, it is registered with one this server does not know, or its tokenizer has no fast version."""
 
     code = "unsupported_on_worker"
 
