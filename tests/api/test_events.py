@@ -207,7 +207,8 @@ def test_progress_survives_a_redis_flush_and_returns_at_the_next_step(client, te
     assert truth["progress"]["loss"] == p["loss"] and truth["estimated_finish"] == job["estimated_finish"]
 
     r.handle(progress(3))
-    assert ProgressChannel().read_progress(job_id)["step"] == 3, "the live view is back at the next step"
+    back = ProgressChannel().read_progress(job_id)
+    assert back is not None and back["step"] == 3, "the live view is back at the next step"
     assert client.get(f"/jobs/{job_id}", headers=auth(key)).json()["progress"]["step"] == 3
     finish(job_id, attempt)
     done = client.get(f"/jobs/{job_id}", headers=auth(key)).json()
@@ -226,7 +227,7 @@ def test_a_live_view_left_by_an_earlier_attempt_is_not_shown(client, tenant, mon
     lose_lease(job_id)
     second = claim(job_id)
     left = ProgressChannel().read_progress(job_id)
-    assert (left["attempt"], left["step"]) == (first, 6)
+    assert left is not None and (left["attempt"], left["step"]) == (first, 6)
     p = client.get(f"/jobs/{job_id}", headers=auth(key)).json()["progress"]
     assert (p["attempt"], p["step"]) == (first, 5), "Postgres' last record, not the earlier attempt's live view"
     relay(job_id, tenant_id, second).handle(progress(2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import openai
 import pytest
@@ -46,18 +47,24 @@ def test_learning_rate_multiplier_scales_the_lora_default(sdk: openai.OpenAI) ->
     assert sdk.fine_tuning.jobs.retrieve(job.id).model_dump()["hyperparameters"]["learning_rate"] == pytest.approx(1e-4)
 
 
+def _body(error: openai.APIStatusError) -> dict[str, Any]:
+    """The OpenAI error body (the SDK types it as `object`)."""
+    assert isinstance(error.body, dict), error.body
+    return error.body
+
+
 def test_sdk_errors(sdk: openai.OpenAI) -> None:
     file_id = sdk.files.create(file=("t.jsonl", io.BytesIO(jsonl(chat_rows(4)))), purpose="fine-tune").id
     with pytest.raises(openai.BadRequestError) as bad_model:
         sdk.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=file_id)
-    assert bad_model.value.body["param"] == "base_model" and "tiny-llama" in bad_model.value.body["message"]
+    assert _body(bad_model.value)["param"] == "base_model" and "tiny-llama" in _body(bad_model.value)["message"]
     with pytest.raises(openai.UnprocessableEntityError) as unknown:
         sdk.fine_tuning.jobs.create(model="tiny-llama", training_file=file_id,
-                                    hyperparameters={"n_epochs": 2, "warp_speed": 9})  # type: ignore[typeddict-unknown-key]
-    assert unknown.value.body["param"] == "hyperparameters.warp_speed"
+                                    hyperparameters={"n_epochs": 2, "warp_speed": 9})  # type: ignore[arg-type]
+    assert _body(unknown.value)["param"] == "hyperparameters.warp_speed"
     with pytest.raises(openai.UnprocessableEntityError) as bad_suffix:
         sdk.fine_tuning.jobs.create(model="tiny-llama", training_file=file_id, suffix="No Spaces Please")
-    assert bad_suffix.value.body["param"] == "suffix"
+    assert _body(bad_suffix.value)["param"] == "suffix"
     with pytest.raises(openai.NotFoundError):
         sdk.fine_tuning.jobs.retrieve("ftjob-nope")
     with pytest.raises(openai.NotFoundError):
