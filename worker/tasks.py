@@ -1,4 +1,5 @@
-"""Thin tasks: load by id, hand to a plain function."""
+"""The Celery tasks: each hands the job id to a plain function that does the work (and that tests call
+directly, without Celery)."""
 
 from common.queue import RUN_JOB_TASK, VALIDATE_JOB_TASK
 from worker.celery_app import app
@@ -12,5 +13,5 @@ def run(job_id: str) -> str:
 
 
 @app.task(name=VALIDATE_JOB_TASK)
-def validate(job_id: str) -> str:
+def check_files(job_id: str) -> str:
     return check_job_files(job_id)
