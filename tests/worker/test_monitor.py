@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from common.db import session_scope
 from common.ids import new_id
 from common.models import Job, JobEvent
 from common.progress import ProgressChannel, get_redis, worker_key
 from common.settings import get_settings
-from tests.support.jobs import claim, finish, progress, queued_job, relay
+from tests.support.jobs import claim, finish, lose_lease, progress, queued_job, relay
 from tests.support.nvml import MIB, Card, StandInNVML
 from tests.support.waiting import wait_until
 from worker import monitor as monitor_module
@@ -243,8 +243,7 @@ def test_a_stale_relay_writes_nothing_after_the_job_was_requeued(tenant) -> None
     old = relay(job_id, tenant_id, first)
     old.handle(progress(1))
     old.handle({"type": "log", "level": "warning", "message": "first attempt speaking"})
-    with session_scope() as session:  # the reaper requeues after a lost lease; another worker claims it
-        session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+    lose_lease(job_id)  # the reaper requeues after a lost lease; another worker claims it
     second = claim(job_id)
     new = relay(job_id, tenant_id, second)
     new.handle(progress(1))
