@@ -56,7 +56,7 @@ def last_loss(log_history: list[dict[str, Any]]) -> float | None:
 def run_tunequeue(cfg: dict[str, Any]) -> dict[str, Any]:
     import io
 
-    from common.schemas.job_spec import JobSpec, resolved_hyperparameters
+    from common.schemas.job_spec import JobSpec, resolve_spec
     from worker.train.config import JobConfig
     from worker.train.reporter import Reporter
     from worker.train.run import train
@@ -73,8 +73,7 @@ def run_tunequeue(cfg: dict[str, Any]) -> dict[str, Any]:
         "seed": 42,
     })
     job = JobConfig.model_validate({
-        "job_id": "ftjob-bench", "spec": spec.model_dump(mode="json"),
-        "hyperparameters": resolved_hyperparameters(spec, cfg["rows"]),
+        "job_id": "ftjob-bench", "spec": resolve_spec(spec, cfg["rows"]).model_dump(mode="json"),
         "base_model": {"id": "bench", "path": cfg["model"], "template": "chatml"},
         "training_file": cfg["jsonl"], "output_dir": cfg["out"],
     })

@@ -18,6 +18,7 @@ from common.datasets.convert import iter_stage_rows
 from common.errors import JobFailure
 from common.models import Checkpoint, File, Job, Model
 from common.registry import local_path
+from common.schemas.job_spec import training_spec
 from common.settings import Settings
 from worker.checkpoints import fetch_checkpoint, newest_checkpoint
 
@@ -92,7 +93,7 @@ def _init_adapter(session: Session, store: LocalArtifactStore, job: Job, dest: P
 def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Settings, job: Job, attempt: int,
                     *, oom_retry: int = 0, overrides: dict[str, Any] | None = None) -> Prepared:
     """`oom_retry` counts the attempt's restarts after a CUDA OOM; `overrides` patch the resolved
-    hyperparameters with the retry's smaller micro-batch."""
+    hyperparameters (common/schemas/job_spec.py `training_spec`) with the retry's smaller micro-batch."""
     base_model = _base_model(settings, job)
     retry = f"-oom-retry-{oom_retry}" if oom_retry else ""
     job_dir = settings.work_path / job.id / f"attempt-{attempt}{retry}"
@@ -116,12 +117,10 @@ def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Setti
 
     resume_dir, resumed_step = _resume_point(session, store, job, job_dir / "resume")
     init_adapter = _init_adapter(session, store, job, job_dir / "init_adapter")
-    hyperparameters = {**job.spec["resolved_hyperparameters"], **(overrides or {})}
     config: dict[str, Any] = {
         "job_id": job.id,
         "attempt": attempt,
-        "spec": {k: v for k, v in job.spec.items() if k not in ("resolved_hyperparameters", "token_stats")},
-        "hyperparameters": hyperparameters,
+        "spec": training_spec(job.spec, overrides).model_dump(mode="json"),
         "base_model": base_model,
         "training_file": str(job_dir / "train.jsonl"),
         "validation_file": str(validation_path) if validation_path else None,

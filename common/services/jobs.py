@@ -17,7 +17,7 @@ from common.ids import new_id
 from common.models import File, Job
 from common.queue import enqueue_job
 from common.registry import resolve
-from common.schemas.job_spec import JobSpec, resolved_hyperparameters
+from common.schemas.job_spec import JobSpec, stored_spec
 from common.services.queries import get_owned, paginate
 from common.settings import Settings
 
@@ -73,8 +73,7 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
     train = _check_file(session, tenant_id, spec.training_file, param="training_file", stage=spec.stage)
     if spec.validation_file:
         _check_file(session, tenant_id, spec.validation_file, param="validation_file", stage=spec.stage)
-    stored = spec.model_dump(mode="json")
-    stored["resolved_hyperparameters"] = resolved_hyperparameters(spec, train.row_count)
+    stored = stored_spec(spec, train.row_count)
     job = Job(
         id=new_id("ftjob"), tenant_id=tenant_id, base_model=spec.base_model, training_file_id=spec.training_file,
         validation_file_id=spec.validation_file, spec=stored, status="validating_files", attempt=0,

@@ -53,6 +53,7 @@ def make_job_row(tenant_id: str, status: str = "queued") -> str:
     """A job row straight in the table (no file upload, no enqueue), for state-machine tests."""
     from common.ids import new_id
     from common.models import File, Job
+    from common.schemas.job_spec import JobSpec, stored_spec
 
     with session_scope() as session:
         file = File(id=new_id("file"), tenant_id=tenant_id, filename="x.jsonl", storage_key="files/none",
@@ -60,6 +61,7 @@ def make_job_row(tenant_id: str, status: str = "queued") -> str:
         session.add(file)
         session.flush()
         job = Job(id=new_id("ftjob"), tenant_id=tenant_id, base_model="tiny-llama", training_file_id=file.id,
-                  spec={"stage": "sft"}, status=status, attempt=0)
+                  spec=stored_spec(JobSpec(base_model="tiny-llama", training_file=file.id), 1), status=status,
+                  attempt=0)
         session.add(job)
         return job.id

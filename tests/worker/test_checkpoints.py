@@ -147,7 +147,7 @@ def test_oom_retry_override_trains_the_same_effective_batch(tmp_path, tiny_model
     whole = train(load_job(write_job_dir(tmp_path / "a", tiny_model_dir, rows, n_epochs=1, batch_size=4,
                                          lora=no_dropout)), Reporter(io.StringIO()))
     halved_job = load_job(write_job_dir(tmp_path / "b", tiny_model_dir, rows, n_epochs=1, batch_size=4, lora=no_dropout,
-                                        resolved={"micro_batch_size": 2, "gradient_accumulation_steps": 2}))
+                                        resolved={"batch_size": 4, "gradient_accumulation_steps": 2}))
     reporter = Reporter(io.StringIO())
     halved = train(halved_job, reporter)
     first = reporter.events[0]

@@ -145,7 +145,7 @@ def test_dpo_loss_variants_widen_the_margin(tmp_path: Path, tiny_model_dir: Path
 
 def test_pt_packs_text_into_windows_and_learns(tmp_path: Path, tiny_model_dir: Path) -> None:
     job, result = run_stage(tmp_path, tiny_model_dir, "pt", "lora", max_seq_length=32, batch_size=2)
-    assert job.hyperparameters.packing  # auto: on for pt
+    assert job.spec.hyperparameters.packing  # auto: on for pt
     tokenizer = load_tokenizer(job.base_model)
     stage = make_stage(job, tokenizer, None)
     windows = stage.prepare(lambda message: None).train

@@ -1,57 +1,24 @@
 """What the worker parent hands the training child: `<job_dir>/job.json`, parsed once into `JobConfig`.
 
 Keys this child does not know are ignored, so a newer parent can add fields (checkpoint settings, say)
-before the child reads them. Everything the child does read is validated here.
+before the child reads them. Everything the child does read is validated here; the spec strictly, by the same
+model the API validated it with (common/schemas/job_spec.py).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.schemas.job_spec import JobSpec
+from common.schemas.job_spec import ResolvedJobSpec
 
 JOB_FILE = "job.json"
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
-
-
-class TrainHyperparameters(_Lenient):
-    """Hyperparameters with the data-dependent "auto" values resolved by the parent (`resolved_hyperparameters`);
-    precision, attention and gradient_checkpointing may still be "auto" (the worker decides, see runtime.py).
-    Older parents wrote fewer keys: everything past the first four has the spec's default."""
-
-    n_epochs: int = Field(ge=1, le=100, description="Passes over the training rows.")
-    batch_size: int = Field(ge=1, le=1024, description="Rows per optimizer step (micro batch × accumulation).")
-    learning_rate: float = Field(gt=0, le=1, description="Peak learning rate.")
-    max_seq_length: int = Field(ge=16, description="Tokens kept per row; longer rows are cut at the end.")
-    logging_steps: int = Field(default=1, ge=1, description="Emit a progress event every this many steps.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (overrides epochs).")
-    micro_batch_size: int | None = Field(default=None, ge=1, description="Rows per forward pass; None: batch_size "
-                                         "/ gradient_accumulation_steps. Set by the parent's OOM retry.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro batches per optimizer step.")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "linear"
-    warmup_ratio: float = Field(default=0.0, ge=0.0, le=0.5)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    max_grad_norm: float = Field(default=1.0, ge=0.0)
-    packing: bool = False
-    gradient_checkpointing: bool | Literal["auto"] = "auto"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = "adamw"
-    neftune_noise_alpha: float | None = None
-    eval_steps: int | Literal["auto"] | None = Field(default="auto", description="None: never evaluate.")
-    save_steps: int | Literal["auto"] | None = Field(default=None, description="None or 0: no checkpoints.")
-    early_stopping_patience: int | None = None
-
-    @property
-    def micro_batch(self) -> int:
-        return self.micro_batch_size or max(1, self.batch_size // self.gradient_accumulation_steps)
 
 
 class Fault(_Lenient):
@@ -69,7 +36,7 @@ class BaseModelRef(_Lenient):
     trust_remote_code: bool = Field(default=False, description="Run the model's own Python code. Admin-only.")
     template: str | None = Field(
         default=None,
-        description="A template name from worker.train.templates (e.g. 'chatml'); None: the tokenizer's own.",
+        description="A template name from common/text/templates.py (e.g. 'chatml'); None: the tokenizer's own.",
     )
 
 
@@ -78,8 +45,8 @@ class JobConfig(_Lenient):
 
     job_id: str = Field(description="ftjob-…; used in messages only.")
     attempt: int = Field(default=1, ge=1, description="The claim epoch; used in messages only.")
-    spec: JobSpec = Field(description="The job spec as submitted (may still hold 'auto' values).")
-    hyperparameters: TrainHyperparameters
+    spec: ResolvedJobSpec = Field(description="The job spec with its resolved hyperparameters "
+                                  "(common/schemas/job_spec.py `training_spec`).")
     base_model: BaseModelRef
     training_file: Path = Field(description="Absolute path of the chat JSONL to train on.")
     validation_file: Path | None = Field(default=None, description="Optional chat JSONL for a loss per epoch.")

@@ -1,8 +1,13 @@
 """One training attempt end to end: `train(job, reporter)`, a plain function that tests and the benchmark call.
 
-decide_runtime → tokenizer and template → the stage prepares its rows → base model → method (adapter, full,
-freeze) → reference pass (dpo, kto) → `StageTrainer.train()` (resuming when the parent fetched a checkpoint)
-→ the published weights (+ a merged model) → the result event.
+It runs in four steps, each a function below:
+
+1. `plan_attempt`: the device choices (worker/train/runtime.py), the validation split, the tokenizer and chat
+   template, the stage's prepared rows, and from their number the step count and the save/eval cadence;
+2. `load_model`: the base model, the method (adapter, full, freeze) and the reference pass (dpo, kto);
+3. `build_trainer`: the `TrainingArguments` and the `StageTrainer` with the progress callback;
+4. `run_trainer`: the first log event, `StageTrainer.train()` (resuming when the parent fetched a checkpoint),
+   the published weights (+ a merged model) and the result event.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
-from common.schemas.job_spec import ADAPTER_METHODS, auto_interval
+from common.schemas.job_spec import ADAPTER_METHODS, ResolvedHyperparameters, step_intervals
 from common.text.templates import resolve_chat_template
 from worker.train.callbacks import ProgressCallback
 from worker.train.config import JobConfig
@@ -25,7 +30,7 @@ from worker.train.errors import TrainingCancelled, TrainingPreempted
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method, quantization_config
 from worker.train.reporter import Reporter
-from worker.train.runtime import Runtime, decide_runtime, needs_gradient_checkpointing
+from worker.train.runtime import DeviceChoices, decide_device_choices, needs_gradient_checkpointing
 from worker.train.saving import save_merged, save_published
 from worker.train.stages import make_stage
 from worker.train.stages.base import RowDataset, Stage, StageData, StageTrainer
@@ -79,49 +84,153 @@ def split_validation(job: JobConfig) -> JobConfig:
                                   "validation_file": folder / "validation.jsonl"})
 
 
-def plan_steps(job: JobConfig, rows: int) -> tuple[int, int | None, int | None]:
-    """(total steps, save interval, eval interval) for the real number of training rows (packing changes it).
-    'auto' intervals are recomputed here with the API's own rule."""
-    hp, spec_hp = job.hyperparameters, job.spec.hyperparameters
-    per_epoch = max(1, math.ceil(math.ceil(rows / hp.micro_batch) / hp.gradient_accumulation_steps))
+def plan_steps(hp: ResolvedHyperparameters, rows: int) -> tuple[int, int | None, int | None]:
+    """(total steps, save interval, eval interval) for the real number of training rows (packing changes it),
+    with the spec's rule for the "auto" intervals (common/schemas/job_spec.py `step_intervals`)."""
+    per_epoch = max(1, math.ceil(math.ceil(rows / hp.micro_batch_size) / hp.gradient_accumulation_steps))
     total = hp.max_steps or per_epoch * hp.n_epochs
-    save = auto_interval(total) if "auto" in (spec_hp.save_steps, hp.save_steps) else hp.save_steps
-    evaluate = min(per_epoch, total) if "auto" in (spec_hp.eval_steps, hp.eval_steps) else hp.eval_steps
-    return total, save if isinstance(save, int) and save else None, \
-        evaluate if isinstance(evaluate, int) and evaluate else None
+    save, evaluate = step_intervals(hp, total, per_epoch)
+    return total, save, evaluate
 
 
-def training_arguments(job: JobConfig, runtime: Runtime, *, save_steps: int | None, eval_steps: int | None,
-                       has_eval: bool, gradient_checkpointing: bool, group_by_length: bool) -> TrainingArguments:
-    hp = job.hyperparameters
+@dataclass
+class Plan:
+    """What the attempt will do, decided before any weights load."""
+
+    job: JobConfig  # with spec.validation_split applied
+    device: DeviceChoices
+    tokenizer: Any
+    stage: Stage
+    data: StageData
+    padding_free: bool
+    total_steps: int
+    save_steps: int | None  # None: no checkpoints
+    eval_steps: int | None  # None: no evaluation
+
+    def describe_cadence(self) -> str:
+        saves = f"a checkpoint every {self.save_steps} steps" if self.save_steps else "no checkpoints"
+        if not self.data.eval:
+            return saves
+        evaluates = f"evaluation every {self.eval_steps} steps" if self.eval_steps else "no evaluation"
+        return f"{saves}, {evaluates}"
+
+
+def plan_attempt(job: JobConfig, reporter: Reporter, *, padding_free: bool | None = None) -> Plan:
+    device = decide_device_choices(job.spec)
+    set_seed(job.spec.seed)
+    job = split_validation(job)
+    tokenizer = load_tokenizer(job.base_model)
+    template = None
+    if job.spec.stage != "pt":
+        template = resolve_chat_template(tokenizer, job.spec.template or job.base_model.template, job.base_model.id)
+        tokenizer.chat_template = template  # saved with the adapter, so serving renders chats the same way
+    if padding_free is None:
+        padding_free = device.attention == "flash_attention_2"
+    stage = make_stage(job, tokenizer, template, padding_free=padding_free)
+    data = stage.prepare(lambda message: reporter.log(message, "warning"))
+    total, save_steps, eval_steps = plan_steps(job.spec.hyperparameters, len(data.train))
+    return Plan(job, device, tokenizer, stage, data, padding_free, total, save_steps, eval_steps)
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def reference_pass(stage: Stage, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
+                   device: DeviceChoices) -> None:
+    """Score every row with the model as it starts training (eval mode, no grad): that is the reference policy
+    of DPO and KTO — the base model for a fresh adapter, the loaded adapter for from_model, the initial weights
+    for full/freeze. Computed again on resume, before the checkpoint's weights are loaded, so it is the same."""
+    where = next(model.parameters()).device
+    if device.device == "cuda" and where.type != "cuda":  # a quantized model is already there (and cannot move)
+        where = torch.device("cuda")
+        model.to(where)
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast(where.type, dtype=device.autocast_dtype, enabled=device.autocast_dtype is not None)
+    with torch.no_grad(), autocast:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            batch = {key: value.to(where) if isinstance(value, torch.Tensor) else value
+                     for key, value in stage.collate(chunk).items()}
+            for row, values in zip(chunk, stage.reference_pass(model, batch).tolist(), strict=True):
+                row["reference"] = values
+    model.train(was_training)
+
+
+@dataclass
+class Loaded:
+    """The model that trains, with what loading it decided."""
+
+    model: torch.nn.Module
+    base_params: int
+    gradient_checkpointing: bool
+    pissa_init_dir: Path | None  # the PiSSA adapter before training, to publish a plain LoRA from
+
+
+def load_model(plan: Plan, reporter: Reporter) -> Loaded:
+    job, device, stage = plan.job, plan.device, plan.stage
+    spec, hp, method = job.spec, job.spec.hyperparameters, job.spec.method
+    adapter = method.type in ADAPTER_METHODS
+    base = load_base_model(
+        job.base_model, dtype=device.weights_dtype(adapter), reward_model=stage.task_type == "SEQ_CLS",
+        attention=device.attention, pad_token_id=plan.tokenizer.pad_token_id, seed=spec.seed,
+        quantization=quantization_config(method, device.autocast_dtype or torch.bfloat16),
+    )
+    base_params = base.num_parameters()
+    checkpointing = device.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = needs_gradient_checkpointing(base, hp.micro_batch_size, hp.max_seq_length, device.precision)
+    model = apply_method(base, method, seed=spec.seed, task_type=stage.task_type,
+                         warn=lambda message: reporter.log(message, "warning"),
+                         init_adapter_dir=job.init_adapter_dir, gradient_checkpointing=checkpointing)
+    pissa_init = None
+    if adapter and job.init_adapter_dir is None and method.lora is not None and method.lora.init == "pissa":
+        pissa_init = job.output_dir.absolute() / "pissa-init"
+        save_published(model, plan.tokenizer, pissa_init)
+    if spec.stage in ("dpo", "kto"):
+        _disable_dropout(model)  # the policy and its reference must agree at step 0 (TRL does the same)
+    if stage.reference:
+        reference_pass(stage, model, plan.data.train, hp.micro_batch_size, device)
+        if plan.data.eval:
+            reference_pass(stage, model, plan.data.eval, hp.micro_batch_size, device)
+    return Loaded(model, base_params, checkpointing, pissa_init)
+
+
+def training_arguments(plan: Plan, *, gradient_checkpointing: bool, group_by_length: bool) -> TrainingArguments:
+    job, device = plan.job, plan.device
+    hp = job.spec.hyperparameters
+    evaluates = bool(plan.data.eval and plan.eval_steps)
     return TrainingArguments(
         output_dir=str(job.checkpoints_dir.absolute()),
         num_train_epochs=hp.n_epochs,
         max_steps=hp.max_steps or -1,
-        per_device_train_batch_size=hp.micro_batch,
-        per_device_eval_batch_size=hp.micro_batch,
+        per_device_train_batch_size=hp.micro_batch_size,
+        per_device_eval_batch_size=hp.micro_batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         lr_scheduler_type=hp.lr_scheduler if hp.lr_scheduler != "constant" else "constant_with_warmup",
-        warmup_steps=hp.warmup_ratio,
+        warmup_steps=hp.warmup_ratio,  # a float below 1 is a fraction of the steps
         weight_decay=hp.weight_decay,
         max_grad_norm=hp.max_grad_norm,
-        optim=runtime.optimizer,
+        optim=device.optimizer,
         logging_strategy="steps",
         logging_steps=hp.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps" if has_eval and eval_steps else "no",
-        eval_steps=eval_steps if has_eval and eval_steps else None,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
+        eval_strategy="steps" if evaluates else "no",
+        eval_steps=plan.eval_steps if evaluates else None,
+        save_strategy="steps" if plan.save_steps else "no",
+        save_steps=plan.save_steps or 500,
         save_total_limit=CHECKPOINTS_KEPT,
         report_to="none",
         disable_tqdm=True,
         activation_checkpointing=gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        bf16=runtime.precision == "bf16",
-        fp16=runtime.precision == "fp16",
-        use_cpu=runtime.device == "cpu",
+        bf16=device.precision == "bf16",
+        fp16=device.precision == "fp16",
+        use_cpu=device.device == "cpu",
         seed=job.spec.seed,
         data_seed=job.spec.seed,
         neftune_noise_alpha=hp.neftune_noise_alpha,
@@ -133,32 +242,28 @@ def training_arguments(job: JobConfig, runtime: Runtime, *, save_steps: int | No
     )
 
 
-def reference_pass(stage: Stage, model: torch.nn.Module, rows: list[dict[str, Any]], batch_size: int,
-                   runtime: Runtime) -> None:
-    """Score every row with the model as it starts training (eval mode, no grad): that is the reference policy
-    of DPO and KTO — the base model for a fresh adapter, the loaded adapter for from_model, the initial weights
-    for full/freeze. Computed again on resume, before the checkpoint's weights are loaded, so it is the same."""
-    device = next(model.parameters()).device
-    if runtime.device == "cuda" and device.type != "cuda":  # a quantized model is already there (and cannot move)
-        device = torch.device("cuda")
-        model.to(device)
-    was_training = model.training
-    model.eval()
-    autocast = torch.autocast(device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None)
-    with torch.no_grad(), autocast:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
-                     for key, value in stage.collate(chunk).items()}
-            for row, values in zip(chunk, stage.reference_pass(model, batch).tolist(), strict=True):
-                row["reference"] = values
-    model.train(was_training)
-
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+def build_trainer(plan: Plan, loaded: Loaded, reporter: Reporter, stop: threading.Event,
+                  preempt: threading.Event | None, *, group_by_length: bool) -> tuple[StageTrainer, ProgressCallback]:
+    """`group_by_length` applies to unpacked sft/pt rows that are padded (not padding-free)."""
+    job, data = plan.job, plan.data
+    spec, hp, method = job.spec, job.spec.hyperparameters, job.spec.method
+    callback = ProgressCallback(
+        reporter, stop, preempt, evaluates=bool(data.eval and plan.eval_steps),
+        early_stopping_patience=hp.early_stopping_patience,
+        oom_at_step=job.fault.oom_at_step if job.fault else None,
+    )
+    group_by_length = group_by_length and spec.stage in ("sft", "pt") and not plan.padding_free and not hp.packing
+    args = training_arguments(plan, gradient_checkpointing=loaded.gradient_checkpointing,
+                              group_by_length=group_by_length)
+    trainer = StageTrainer(
+        model=loaded.model, args=args, train_dataset=RowDataset(data.train),
+        eval_dataset=RowDataset(data.eval) if data.eval else None, data_collator=plan.stage.collate,
+        processing_class=plan.tokenizer, callbacks=[callback], stage=plan.stage,
+        autocast_dtype=plan.device.autocast_dtype,
+        loraplus_lr_ratio=method.lora.loraplus_lr_ratio if method.type in ADAPTER_METHODS and method.lora else None,
+    )
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it print()s every log dict to stdout
+    return trainer, callback
 
 
 def _millions(n: int) -> str:
@@ -167,6 +272,55 @@ def _millions(n: int) -> str:
 
 def _trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _first_log(plan: Plan, loaded: Loaded) -> str:
+    job = plan.job
+    hp, method, resume = job.spec.hyperparameters, job.spec.method, job.resume_from_checkpoint
+    notes = "; ".join(plan.data.notes)
+    checkpointing = "on" if loaded.gradient_checkpointing else "off"
+    return (
+        f"loaded base model {job.base_model.id} ({_millions(loaded.base_params)} params), stage {job.spec.stage}: "
+        f"{plan.stage.describe(plan.data)}{'; ' + notes if notes else ''}; {plan.total_steps} steps of "
+        f"{hp.batch_size} ({hp.micro_batch_size} × {hp.gradient_accumulation_steps}), {plan.describe_cadence()}; "
+        f"training {_millions(_trainable(loaded.model))} {method.type} parameters; "
+        f"{plan.device.describe().replace('auto', checkpointing)}"
+        + (f"; resuming from {resume.name}" if resume else "")
+    )
+
+
+def run_trainer(plan: Plan, loaded: Loaded, trainer: StageTrainer, callback: ProgressCallback,
+                reporter: Reporter, stop: threading.Event) -> TrainResult:
+    """Train, then publish and report the result. Raises TrainingCancelled or TrainingPreempted."""
+    job, spec = plan.job, plan.job.spec
+    reporter.log(_first_log(plan, loaded))
+    if stop.is_set():
+        raise TrainingCancelled(0, plan.total_steps)
+    resume = job.resume_from_checkpoint
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = trainer.state
+    if callback.cancelled or stop.is_set():
+        raise TrainingCancelled(state.global_step, state.max_steps)
+    if callback.preempted:
+        raise TrainingPreempted(state.global_step, callback.last_checkpoint)
+
+    if job.checkpoints_dir.is_dir() and not any(job.checkpoints_dir.iterdir()):
+        job.checkpoints_dir.rmdir()  # the Trainer makes it even when it saves nothing
+    adapter = spec.method.type in ADAPTER_METHODS
+    adapter_dir = save_published(loaded.model, plan.tokenizer, job.adapter_dir.absolute(),
+                                 pissa_init_dir=loaded.pissa_init_dir)
+    merged_dir = None
+    if spec.publish.merged and adapter:
+        merged_dir = save_merged(job, adapter_dir, plan.tokenizer, reward_model=plan.stage.task_type == "SEQ_CLS",
+                                 dtype=plan.device.autocast_dtype or torch.float32)
+    result = TrainResult(
+        adapter_dir=adapter_dir, first_loss=callback.first_loss, last_loss=callback.last_loss,
+        train_loss=float(output.training_loss), trained_tokens=int(state.num_input_tokens_seen),
+        steps=state.global_step, stage=spec.stage, method=spec.method.type, merged_dir=merged_dir,
+        model=loaded.model, trainer=trainer,
+    )
+    reporter.result(**result.event_fields())
+    return result
 
 
 def train(job: JobConfig, reporter: Reporter, *, stop: threading.Event | None = None,
@@ -181,96 +335,7 @@ def train(job: JobConfig, reporter: Reporter, *, stop: threading.Event | None = 
     exist; `padding_free` forces either way. `group_by_length` batches rows of similar length (less padding,
     but batches no longer mix lengths; off by default, the benchmark measures it)."""
     stop = stop or threading.Event()
-    spec, hp, method = job.spec, job.hyperparameters, job.spec.method
-    runtime = decide_runtime(spec, hp)
-    adapter = method.type in ADAPTER_METHODS
-    set_seed(spec.seed)
-    job = split_validation(job)
-
-    tokenizer = load_tokenizer(job.base_model)
-    template = None
-    if spec.stage != "pt":
-        template = resolve_chat_template(tokenizer, spec.template or job.base_model.template, job.base_model.id)
-        tokenizer.chat_template = template  # saved with the adapter, so serving renders chats the same way
-
-    def warn(message: str) -> None:
-        reporter.log(message, "warning")
-
-    if padding_free is None:
-        padding_free = runtime.attention == "flash_attention_2"
-    stage = make_stage(job, tokenizer, template, padding_free=padding_free)
-    data: StageData = stage.prepare(warn)
-    total, save_steps, eval_steps = plan_steps(job, len(data.train))
-
-    base = load_base_model(
-        job.base_model, dtype=runtime.weights_dtype(adapter), reward_model=stage.task_type == "SEQ_CLS",
-        attention=runtime.attention, pad_token_id=tokenizer.pad_token_id, seed=spec.seed,
-        quantization=quantization_config(method, runtime.autocast_dtype or torch.bfloat16),
-    )
-    base_params = base.num_parameters()
-    checkpointing = runtime.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = needs_gradient_checkpointing(base, hp.micro_batch, hp.max_seq_length, runtime.precision)
-    model = apply_method(base, method, seed=spec.seed, task_type=stage.task_type, warn=warn,
-                         init_adapter_dir=job.init_adapter_dir, gradient_checkpointing=checkpointing)
-    pissa_init = None
-    if adapter and job.init_adapter_dir is None and method.lora is not None and method.lora.init == "pissa":
-        pissa_init = job.output_dir.absolute() / "pissa-init"
-        save_published(model, tokenizer, pissa_init)
-    if spec.stage in ("dpo", "kto"):
-        _disable_dropout(model)  # the policy and its reference must agree at step 0 (TRL does the same)
-    if stage.reference:
-        reference_pass(stage, model, data.train, hp.micro_batch, runtime)
-        if data.eval:
-            reference_pass(stage, model, data.eval, hp.micro_batch, runtime)
-
-    callback = ProgressCallback(
-        reporter, stop, preempt, evaluates=bool(data.eval and eval_steps),
-        early_stopping_patience=hp.early_stopping_patience,
-        oom_at_step=job.fault.oom_at_step if job.fault else None,
-    )
-    args = training_arguments(job, runtime, save_steps=save_steps, eval_steps=eval_steps,
-                              has_eval=bool(data.eval), gradient_checkpointing=checkpointing,
-                              group_by_length=group_by_length and spec.stage in ("sft", "pt") and not padding_free
-                              and not hp.packing)
-    trainer = StageTrainer(
-        model=model, args=args, train_dataset=RowDataset(data.train),
-        eval_dataset=RowDataset(data.eval) if data.eval else None, data_collator=stage.collate,
-        processing_class=tokenizer, callbacks=[callback], stage=stage, autocast_dtype=runtime.autocast_dtype,
-        loraplus_lr_ratio=method.lora.loraplus_lr_ratio if adapter and method.lora else None,
-    )
-    trainer.remove_callback(PrinterCallback)  # with tqdm off it print()s every log dict to stdout
-    resume = job.resume_from_checkpoint
-    notes = "; ".join(data.notes)
-    reporter.log(
-        f"loaded base model {job.base_model.id} ({_millions(base_params)} params), stage {spec.stage}: "
-        f"{stage.describe(data)}{'; ' + notes if notes else ''}; {total} steps of {hp.batch_size} "
-        f"({hp.micro_batch} × {hp.gradient_accumulation_steps}); training {_millions(_trainable(model))} "
-        f"{method.type} parameters; {runtime.describe().replace('auto', 'on' if checkpointing else 'off')}"
-        + (f"; resuming from {resume.name}" if resume else "")
-    )
-    if stop.is_set():
-        raise TrainingCancelled(0, total)
-
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    state = trainer.state
-    if callback.cancelled or stop.is_set():
-        raise TrainingCancelled(state.global_step, state.max_steps)
-    if callback.preempted:
-        raise TrainingPreempted(state.global_step, callback.last_checkpoint)
-
-    if job.checkpoints_dir.is_dir() and not any(job.checkpoints_dir.iterdir()):
-        job.checkpoints_dir.rmdir()  # the Trainer makes it even when it saves nothing
-    adapter_dir = save_published(model, tokenizer, job.adapter_dir.absolute(), pissa_init_dir=pissa_init)
-    merged_dir = None
-    if spec.publish.merged and adapter:
-        merged_dir = save_merged(job, adapter_dir, tokenizer, reward_model=stage.task_type == "SEQ_CLS",
-                                 dtype=runtime.autocast_dtype or torch.float32)
-    result = TrainResult(
-        adapter_dir=adapter_dir, first_loss=callback.first_loss, last_loss=callback.last_loss,
-        train_loss=float(output.training_loss), trained_tokens=int(state.num_input_tokens_seen),
-        steps=state.global_step, stage=spec.stage, method=method.type, merged_dir=merged_dir,
-        model=model, trainer=trainer,
-    )
-    reporter.result(**result.event_fields())
-    return result
+    plan = plan_attempt(job, reporter, padding_free=padding_free)
+    loaded = load_model(plan, reporter)
+    trainer, callback = build_trainer(plan, loaded, reporter, stop, preempt, group_by_length=group_by_length)
+    return run_trainer(plan, loaded, trainer, callback, reporter, stop)

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.schemas.job_spec import JobSpec
-from worker.train.config import TrainHyperparameters
+from common.schemas.job_spec import ResolvedJobSpec
 from worker.train.errors import TrainingError
 from worker.train.protocol import UNSUPPORTED_ON_WORKER
 
@@ -19,8 +18,9 @@ OPTIMIZERS_CUDA = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit",
 
 
 @dataclass(frozen=True)
-class Runtime:
-    """Decided once per attempt; `describe()` goes into the first log event."""
+class DeviceChoices:
+    """The device-dependent settings of one attempt, decided once by `decide_device_choices`; `describe()` goes
+    into the first log event."""
 
     device: str  # "cuda" | "cpu"
     precision: str  # "bf16" | "fp16" | "fp32": the autocast dtype (fp32: none)
@@ -54,8 +54,9 @@ def _refuse(needed: str, param: str, instead: str) -> TrainingError:
                          param=param)
 
 
-def decide_runtime(spec: JobSpec, hp: TrainHyperparameters, *, cuda: bool | None = None) -> Runtime:
+def decide_device_choices(spec: ResolvedJobSpec, *, cuda: bool | None = None) -> DeviceChoices:
     """Check what the job needs against this device and fill in the "auto" choices."""
+    hp = spec.hyperparameters
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if spec.method.type == "qlora":
         if not cuda:
@@ -91,7 +92,7 @@ def decide_runtime(spec: JobSpec, hp: TrainHyperparameters, *, cuda: bool | None
     optimizer = OPTIMIZERS_CUDA[hp.optimizer] if cuda else "adamw_torch"
     checkpointing = hp.gradient_checkpointing
     gradient_checkpointing = checkpointing if isinstance(checkpointing, bool) else (None if cuda else False)
-    return Runtime("cuda" if cuda else "cpu", precision, attention, optimizer, gradient_checkpointing)
+    return DeviceChoices("cuda" if cuda else "cpu", precision, attention, optimizer, gradient_checkpointing)
 
 
 def needs_gradient_checkpointing(model: torch.nn.Module, micro_batch: int, seq_len: int, precision: str) -> bool:

@@ -36,7 +36,7 @@ def as_messages(value: Any) -> list[dict[str, Any]]:
 def encode_truncated(stage: Stage, prompt: list[dict[str, Any]], completion: Any) -> tuple[list[int], list[int]]:
     assert stage.template is not None
     ids, mask = encode_completion(stage.tokenizer, prompt, as_messages(completion), stage.template)
-    window = stage.job.hyperparameters.max_seq_length
+    window = stage.job.spec.hyperparameters.max_seq_length
     return ids[:window], mask[:window]
 
 
@@ -53,7 +53,7 @@ def prepare_pairs(stage: Stage, path: Any, param: str, warn: Callable[[str], Non
         pairs.append({"index": index, "chosen_ids": chosen_ids, "chosen_mask": chosen_mask,
                       "rejected_ids": rejected_ids, "rejected_mask": rejected_mask})
     what = param.replace("_", " ")
-    window = stage.job.hyperparameters.max_seq_length
+    window = stage.job.spec.hyperparameters.max_seq_length
     if not pairs:
         raise TrainingError(INVALID_TRAINING_FILE, f"No pair of the {what} has an answer token within the first "
                             f"{window} tokens ({len(rows)} rows read); raise hyperparameters.max_seq_length or "

@@ -79,7 +79,7 @@ class LanguageModelling(Stage):
         self.padding_free = padding_free
 
     def prepare(self, warn: Callable[[str], None]) -> StageData:
-        hp = self.job.hyperparameters
+        hp = self.job.spec.hyperparameters
         train = self._rows(self.job.training_file, "training_file", warn)
         eval_rows = self._rows(self.job.validation_file, "validation_file", warn) if self.job.validation_file \
             else None
@@ -97,7 +97,7 @@ class LanguageModelling(Stage):
         raise NotImplementedError
 
     def _pack(self, rows: list[Row]) -> list[Row]:
-        return pack_rows(rows, self.job.hyperparameters.max_seq_length)
+        return pack_rows(rows, self.job.spec.hyperparameters.max_seq_length)
 
     def collate(self, rows: list[Row]) -> Batch:
         if self.padding_free and len(rows) > 1:
@@ -141,7 +141,7 @@ class Sft(LanguageModelling):
 
     def _rows(self, path: Any, param: str, warn: Callable[[str], None]) -> list[Row]:
         assert self.template is not None
-        data = prepare_chat_data(path, self.tokenizer, self.template, self.job.hyperparameters.max_seq_length,
+        data = prepare_chat_data(path, self.tokenizer, self.template, self.job.spec.hyperparameters.max_seq_length,
                                  param=param, warn=warn, train_on_inputs=self.job.spec.train_on_inputs)
         return data.rows_as_dicts()
 
@@ -164,9 +164,9 @@ class Pretraining(LanguageModelling):
         if not docs:
             raise TrainingError(INVALID_TRAINING_FILE, f"The {param.replace('_', ' ')} has no text to train on; "
                                 'each line must be {"text": "..."} with some text.', param=param)
-        if self.job.hyperparameters.packing:
+        if self.job.spec.hyperparameters.packing:
             return [{"input_ids": doc, "labels": list(doc)} for doc in docs]
-        window = self.job.hyperparameters.max_seq_length
+        window = self.job.spec.hyperparameters.max_seq_length
         cut = sum(len(doc) > window for doc in docs)
         if cut:
             warn(f"{cut} of {len(docs)} texts are longer than max_seq_length ({window} tokens) and were cut at "
@@ -174,7 +174,7 @@ class Pretraining(LanguageModelling):
         return [{"input_ids": doc[:window], "labels": doc[:window]} for doc in docs]
 
     def _pack(self, rows: list[Row]) -> list[Row]:
-        return chunk_stream([row["input_ids"] for row in rows], self.job.hyperparameters.max_seq_length)
+        return chunk_stream([row["input_ids"] for row in rows], self.job.spec.hyperparameters.max_seq_length)
 
     def describe(self, data: StageData) -> str:
         return f"training on all {data.tokens} tokens"
