@@ -3,17 +3,17 @@
 Every status change is an event fired at the job's current status; `TRANSITIONS` says where each legal
 (status, event) pair leads, and `transition` refuses every other pair. Each change writes a `state` event.
 
-    status             event          → status     fired by
-    validating_files   files_checked  → queued     worker/check_job_files.py (mark_queued)
-    validating_files   reject         → failed     worker/check_job_files.py (fail_unclaimed)
-    validating_files   cancel         → cancelled  POST /jobs/{id}/cancel (request_cancel)
-    queued             claim          → running    worker/runner.py (claim)
-    queued             reject         → failed     fail_unclaimed
-    queued             cancel         → cancelled  POST /jobs/{id}/cancel (request_cancel)
-    running            succeed        → succeeded  worker/publish.py (finish)
-    running            fail           → failed     worker/runner.py (finish); the reaper after max_attempts
-    running            stop           → cancelled  the owner after a cancel request (finish); the reaper
-    running            requeue        → queued     the owner handing the job back; the reaper after a lost lease
+    status             event          → status     function: fired by
+    validating_files   files_checked  → queued     mark_queued: worker/check_job_files.py
+    validating_files   reject         → failed     fail_unclaimed: worker/check_job_files.py
+    validating_files   cancel         → cancelled  request_cancel: POST /jobs/{id}/cancel
+    queued             claim          → running    claim: worker/runner.py
+    queued             cancel         → cancelled  request_cancel: POST /jobs/{id}/cancel
+    running            succeed        → succeeded  finish: worker/publish.py
+    running            fail           → failed     finish: worker/runner.py; expire_lease after max_attempts
+    running            stop           → cancelled  finish: worker/runner.py after a cancel request; expire_lease
+    running            requeue        → queued     requeue: the owner hands it back (worker/maintenance.py);
+                                                   expire_lease: the reaper after a lost lease (same file)
 
 A cancel request on a running job changes no status: it sets `cancel_requested`, and the owner (or the reaper,
 when the owner is gone) then fires `stop`.
@@ -48,7 +48,6 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("validating_files", "reject"): "failed",
     ("validating_files", "cancel"): "cancelled",
     ("queued", "claim"): "running",
-    ("queued", "reject"): "failed",
     ("queued", "cancel"): "cancelled",
     ("running", "succeed"): "succeeded",
     ("running", "fail"): "failed",
@@ -237,7 +236,7 @@ def expire_lease(session: Session, job: Job, *, max_attempts: int) -> str:
 
 
 def fail_unclaimed(session: Session, job: Job, error: dict[str, Any]) -> None:
-    """validating_files/queued → failed (before any worker owns it), for a job whose row the caller holds."""
+    """validating_files → failed (its files did not pass the check), for a job whose row the caller holds."""
     transition(session, job, "reject", f"The job failed: {error['message']}", level="error", data={"error": error},
                changes={"error": error, "finished_at": now()})
 
