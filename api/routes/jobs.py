@@ -1,8 +1,10 @@
+"""`/jobs` (also mounted under /v1/fine_tuning, api/main.py): submit, list, get and cancel jobs; a job's events
+as a page or as a Server-Sent Events stream, its metrics series and its checkpoints."""
+
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -28,7 +30,6 @@ from common.services.queries import check_limit, get_owned
 from common.state import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-log = logging.getLogger("tunequeue.api")
 
 STREAM_POLL_SECONDS = 0.5  # how often a stream looks for new events in Postgres
 STREAM_KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
