@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install up test test-fast lint fmt gpu-check clean
+.PHONY: install deploy-tools up test test-fast lint fmt gpu-check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+## Debian's nginx and docker-compose, which tests/deploy run (`nginx -t`, nginx as a proxy, `compose config`):
+## installed only where missing (as root; .ci/run does it). A docker CLI with Compose v2 serves instead of docker-compose.
+deploy-tools:
+	@if ! { test -x /usr/sbin/nginx || command -v nginx; } >/dev/null 2>&1 \
+		|| ! { command -v docker-compose || docker compose version; } >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			nginx docker-compose; \
+	fi
 
 ## Run the whole service in the foreground: migrations, demo model, API on :8000 and one worker. Ctrl-C stops it.
 up: install
