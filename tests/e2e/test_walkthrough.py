@@ -6,30 +6,17 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
 
-from tests.e2e.conftest import LiveService
-from tests.factories import chat_rows, jsonl, make_tenant, spec
+from tests.support.factories import chat_rows, jsonl, make_tenant, spec
+from tests.support.servers import LiveService, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(client: httpx.Client, job_id: str, statuses: set[str], service: LiveService, timeout: float = 300,
-             seen: list[dict] | None = None) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if seen is not None:
-            seen.append(job)
-        if job["status"] in statuses:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} never reached {statuses}; last: {job}\n{service.logs()}")
 
 
 def test_walkthrough(live_service: LiveService, tiny_model: Path, tmp_path: Path) -> None:
@@ -45,7 +32,7 @@ def test_walkthrough(live_service: LiveService, tiny_model: Path, tmp_path: Path
     job = client.post("/jobs", json=spec(file["id"])).json()
     assert job["status"] == "validating_files", job  # then queued once its files pass the tokenizer
 
-    seen: list[dict] = []
+    seen: list[dict[str, Any]] = []
     running = wait_for(client, job["id"], {"running", "succeeded", "failed"}, live_service, seen=seen)
     assert running["status"] != "failed", running
     done = wait_for(client, job["id"], {"succeeded", "failed", "cancelled"}, live_service, seen=seen)
@@ -84,12 +71,21 @@ def test_walkthrough(live_service: LiveService, tiny_model: Path, tmp_path: Path
         assert hashlib.sha256((tmp_path / "adapter" / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
 
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    model = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter")
     lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values()), "lora_B still at its zero init"
+    # The downloaded adapter is what was learned: on a training row, the answer's loss is far below the base
+    # model's (the same weights with the adapter switched off).
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    input_ids, labels = answer_labels(tokenizer, chat_rows(1)[0]["messages"])
+    model.eval()
+    with torch.no_grad():
+        tuned_loss = float(model(input_ids=input_ids, labels=labels).loss)
+        with model.disable_adapter():
+            base_loss = float(model(input_ids=input_ids, labels=labels).loss)
+    assert tuned_loss < base_loss - 1.0, (tuned_loss, base_loss)
 
     # Another tenant sees none of it.
     _, other = make_tenant()
@@ -97,5 +93,14 @@ def test_walkthrough(live_service: LiveService, tiny_model: Path, tmp_path: Path
     assert other_client.get(f"/jobs/{job['id']}").status_code == 404
     assert other_client.get(f"/models/{done['fine_tuned_model']}/content").status_code == 404
     assert done["fine_tuned_model"] not in {m["id"] for m in other_client.get("/v1/models").json()["data"]}
-    with torch.no_grad():
-        assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == base.config.vocab_size
+
+
+def answer_labels(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conversation's token ids, and labels that score only the assistant's answer (the prompt masked)."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    input_ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
+    labels = input_ids.clone()
+    labels[0, :prompt_len] = -100
+    return input_ids, labels
