@@ -112,9 +112,9 @@ def test_1_sigkill_worker_resumes_elsewhere_from_checkpoint(cluster: Cluster) ->
     job = assert_completed_once(cluster, client, job_id)
     recovery = time.monotonic() - killed_at
     assert job["attempt"] == 2
-    resumed = [e for e in events(db_url(cluster), job_id) if e.data and "resumed_from_step" in e.data]
-    assert resumed and resumed[0].data["resumed_from_step"] >= 25, [e.message for e in events(db_url(cluster), job_id)]
-    print(f"scenario 1: recovered in {recovery:.1f}s, resumed from step {resumed[0].data['resumed_from_step']}")
+    resumed = [e.data for e in events(db_url(cluster), job_id) if e.data and "resumed_from_step" in e.data]
+    assert resumed and resumed[0]["resumed_from_step"] >= 25, [e.message for e in events(db_url(cluster), job_id)]
+    print(f"scenario 1: recovered in {recovery:.1f}s, resumed from step {resumed[0]['resumed_from_step']}")
 
     # The same job uninterrupted ends at (nearly) the same loss: resuming restored optimizer, schedule and data order.
     reference = submit(client, save_steps=25)
@@ -155,7 +155,8 @@ def test_3_double_delivery_trains_once(cluster: Cluster) -> None:
     for _ in range(2):
         bell.send_task("jobs.run", args=[job_id], queue=cluster.queue)
     assert_completed_once(cluster, client, job_id)
-    started = [e for e in events(db_url(cluster), job_id) if e.type == "state" and e.data["status"] == "running"]
+    started = [e for e in events(db_url(cluster), job_id)
+               if e.type == "state" and (e.data or {}).get("status") == "running"]
     assert len(started) == 1 and job_row(db_url(cluster), job_id).attempt == 1
     wait_until(lambda: "not claimable" in cluster.logs(), 20, "the second copy to be acked and dropped")
 
@@ -272,8 +273,8 @@ def test_8_injected_cuda_oom(tiny_model: Path, tmp_path: Path) -> None:
 
         job = wait_status(client, auto, TERMINAL, 120, cluster)
         assert job["status"] == "succeeded", f"{job}\n{cluster.logs()}"
-        retry = [e for e in events(db_url(cluster), auto) if e.data and "micro_batch_size" in e.data]
-        assert retry and retry[0].data["micro_batch_size"] < 4, [e.message for e in events(db_url(cluster), auto)]
+        retry = [e.data for e in events(db_url(cluster), auto) if e.data and "micro_batch_size" in e.data]
+        assert retry and retry[0]["micro_batch_size"] < 4, [e.message for e in events(db_url(cluster), auto)]
     finally:
         cluster.close()
 

@@ -17,8 +17,8 @@ from worker.serve.server import ModelServer
 
 @pytest.fixture(scope="session")
 def serve_settings(tiny_model: Path) -> Settings:
-    return Settings(base_models={"tiny-llama": {"path": str(tiny_model), "template": "chatml"}},
-                    serve_max_adapters=4, serve_max_batch=8, serve_queue_size=16)
+    return Settings.model_validate({"base_models": {"tiny-llama": {"path": str(tiny_model), "template": "chatml"}},
+                                    "serve_max_adapters": 4, "serve_max_batch": 8, "serve_queue_size": 16})
 
 
 @pytest.fixture(scope="session")

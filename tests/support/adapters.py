@@ -21,7 +21,7 @@ def train_phrase_adapter(base: Path, out: Path, messages: list[dict[str, str]], 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0))
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    full = str(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False))
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([tokenizer(full.rstrip("\n"), add_special_tokens=False)["input_ids"]])
     labels = ids.clone()
@@ -33,7 +33,7 @@ def train_phrase_adapter(base: Path, out: Path, messages: list[dict[str, str]], 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     return out
 
 
@@ -51,7 +51,7 @@ def random_adapter(base: Path, out: Path, seed: int, **config: Any) -> Path:
             for name, param in model.named_parameters():
                 if "magnitude" in name:
                     param.mul_(1.0 + 0.3 * torch.rand_like(param))
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     return out
 
 
