@@ -28,7 +28,7 @@ def database() -> Iterator[str]:
     upgrade_database(DATABASE_URL)
     yield DATABASE_URL
     from common.db import get_engine
-    from common.progress import get_redis
+    from common.redis_client import get_redis
 
     # messages for jobs no worker of this run took
     get_redis().delete(os.environ["TUNEQUEUE_CELERY_QUEUE"], os.environ["TUNEQUEUE_VALIDATE_QUEUE"])

@@ -38,7 +38,7 @@ def live_service(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         for proc in procs.values():
             stop_process(proc)
-        from common.progress import get_redis
+        from common.redis_client import get_redis
 
         get_redis().delete(queue, f"{queue}.validate")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.progress import get_redis
+from common.redis_client import get_redis
 
 
 def drop_redis_keys(job_id: str) -> None:
