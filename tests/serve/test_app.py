@@ -35,7 +35,7 @@ def test_chat_with_and_without_stream(sdk: openai.OpenAI, phrase_adapter: str) -
     reply = sdk.chat.completions.create(model=phrase_adapter, messages=PHRASE_MESSAGES, temperature=0)  # type: ignore[arg-type]
     assert reply.choices[0].message.content == PHRASE and reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.completion_tokens > 3 and reply.usage.prompt_tokens > 3
-    chunks = list(sdk.chat.completions.create(model=phrase_adapter, messages=PHRASE_MESSAGES, temperature=0,  # type: ignore[arg-type]
+    chunks = list(sdk.chat.completions.create(model=phrase_adapter, messages=PHRASE_MESSAGES, temperature=0,  # type: ignore[call-overload]
                                               stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PHRASE
@@ -95,11 +95,11 @@ def test_bad_requests_get_the_error_shape(http: TestClient, change: dict[str, An
 
 
 def test_bad_completion_requests(http: TestClient) -> None:
-    for change, status, code in [({"logprobs": 2}, 400, "unsupported_parameter"),
-                                 ({"best_of": 3}, 400, "unsupported_parameter"),
-                                 ({"prompt": ["a"] * 5, "n": 4}, 400, "invalid_value"),
-                                 ({"prompt": ["a"] * 17}, 422, None), ({"prompt": []}, 422, None),
-                                 ({"echo": "maybe"}, 422, None)]:
+    cases: list[tuple[dict[str, Any], int, str | None]] = [
+        ({"logprobs": 2}, 400, "unsupported_parameter"), ({"best_of": 3}, 400, "unsupported_parameter"),
+        ({"prompt": ["a"] * 5, "n": 4}, 400, "invalid_value"), ({"prompt": ["a"] * 17}, 422, None),
+        ({"prompt": []}, 422, None), ({"echo": "maybe"}, 422, None)]
+    for change, status, code in cases:
         _error(http.post("/v1/completions", json={"model": "tiny-llama", "prompt": "x", **change}), status, code)
     _error(http.post("/v1/completions", json={"model": "tiny-llama", "prompt": "x", "suffix": "y"}), 400,
            "unsupported_parameter")

@@ -37,7 +37,8 @@ def random_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory,
                     model_server: ModelServer) -> list[str]:
     root = tmp_path_factory.mktemp("random-adapters")
     names = []
-    for i, cfg in enumerate([{}, {"use_dora": True, "r": 4, "target_modules": ["q_proj", "v_proj"]}, {"r": 2}]):
+    configs: list[dict[str, Any]] = [{}, {"use_dora": True, "r": 4, "target_modules": ["q_proj", "v_proj"]}, {"r": 2}]
+    for i, cfg in enumerate(configs):
         name = f"ft:tiny-llama:rand{i}:ftjob-rand{i}"
         publish(model_server, random_adapter(tiny_model, root / f"r{i}", seed=10 + i, **cfg), name)
         names.append(name)
@@ -76,8 +77,9 @@ def _scenario(model_server: ModelServer, adapters: list[str | None]) -> list[dic
     """Every request alone, then all together — the first ones running already when the others join."""
     prompts = [chat_ids(model_server, [{"role": "user", "content": "hi " * (1 + 3 * i)}])
                for i in range(len(adapters))]
-    specs = [{"prompts": [p], "adapter": a, "sampling": Sampling(max_tokens=8 + 3 * i, temperature=0)}
-             for i, (p, a) in enumerate(zip(prompts, adapters, strict=True))]
+    specs: list[dict[str, Any]] = [
+        {"prompts": [p], "adapter": a, "sampling": Sampling(max_tokens=8 + 3 * i, temperature=0)}
+        for i, (p, a) in enumerate(zip(prompts, adapters, strict=True))]
     alone = [run_requests(model_server, [spec])[0] for spec in specs]
     base = model_server.pool.get("tiny-llama")
 

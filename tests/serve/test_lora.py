@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.support.adapters import copy_adapter, random_adapter
-from worker.serve.lora import LoraBank, UnsupportedAdapter, parse_adapter
+from worker.serve.lora import LoraAdapter, LoraBank, UnsupportedAdapter, parse_adapter
 
 pytestmark = pytest.mark.filterwarnings(
     # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model; not ours
@@ -31,10 +31,15 @@ def adapter_dirs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return {kind: random_adapter(tiny_model, root / kind, seed=i, **cfg) for i, (kind, cfg) in enumerate(KINDS.items())}
 
 
-def _load(path: Path, model: torch.nn.Module, name: str):  # type: ignore[no-untyped-def]
+def _load(path: Path, model: torch.nn.Module, name: str) -> LoraAdapter:
     config = json.loads((path / "adapter_config.json").read_text())
     return parse_adapter(name, config, load_file(path / "adapter_model.safetensors"), model, dtype=torch.float32,
                          device="cpu")
+
+
+def _slot(slot: int | None) -> int:
+    assert slot is not None, "the bank had a free slot"
+    return slot
 
 
 def test_bank_matches_peft_alone_and_mixed(tiny_model: Path, adapter_dirs: dict[str, Path]) -> None:
@@ -50,7 +55,7 @@ def test_bank_matches_peft_alone_and_mixed(tiny_model: Path, adapter_dirs: dict[
         model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
         reference["base"] = model(input_ids=ids).logits[0]
         bank = LoraBank(model, capacity=4, dtype=torch.float32, device="cpu")
-        slots = {"base": 0} | {kind: bank.load(_load(path, model, kind)) for kind, path in adapter_dirs.items()}
+        slots = {"base": 0} | {kind: _slot(bank.load(_load(path, model, kind))) for kind, path in adapter_dirs.items()}
         for kind in slots:  # one adapter for the whole batch
             assert (reference[kind] - reference["base"]).abs().max() > 0.1 or kind == "base"
             bank.set_batch([slots[kind]])
@@ -67,8 +72,8 @@ def test_lru_eviction_spares_adapters_in_use(tiny_model: Path, adapter_dirs: dic
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     bank = LoraBank(model, capacity=2, dtype=torch.float32, device="cpu")
-    a = bank.load(_load(adapter_dirs["lora"], model, "a"))
-    b = bank.load(_load(adapter_dirs["dora"], model, "b"))
+    a = _slot(bank.load(_load(adapter_dirs["lora"], model, "a")))
+    b = _slot(bank.load(_load(adapter_dirs["dora"], model, "b")))
     assert {a, b} == {1, 2}
     bank.slot_of("a")  # a is now the most recently used
     c = bank.load(_load(adapter_dirs["rslora"], model, "c"))

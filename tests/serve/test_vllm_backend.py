@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
-from common.settings import Settings
+from common.settings import BaseModelEntry, Settings
 from tests.support.adapters import random_adapter
 from tests.support.servers import free_port
 from tests.support.serving import publish
@@ -63,7 +63,7 @@ class FakeVllm:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def names(self, kind: str) -> list[str]:
-        return [body.get("lora_name") or body.get("model") for k, body in self.calls if k == kind]
+        return [str(body.get("lora_name") or body.get("model")) for k, body in self.calls if k == kind]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def vllm() -> Iterator[FakeVllm]:
 
 
 def test_vllm_backend_loads_evicts_and_refuses(vllm: FakeVllm, tiny_model: Path, tmp_path: Path) -> None:
-    settings = Settings(base_models={"tiny-llama": {"path": str(tiny_model), "template": "chatml"}},
+    settings = Settings(base_models={"tiny-llama": BaseModelEntry(path=str(tiny_model), template="chatml")},
                         serve_backend="vllm", serve_vllm_url=f"http://127.0.0.1:{vllm.port}",
                         serve_max_adapters=2)
     model_server = ModelServer(settings, catalog=Catalog(settings, lookup=lambda _: None))
