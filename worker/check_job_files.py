@@ -30,12 +30,10 @@ from common.db import session_scope
 from common.errors import JobFailure, TuneQueueError
 from common.models import File, Job
 from common.queue import enqueue_run
+from common.schemas.job_spec import training_spec
 from common.settings import Settings, get_settings
 
 log = logging.getLogger("tunequeue.check_job_files")
-
-DEFAULT_MAX_SEQ_LENGTH = 2048
-
 
 class JobFilesError(JobFailure):
     """The job cannot run with these files / this model: it fails with `job_error()`."""
@@ -100,8 +98,7 @@ def check_job_files(job_id: str) -> str:
 
 
 def _plan(session: Session, job: Job) -> Plan:
-    spec = job.spec or {}
-    hp = spec.get("resolved_hyperparameters") or spec.get("hyperparameters") or {}
+    spec = training_spec(job.spec)
     store = get_store()
     files = []
     for param, file_id in (("training_file", job.training_file_id), ("validation_file", job.validation_file_id)):
@@ -111,10 +108,9 @@ def _plan(session: Session, job: Job) -> Plan:
         path = store.local_path(row.storage_key) if row is not None else Path("/nonexistent")
         files.append(FileRef(param, file_id, path, row.format if row else None, list(row.stages or []) if row else []))
     return Plan(
-        job_id=job.id, base_model=job.base_model, stage=spec.get("stage", "sft"), template=spec.get("template"),
-        train_on_inputs=bool(spec.get("train_on_inputs", False)),
-        max_seq_length=int(hp.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH), packing=bool(hp.get("packing")),
-        validation_split=spec.get("validation_split"), files=files,
+        job_id=job.id, base_model=job.base_model, stage=spec.stage, template=spec.template,
+        train_on_inputs=spec.train_on_inputs, max_seq_length=spec.hyperparameters.max_seq_length,
+        packing=spec.hyperparameters.packing, validation_split=spec.validation_split, files=files,
     )
 
 
