@@ -3,10 +3,11 @@ level.
 
 `POST /jobs` validates a `JobSpec`, then `resolve_spec()` turns it into a `ResolvedJobSpec` once: every default is
 filled in and the "auto" values that the submitted rows decide (n_epochs, batch_size,
-gradient_accumulation_steps, learning_rate, packing) become values. The API stores the resolved
-hyperparameters beside the submitted spec (`resolved_hyperparameters`, common/services/jobs.py) and shows them
-(common/schemas/jobs.py); the worker parent hands the training child the spec with them in place
-(worker/prepare.py), and the child parses that as a `ResolvedJobSpec` (worker/train/config.py).
+gradient_accumulation_steps, learning_rate, packing) become values. The jobs table stores the resolved
+hyperparameters beside the submitted spec (`stored_spec`, called by common/services/jobs.py) and the job object
+shows them (common/schemas/jobs.py); the worker parent hands the training child the spec with them in place
+(`training_spec`, called by worker/prepare.py), and the child parses that as a `ResolvedJobSpec`
+(worker/train/config.py).
 
 The values only the worker can decide stay "auto" until the child decides them and reports what it picked in its
 first event: precision, attention and gradient_checkpointing (from the device, worker/train/runtime.py), and
