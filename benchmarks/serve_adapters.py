@@ -124,14 +124,13 @@ def publish(store: Path, adapter: Path, model_id: str) -> None:
     """As worker/runner.py does: files under an attempt-scoped key, then one message on tunequeue:models."""
     import shutil
 
-    from common.progress import ProgressChannel
+    from common.model_events import announce
 
     key = f"models/tenant-bench/{model_id.rsplit(':', 1)[-1]}/attempt-1"
     (store / key).mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(adapter / name, store / key / name)
-    ProgressChannel().publish_model({"event": "published", "model": model_id, "tenant_id": "tenant-bench",
-                                     "base_model": BASE_ID, "storage_key": key})
+    announce("published", model_id=model_id, tenant_id="tenant-bench", base_model=BASE_ID, storage_key=key)
 
 
 def naive_server(port: int, base: Path, adapters: Path) -> None:

@@ -32,6 +32,7 @@ from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
 from common.settings import Settings, get_settings
+from common.worker_registry import WorkerRegistry
 from worker.gpu import GpuSampler, host_memory_available_mb, process_tree_pids, process_tree_rss_mb
 
 log = logging.getLogger("tunequeue.worker")
@@ -53,10 +54,11 @@ class _JobRef:
 
 class WorkerMonitor:
     def __init__(self, settings: Settings, *, sampler: GpuSampler | None = None,
-                 channel: ProgressChannel | None = None, host: str | None = None) -> None:
+                 host: str | None = None) -> None:
         self.settings = settings
         self.sampler = sampler or GpuSampler()
-        self._channel = channel
+        self._progress: ProgressChannel | None = None  # Redis clients, made on first use
+        self._registry: WorkerRegistry | None = None
         self.host = host or socket.gethostname()
         self.worker = f"{self.host}:{os.getpid()}"
         self._job: _JobRef | None = None
@@ -68,10 +70,16 @@ class WorkerMonitor:
         self.latest: dict[str, Any] | None = None  # the last sample of the attached job
 
     @property
-    def channel(self) -> ProgressChannel:
-        if self._channel is None:
-            self._channel = ProgressChannel()
-        return self._channel
+    def progress(self) -> ProgressChannel:
+        if self._progress is None:
+            self._progress = ProgressChannel()
+        return self._progress
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        if self._registry is None:
+            self._registry = WorkerRegistry()
+        return self._registry
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -89,7 +97,7 @@ class WorkerMonitor:
         if unregister:
             for slot in list(self._slots):
                 try:
-                    self.channel.unregister_worker(self.host, slot)
+                    self.registry.unregister(self.host, slot)
                 except Exception as exc:
                     log.debug("unregistering %s:%s failed: %s", self.host, slot, exc)
         self.sampler.close()
@@ -149,7 +157,7 @@ class WorkerMonitor:
         fields = {"gpus": sample["gpus"], "process_rss_mb": sample["process_rss_mb"],
                   "sampled_at": sample["sampled_at"], "attempt": job.attempt}
         try:
-            self.channel.publish_sample(job.job_id, fields, replace=not job.published)
+            self.progress.publish_progress(job.job_id, fields, replace=not job.published)
             job.published = True
         except Exception as exc:
             log.warning("GPU sample for %s not published (Redis: %s)", job.job_id, exc)
@@ -184,7 +192,7 @@ class WorkerMonitor:
         ttl = self.settings.worker_ttl_seconds
         for slot, fields in entries.items():
             try:
-                self.channel.register_worker(self.host, slot, fields, ttl)
+                self.registry.register(self.host, slot, fields, ttl)
                 self._slots.add(slot)
             except Exception as exc:
                 log.warning("worker registration %s:%s failed (Redis: %s)", self.host, slot, exc)

@@ -18,6 +18,7 @@ from common.db import session_scope
 from common.ids import new_id
 from common.models import Checkpoint, Job, JobEvent
 from common.progress import ProgressChannel
+from common.worker_registry import WorkerRegistry
 from tests.support.factories import make_tenant
 from tests.support.http import assert_error, auth
 from tests.support.jobs import claim, finish, lose_lease, progress, queued_job, relay
@@ -300,12 +301,12 @@ def test_workers_show_gpus_to_all_and_jobs_to_their_owner_or_an_admin(client, te
     _, other = make_tenant()
     _, admin = make_tenant(role="admin")
     host = f"test-host-{new_id('h')[-8:]}"
-    channel = ProgressChannel()
+    registry = WorkerRegistry()
     gpu = {"index": 0, "name": "Stand-in GPU", "memory_used_mb": 1024.0, "memory_total_mb": 81559.0,
            "memory_free_mb": 80535.0, "utilization_pct": 87.0}
-    channel.register_worker(host, "0", {"host": host, "worker": f"{host}:1", "gpu": gpu, "job_id": "ftjob-mine",
+    registry.register(host, "0", {"host": host, "worker": f"{host}:1", "gpu": gpu, "job_id": "ftjob-mine",
                                         "tenant_id": tenant_id, "attempt": 1, "updated_at": time.time()}, 30)
-    channel.register_worker(host, "1", {"host": host, "worker": f"{host}:2", "gpu": {**gpu, "index": 1},
+    registry.register(host, "1", {"host": host, "worker": f"{host}:2", "gpu": {**gpu, "index": 1},
                                         "job_id": None, "tenant_id": None, "updated_at": time.time()}, 30)
     try:
         def mine(k: str) -> list[dict[str, Any]]:
@@ -323,5 +324,5 @@ def test_workers_show_gpus_to_all_and_jobs_to_their_owner_or_an_admin(client, te
         assert mine(admin)[0]["job"]["organization_id"] == tenant_id
         assert_error(client.get("/workers"), 401)
     finally:
-        channel.unregister_worker(host, "0")
-        channel.unregister_worker(host, "1")
+        registry.unregister(host, "0")
+        registry.unregister(host, "1")

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.ids import new_id
 from common.progress import ProgressChannel
+from common.worker_registry import WorkerRegistry
 from tests.support.factories import make_tenant
 from tests.support.http import assert_error, auth
 from tests.support.jobs import claim, finish, progress, queued_job, relay
@@ -76,10 +77,10 @@ def test_metrics_parse_and_move_with_jobs(client, tenant) -> None:  # type: igno
 def test_worker_gpus_are_gauges(client) -> None:  # type: ignore[no-untyped-def]
     _, admin = make_tenant(role="admin")
     host = f"test-host-{new_id('h')[-8:]}"
-    channel = ProgressChannel()
+    registry = WorkerRegistry()
     gpu = {"index": 0, "memory_used_mb": 2048.0, "memory_total_mb": 81559.0, "process_memory_mb": 1500.0,
            "utilization_pct": 50.0, "temperature_c": 61.0, "power_w": 300.5}
-    channel.register_worker(host, "0", {"host": host, "worker": f"{host}:7", "gpu": gpu, "job_id": "ftjob-x",
+    registry.register(host, "0", {"host": host, "worker": f"{host}:7", "gpu": gpu, "job_id": "ftjob-x",
                                         "process_rss_mb": 100.0, "updated_at": time.time()}, 30)
     try:
         got = scrape(client, admin)
@@ -93,4 +94,4 @@ def test_worker_gpus_are_gauges(client) -> None:  # type: ignore[no-untyped-def]
         assert value(got, "tunequeue_worker_busy", **labels) == 1
         assert value(got, "tunequeue_workers") >= 1
     finally:
-        channel.unregister_worker(host, "0")
+        registry.unregister(host, "0")

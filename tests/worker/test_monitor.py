@@ -17,8 +17,10 @@ from sqlalchemy import select
 from common.db import session_scope
 from common.ids import new_id
 from common.models import Job, JobEvent
-from common.progress import ProgressChannel, get_redis, worker_key
+from common.progress import ProgressChannel
+from common.redis_client import get_redis
 from common.settings import get_settings
+from common.worker_registry import WorkerRegistry, worker_key
 from tests.support.jobs import claim, finish, lose_lease, progress, queued_job, relay
 from tests.support.nvml import MIB, Card, StandInNVML
 from tests.support.waiting import wait_until
@@ -104,7 +106,7 @@ def test_monitor_samples_into_the_live_view_and_registers_each_gpu(tenant, child
 
         redis = get_redis()
         for slot in ("0", "1"):
-            reg = ProgressChannel().list_workers()
+            reg = WorkerRegistry().registrations()
             mine = {r["key"]: r for r in reg if r.get("host") == host}
             entry = mine[worker_key(host, slot)]
             assert entry["job_id"] == job_id and entry["tenant_id"] == tenant_id and entry["attempt"] == attempt
@@ -113,7 +115,7 @@ def test_monitor_samples_into_the_live_view_and_registers_each_gpu(tenant, child
 
         mon.detach(job_id)
         mon.tick()
-        idle = {r["key"]: r for r in ProgressChannel().list_workers() if r.get("host") == host}
+        idle = {r["key"]: r for r in WorkerRegistry().registrations() if r.get("host") == host}
         assert idle[worker_key(host, "0")]["job_id"] is None, "an idle worker stays registered, without a job"
         assert mon.latest_for(job_id) is None
     finally:
@@ -155,7 +157,7 @@ def test_a_host_without_gpus_reports_no_gpus_and_the_process_memory(tenant, chil
         mon.tick()
         live = live_view(job_id)
         assert live["gpus"] == [] and live["process_rss_mb"] > 0
-        regs = [r for r in ProgressChannel().list_workers() if r.get("host") == host]
+        regs = [r for r in WorkerRegistry().registrations() if r.get("host") == host]
         assert [r["key"] for r in regs] == [worker_key(host, f"cpu-{os.getpid()}")]
         assert regs[0]["gpu"] is None and regs[0]["job_id"] == job_id and regs[0]["host_memory_available_mb"] > 0
     finally:
@@ -182,7 +184,7 @@ def test_start_monitor_outside_celery_watches_the_job_then_leaves_nothing(tenant
         sample = wait_until(lambda: latest_sample(job_id))
         assert isinstance(sample["gpus"], list) and sample["process_rss_mb"] > 0
         host = handle.monitor.host
-        assert wait_until(lambda: [r for r in ProgressChannel().list_workers()
+        assert wait_until(lambda: [r for r in WorkerRegistry().registrations()
                               if r.get("host") == host and r.get("job_id") == job_id])
         # The relay copies the newest sample into what it records durably.
         r = relay(job_id, tenant_id, attempt)
@@ -194,7 +196,7 @@ def test_start_monitor_outside_celery_watches_the_job_then_leaves_nothing(tenant
         handle.stop()
         ProgressChannel().clear(job_id)
     assert latest_sample(job_id) is None and monitor_module._process_monitor is None
-    assert not [r for r in ProgressChannel().list_workers() if r.get("job_id") == job_id]
+    assert not [r for r in WorkerRegistry().registrations() if r.get("job_id") == job_id]
 
 
 # --- relay -----------------------------------------------------------------------------------------------
