@@ -22,8 +22,8 @@ from sqlalchemy.exc import OperationalError
 from common import state
 from common.artifacts import LocalArtifactStore, get_store
 from common.db import session_scope
+from common.model_events import announce
 from common.models import Job
-from common.progress import ProgressChannel
 from common.settings import Settings, get_settings
 from worker.maintenance import requeue
 from worker.monitor import start_monitor
@@ -260,8 +260,7 @@ def _publish(job: Job, attempt: int, result: ResultEvent, store: LocalArtifactSt
         store.delete_prefix(key)
         return "cancelled" if cancelled else "lost"
     try:
-        ProgressChannel().publish_model({"event": "published", "model": row.id, "tenant_id": job.tenant_id,
-                                         "base_model": job.base_model, "storage_key": key})
+        announce("published", model_id=row.id, tenant_id=job.tenant_id, base_model=job.base_model, storage_key=key)
     except Exception as exc:  # serve also finds new adapters in Postgres on a miss
         log.warning("could not announce %s on Redis: %s", row.id, exc)
     return "succeeded"

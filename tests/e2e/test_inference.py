@@ -33,8 +33,8 @@ def publish_like_the_worker(tenant_id: str, adapter_dir: Path) -> str:
     """A finished job's adapter through worker.publish (files + manifest, models row, Redis message)."""
     from common.artifacts import get_store
     from common.db import session_scope
+    from common.model_events import announce
     from common.models import Job
-    from common.progress import ProgressChannel
     from worker.publish import record_model, upload_adapter
 
     job_id = make_job_row(tenant_id, status="running")
@@ -45,8 +45,7 @@ def publish_like_the_worker(tenant_id: str, adapter_dir: Path) -> str:
         row = record_model(session, job, 0, key, manifest)
         assert row is not None
         model_id = row.id
-    ProgressChannel().publish_model({"event": "published", "model": model_id, "tenant_id": tenant_id,
-                                     "base_model": "tiny-llama", "storage_key": key})
+    announce("published", model_id=model_id, tenant_id=tenant_id, base_model="tiny-llama", storage_key=key)
     return model_id
 
 

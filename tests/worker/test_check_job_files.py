@@ -19,7 +19,7 @@ from common.artifacts import get_store
 from common.db import session_scope
 from common.ids import new_id
 from common.models import Job, JobEvent
-from common.progress import get_redis
+from common.redis_client import get_redis
 from common.schemas.job_spec import JobSpec, resolved_hyperparameters
 from common.services import files as file_service
 from common.services import jobs as job_service
