@@ -116,6 +116,8 @@ class Plan:
 
 
 def plan_attempt(job: JobConfig, reporter: Reporter, *, padding_free: bool | None = None) -> Plan:
+    """Everything but the weights. Refuses (TrainingError) a job this device cannot train before anything loads;
+    the stage's warnings about its rows (cut, skipped) are reported as they come."""
     device = decide_device_choices(job.spec)
     set_seed(job.spec.seed)
     job = split_validation(job)
@@ -171,6 +173,8 @@ class Loaded:
 
 
 def load_model(plan: Plan, reporter: Reporter) -> Loaded:
+    """The base model with the method applied, ready to train; for dpo/kto the rows carry their reference
+    log-probabilities afterwards."""
     job, device, stage = plan.job, plan.device, plan.stage
     spec, hp, method = job.spec, job.spec.hyperparameters, job.spec.method
     adapter = method.type in ADAPTER_METHODS
