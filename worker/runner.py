@@ -24,6 +24,7 @@ from common.artifacts import LocalArtifactStore, get_store
 from common.db import session_scope
 from common.model_events import announce
 from common.models import Job
+from common.schemas.job_spec import training_spec
 from common.settings import Settings, get_settings
 from worker.maintenance import requeue
 from worker.monitor import start_monitor
@@ -116,10 +117,9 @@ def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactS
     log.info("claimed %s as attempt %d", job_id, attempt)
     with session_scope() as session:
         job = session.get_one(Job, job_id)
-    hp = job.spec["resolved_hyperparameters"]
+    hp = training_spec(job.spec).hyperparameters
     overrides: dict[str, Any] = {}
-    micro = int(hp.get("micro_batch_size") or hp["batch_size"])
-    accumulation = int(hp.get("gradient_accumulation_steps") or 1)
+    micro, accumulation = hp.micro_batch_size, hp.gradient_accumulation_steps
     for oom_retry in range(MAX_OOM_RETRIES + 1):
         outcome, error = _train_once(job, attempt, settings, store, oom_retry, overrides)
         if error is None:
@@ -127,7 +127,7 @@ def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactS
         can_shrink = job.spec.get("hyperparameters", {}).get("batch_size") == "auto" and micro > 1
         if error["code"] == CUDA_OOM and can_shrink and oom_retry < MAX_OOM_RETRIES:
             micro, accumulation = micro // 2, accumulation * 2
-            overrides = {"micro_batch_size": micro, "gradient_accumulation_steps": accumulation}
+            overrides = {"batch_size": micro * accumulation, "gradient_accumulation_steps": accumulation}
             _event(job, attempt, f"CUDA out of memory; batch_size is auto, so retrying with micro-batch {micro} × "
                    f"{accumulation} accumulation steps from the newest checkpoint", level="warning",
                    data={"micro_batch_size": micro, "gradient_accumulation_steps": accumulation})

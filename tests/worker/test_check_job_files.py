@@ -20,7 +20,7 @@ from common.db import session_scope
 from common.ids import new_id
 from common.models import Job, JobEvent
 from common.redis_client import get_redis
-from common.schemas.job_spec import JobSpec, resolved_hyperparameters
+from common.schemas.job_spec import JobSpec, stored_spec
 from common.services import files as file_service
 from common.services import jobs as job_service
 from common.settings import BaseModelEntry, get_settings
@@ -58,8 +58,7 @@ def unchecked_job(tenant_id: str, file_id: str, stage: str) -> str:
     """A job stored as create_job stores one, but without its check that the file feeds the stage (which the
     validating step repeats: a job must never reach a GPU with a file of the wrong shape)."""
     job_spec = JobSpec.model_validate({**spec(file_id, stage=stage), "hyperparameters": {"max_seq_length": MAX}})
-    stored = job_spec.model_dump(mode="json")
-    stored["resolved_hyperparameters"] = resolved_hyperparameters(job_spec, 4)
+    stored = stored_spec(job_spec, 4)
     with session_scope() as session:
         job = Job(id=new_id("ftjob"), tenant_id=tenant_id, base_model=job_spec.base_model, training_file_id=file_id,
                   spec=stored, status="validating_files", attempt=0)
