@@ -14,10 +14,9 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import LiveService
-from tests.e2e.test_walkthrough import wait_for
-from tests.factories import chat_rows, jsonl, make_job_row, make_tenant, spec
-from tests.serve.adapters import train_phrase_adapter
+from tests.support.adapters import train_phrase_adapter
+from tests.support.factories import chat_rows, jsonl, make_job_row, make_tenant, spec
+from tests.support.servers import LiveService, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
     # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model; not ours
@@ -80,7 +79,7 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
     assert done["status"] == "succeeded", f"{done}\n{live_service.logs()}"
     tuned = done["fine_tuned_model"]
     stream = client.chat.completions.create(model=tuned, messages=QUESTION, temperature=0, stream=True)  # type: ignore[arg-type]
-    chunks = []
+    chunks: list[Any] = []
     for chunk in stream:
         if not chunks:
             print(f"\njob succeeded → first token from its adapter: {time.monotonic() - succeeded_at:.2f}s")
@@ -100,10 +99,12 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
     text = client.completions.create(model=tuned, prompt="The worker", max_tokens=5, temperature=0)
     assert text.choices[0].finish_reason in {"stop", "length"} and text.usage and text.usage.prompt_tokens > 0
 
-    # A checkpoint of the job answers too (the adapter saved at that step), for its owner only.
+    # A checkpoint of the job answers too, with the adapter saved at its step, for its owner only. The newest one
+    # was saved at the last step: it holds the final weights, so it answers the trained phrase like the model.
     checkpoints = http.get(f"/jobs/{job['id']}/checkpoints").json()["data"]
     assert checkpoints, "the job saved no checkpoint"
-    assert isinstance(ask(client, checkpoints[0]["id"], QUESTION, max_tokens=4), str)
+    assert checkpoints[0]["step_number"] == done["progress"]["total_steps"], checkpoints
+    assert ask(client, checkpoints[0]["id"], QUESTION) == PHRASE
 
     # Two adapters asked at the same moment, several times over: each answers as itself.
     answers: dict[str, list[str]] = {tuned: [], other: []}
@@ -121,6 +122,7 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
     assert answers == {tuned: [PHRASE] * 3, other: [OTHER_PHRASE] * 3}
 
     # Bad parameters: 422 for types and ranges, 400 for what the server does not offer.
+    bad: dict[str, Any]
     for bad in ({"temperature": 5}, {"n": 0}, {"stop": list("abcde")}, {"max_tokens": -1}):
         with pytest.raises(openai.UnprocessableEntityError):
             ask(client, tuned, QUESTION, **bad)
