@@ -21,8 +21,12 @@ from tests.support.deploy import (
 from tests.support.servers import REPO
 
 APP_SERVICES = ("api", "worker", "serve")
-DOCKERFILES = app_dockerfiles()
+DOCKERFILES = sorted((REPO / "deploy").glob("*.Dockerfile"))
 IDS = [path.name for path in DOCKERFILES]
+
+
+def test_compose_builds_every_dockerfile_here() -> None:
+    assert app_dockerfiles() == DOCKERFILES
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
