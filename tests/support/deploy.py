@@ -74,15 +74,15 @@ class ComposeRun:
         return doc
 
 
-def run_compose_config(*files: Path, env: dict[str, str] | None = None) -> ComposeRun:
-    """`compose -f FILE... config` in the repository, with no variables but PATH/HOME (and `env`) set: what a host
-    with no .env file gets. Compose 1.x is given the files without their top-level `name`."""
+def run_compose_config(*files: Path) -> ComposeRun:
+    """`compose -f FILE... config` in the repository, with no variables but PATH/HOME set: what a host with no .env
+    file gets. Compose 1.x is given the files without their top-level `name`."""
     argv, reads_name = compose_command()
     paths = [file if reads_name else without_name(file) for file in files]
     base_env = {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
     command = [*argv, *(arg for f in paths for arg in ("-f", str(f))), "--project-directory", str(REPO)]
     command += [arg for profile in PROFILES for arg in ("--profile", profile)]
-    done = subprocess.run([*command, "config"], cwd=REPO, env={**base_env, **(env or {})}, capture_output=True,
+    done = subprocess.run([*command, "config"], cwd=REPO, env=base_env, capture_output=True,
                           text=True, timeout=60)
     return ComposeRun(done.returncode, done.stdout, done.stderr)
 
@@ -92,6 +92,7 @@ def compose_run() -> ComposeRun:
     return run_compose_config(COMPOSE_FILE)
 
 
+@cache
 def compose() -> dict[str, Any]:
     """docker-compose.yml as compose resolves it: variables substituted, anchors merged, long syntax."""
     return compose_run().config()
