@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.schemas.job_spec import ADAPTER_METHODS, JobSpec, stored_spec, training_spec
 from tests.support.servers import REPO
 from worker.train.protocol import EVENT_PREFIX
+
+if TYPE_CHECKING:
+    from worker.train.run import TrainResult
 
 FIXED_REPLY = "All systems nominal."
 BAD_REPLY = "Everything is on fire, sorry!"
@@ -133,3 +136,9 @@ def start_child(job_dir: Path) -> subprocess.Popen[str]:
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
+
+
+def loss_drop(result: TrainResult) -> float:
+    """How far a run's loss fell from its first logged step to its last."""
+    assert result.first_loss is not None and result.last_loss is not None, "the run logged no loss"
+    return result.first_loss - result.last_loss

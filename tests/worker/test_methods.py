@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from common.text.chat import tokenize_chat
 from common.text.masks import IGNORE_INDEX
 from common.text.templates import resolve_chat_template
-from tests.support.training import fixed_reply_rows, write_job_dir
+from tests.support.training import fixed_reply_rows, loss_drop, write_job_dir
 from worker.train.config import BaseModelRef, load_job
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.reporter import Reporter
@@ -41,7 +42,7 @@ def test_pissa_adapter_is_published_for_the_original_base(tmp_path, tiny_model_d
     job = load_job(write_job_dir(tmp_path, tiny_model_dir, fixed_reply_rows(8), n_epochs=2,
                                  lora={"init": "pissa", "dropout": 0.0}))
     result = train(job, Reporter(io.StringIO()))
-    assert result.last_loss < result.first_loss
+    assert loss_drop(result) > 0
     config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert config["r"] == 16  # converted: rank 2r, applies to the unmodified base
     reloaded = PeftModel.from_pretrained(base_model(tiny_model_dir), str(result.adapter_dir))
@@ -80,8 +81,9 @@ def test_merged_model_equals_base_plus_adapter(tmp_path, tiny_model_dir) -> None
                                  spec_extra={"publish": {"merged": True}}))
     reporter = Reporter(io.StringIO())
     result = train(job, reporter)
-    assert reporter.events[-1]["merged_dir"] == str(job.output_dir.absolute() / "merged")
-    merged_dir = Path(reporter.events[-1]["merged_dir"])
+    done = reporter.events[-1]
+    assert done["type"] == "result" and done["merged_dir"] == str(job.output_dir.absolute() / "merged")
+    merged_dir = Path(done["merged_dir"])
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
         p.name for p in merged_dir.iterdir()}
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), use_safetensors=True)
@@ -96,6 +98,7 @@ def test_from_model_continues_the_published_adapter(tmp_path, tiny_model_dir) ->
                                  spec_extra={"from_model": "ft:tiny-llama:test:ftjob-1"},
                                  job_extra={"init_adapter_dir": str(first.adapter_dir)}))
     second = train(job, Reporter(io.StringIO()))
+    assert second.first_loss is not None and first.first_loss is not None
     assert second.first_loss < first.first_loss - 0.5  # it starts where the first job ended
     assert second.first_loss == pytest.approx(first.last_loss, abs=0.5)
 
@@ -116,14 +119,15 @@ def test_packed_rows_do_not_attend_to_each_other(tmp_path, tiny_model_dir) -> No
             alone = model(input_ids=torch.tensor([window["input_ids"][begin:end]])).logits[0]
             torch.testing.assert_close(packed[begin:end], alone, atol=1e-5, rtol=1e-4)
     result = train(job, Reporter(io.StringIO()))
-    assert result.last_loss < result.first_loss
+    assert loss_drop(result) > 0
 
 
 def test_assistant_turns_with_weight_0_are_context(tiny_model_dir) -> None:
     tokenizer = load_tokenizer(BaseModelRef(id="tiny-llama", path=str(tiny_model_dir)))
     template = resolve_chat_template(tokenizer, "chatml", "tiny-llama")
-    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Skip me.", "weight": 0},
-                {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Learn me.", "weight": 1}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Skip me.", "weight": 0},
+        {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Learn me.", "weight": 1}]
     ids, labels = tokenize_chat(tokenizer, messages, template)
     trained = [token for token, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(trained) == "Learn me.<|im_end|>"

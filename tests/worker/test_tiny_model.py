@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -57,10 +58,10 @@ def test_chat_template_renders_chatml(tiny_model_dir: Path) -> None:
         "<|im_start|>tool\n42<|im_end|>\n"
         "<|im_start|>assistant\nIt is 42.<|im_end|>\n"
     )
-    prompt = tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
+    prompt = str(tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True))
     assert prompt.endswith("<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n")
 
-    encoded = tokenizer.apply_chat_template(CHAT, return_dict=True, return_assistant_tokens_mask=True)
+    encoded: Any = tokenizer.apply_chat_template(CHAT, return_dict=True, return_assistant_tokens_mask=True)
     kept = [token for token, keep in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True) if keep]
     assert tokenizer.decode(kept) == "Hello! How can I help?<|im_end|>It is 42.<|im_end|>"
 
