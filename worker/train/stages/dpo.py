@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from common.schemas.job_spec import dpo_beta
 from common.text.chat import encode_completion, normalize_messages
 from worker.train.data import read_jsonl
 from worker.train.errors import TrainingError
+from worker.train.losses import chosen_nll, dpo_losses, orpo_losses, simpo_losses
 from worker.train.protocol import INVALID_TRAINING_FILE
 from worker.train.stages.base import Batch, Metrics, Row, Stage, StageData, pad, padded_batch, sequence_logps
 
@@ -116,23 +116,15 @@ class Dpo(PairStage):
         (chosen, rejected), (n_chosen, n_rejected) = self.pair_logps(model, batch)
         options, beta = self.options, self.beta
         if options.loss_type == "simpo":
-            chosen_reward, rejected_reward = beta * chosen / n_chosen, beta * rejected / n_rejected
-            losses = -F.logsigmoid(chosen_reward - rejected_reward - options.simpo_gamma)
+            losses, chosen_reward, rejected_reward = simpo_losses(chosen, rejected, n_chosen, n_rejected, beta=beta,
+                                                                  gamma=options.simpo_gamma)
         else:
             reference = batch["reference"].to(chosen.dtype)
-            chosen_ratio, rejected_ratio = chosen - reference[:, 0], rejected - reference[:, 1]
-            chosen_reward, rejected_reward = beta * chosen_ratio, beta * rejected_ratio
-            logits = chosen_ratio - rejected_ratio
-            if options.loss_type == "sigmoid":
-                smoothing = options.label_smoothing
-                losses = -(1 - smoothing) * F.logsigmoid(beta * logits) - smoothing * F.logsigmoid(-beta * logits)
-            elif options.loss_type == "hinge":
-                losses = torch.relu(1 - beta * logits)
-            else:  # ipo, on per-token averages (the IPO authors' normalisation, as in TRL)
-                normalised = chosen_ratio / n_chosen - rejected_ratio / n_rejected
-                losses = (normalised - 1 / (2 * beta)) ** 2
+            losses, chosen_reward, rejected_reward = dpo_losses(
+                chosen - reference[:, 0], rejected - reference[:, 1], n_chosen, n_rejected,
+                loss_type=options.loss_type, beta=beta, label_smoothing=options.label_smoothing)
         if options.sft_weight:
-            losses = losses + options.sft_weight * (-chosen / n_chosen)
+            losses = losses + options.sft_weight * chosen_nll(chosen, n_chosen)
         return losses.mean(), preference_metrics(chosen_reward, rejected_reward)
 
 
@@ -144,15 +136,9 @@ class Orpo(PairStage):
 
     def loss(self, model: torch.nn.Module, batch: Batch, num_items: Any) -> tuple[torch.Tensor, Metrics]:
         (chosen, rejected), (n_chosen, n_rejected) = self.pair_logps(model, batch)
-        chosen_avg, rejected_avg = chosen / n_chosen, rejected / n_rejected
-        # log(p / (1 - p)) with log p = avg; log(1 - p) = log(-expm1(avg)), clamped away from p = 1
-        def log_odds(avg: torch.Tensor) -> torch.Tensor:
-            return avg - torch.log(-torch.expm1(avg.clamp(max=-1e-6)))
-
-        ratio = log_odds(chosen_avg) - log_odds(rejected_avg)
-        lam = self.job.spec.orpo.beta
-        losses = -chosen_avg - lam * F.logsigmoid(ratio)
-        return losses.mean(), preference_metrics(lam * chosen_avg, lam * rejected_avg)
+        losses, chosen_reward, rejected_reward = orpo_losses(chosen, rejected, n_chosen, n_rejected,
+                                                             lam=self.job.spec.orpo.beta)
+        return losses.mean(), preference_metrics(chosen_reward, rejected_reward)
 
 
 def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> Metrics:

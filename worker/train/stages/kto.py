@@ -14,6 +14,7 @@ import torch
 
 from worker.train.data import read_jsonl
 from worker.train.errors import TrainingError
+from worker.train.losses import kto_losses
 from worker.train.protocol import INVALID_TRAINING_FILE
 from worker.train.stages.base import Batch, Metrics, Row, Stage, StageData, pad, padded_batch, sequence_logps
 from worker.train.stages.dpo import as_messages, encode_truncated
@@ -98,18 +99,14 @@ class Kto(Stage):
         with torch.no_grad():
             kl_logps = self._logps(model, batch, kl=True)
         reference = batch["reference"].to(logps.dtype)
-        kl = (kl_logps - reference[:, 1]).mean().clamp(min=0).detach()
-        ratio = logps - reference[:, 0]
         desirable = batch["label"]
-        losses = torch.where(
-            desirable,
-            options.desirable_weight * (1 - torch.sigmoid(options.beta * (ratio - kl))),
-            options.undesirable_weight * (1 - torch.sigmoid(options.beta * (kl - ratio))),
-        )
+        losses, kl, rewards = kto_losses(logps, reference[:, 0], kl_logps, reference[:, 1], desirable,
+                                         beta=options.beta, desirable_weight=options.desirable_weight,
+                                         undesirable_weight=options.undesirable_weight)
         metrics: Metrics = {"kl": kl.item()}
         with torch.no_grad():
             if desirable.any():
-                metrics["rewards_desirable"] = (options.beta * ratio[desirable]).mean().item()
+                metrics["rewards_desirable"] = rewards[desirable].mean().item()
             if (~desirable).any():
-                metrics["rewards_undesirable"] = (options.beta * ratio[~desirable]).mean().item()
+                metrics["rewards_undesirable"] = rewards[~desirable].mean().item()
         return losses.mean(), metrics

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from worker.train.losses import pairwise_reward_losses
 from worker.train.stages.base import Batch, Metrics
 from worker.train.stages.dpo import PairStage, preference_metrics
 
@@ -30,7 +30,7 @@ class RewardModelling(PairStage):
 
     def loss(self, model: torch.nn.Module, batch: Batch, num_items: Any) -> tuple[torch.Tensor, Metrics]:
         chosen, rejected = rewards(model, batch).view(2, -1)
-        losses = -F.logsigmoid(chosen - rejected)
+        losses = pairwise_reward_losses(chosen, rejected)
         return losses.mean(), preference_metrics(chosen, rejected)
 
     def describe(self, data: Any) -> str:
