@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make up`: database + migrations + demo model + dev key, then the API, the workers and the inference server
-# (serve) in the foreground.
+# `make up`: database + migrations + demo models (built once into var/models/) + dev key, then the API, the
+# workers and the inference server (serve) in the foreground.
 # Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,8 @@ cat <<MSG
 
 TuneQueue is starting on http://$TUNEQUEUE_HOST:$TUNEQUEUE_PORT  (docs: /docs)
   API key: $(cat var/dev-api-key)   (saved in var/dev-api-key)
-  base model: tiny-llama (var/models/tiny-llama)
+  base models: smollm2-135m-instruct (var/models/smollm2-135m-instruct, SmolLM2-135M-Instruct in bf16, when built)
+               tiny-llama (var/models/tiny-llama, a tiny random Llama for fast tests)
   inference: $TUNEQUEUE_SERVE_URL (internal; chat through the API's /v1/chat/completions)
 Ctrl-C stops the API, the workers and the inference server.
 
