@@ -39,13 +39,14 @@ DEPLOY_README = REPO / "deploy" / "README.md"
 # For parametrizing only (collection must not need compose): the service names as the file spells them.
 IN_FILE: dict[str, dict[str, Any]] = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
 BUILT = [name for name, spec in IN_FILE.items() if "build" in spec]
-APP_SERVICES = ("api", "worker", "serve")
+APP_SERVICES = ("api", "worker", "validator", "serve")
 GPU_SERVICES = ("worker", "serve")
 # What each process's command must start (docs/architecture.md, "Processes").
 ENTRY_POINTS = {
     "migrate": "scripts/prestart.sh",
     "api": "api.main",
     "worker": "worker.celery_app",
+    "validator": "worker.celery_app",
     "serve": "worker.serve",
 }
 
@@ -280,6 +281,28 @@ def test_worker_runs_one_job_at_a_time_on_the_configured_queue() -> None:
     assert concurrency == "1", argv
     queue_flag = "-Q" if "-Q" in argv else "--queues"
     assert argv[argv.index(queue_flag) + 1] == settings_default("celery_queue")
+
+
+def consumed_queues() -> set[str]:
+    """The Celery queues some compose service's worker reads."""
+    queues = set()
+    for name in BUILT:
+        argv = effective_command(name)
+        if argv[:1] == ["celery"] and "worker" in argv:
+            flag = "-Q" if "-Q" in argv else "--queues"
+            queues.update(argv[argv.index(flag) + 1].split(","))
+    return queues
+
+
+def test_every_queue_the_api_enqueues_to_has_a_consumer() -> None:
+    # Without a reader of the validation queue every new job would wait in validating_files forever.
+    assert {settings_default("celery_queue"), settings_default("validate_queue")} <= consumed_queues()
+
+
+def test_validator_needs_no_gpu_and_reads_the_validation_queue() -> None:
+    assert not gpu_devices("validator")
+    argv = effective_command("validator")
+    assert argv[argv.index("-Q") + 1] == settings_default("validate_queue")
 
 
 def test_worker_gets_time_to_checkpoint_on_stop() -> None:
