@@ -143,7 +143,7 @@ def naive_server(port: int, base: Path, adapters: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from common.text.templates import CHATML_TEMPLATE
+    from common.text.named_templates import CHATML_TEMPLATE
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base).eval()

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common.text.templates import CHATML_TEMPLATE
+from common.text.named_templates import CHATML_TEMPLATE
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

@@ -1,7 +1,7 @@
 """Rows as token ids with the trained positions marked, the way the trainer sees them: for the file preview
 (`GET /files/{id}/preview`) and the token statistics of the `validating_files` step.
 
-Rendering and masking are the trainer's own functions (`common.text.templates.resolve_chat_template`,
+Rendering and masking are the trainer's own functions (`common.text.templates.choose_template`,
 `common.text.chat.tokenize_chat`); transformers is imported only when a tokenizer loads, so an upload never
 loads it. Per stage, on rows shaped by `iter_stage_rows`:
 - sft: `tokenize_chat` of the messages; the trained tokens are its assistant mask without `weight: 0` turns
@@ -23,12 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import InvalidRequest, NotReady
+from common.errors import NotReady
 from common.registry import local_path
 from common.settings import BaseModelEntry
 from common.text.chat import encode_completion, tokenize_chat
 from common.text.masks import IGNORE_INDEX, count_trained, labels_from_mask
-from common.text.templates import TEMPLATES, UnusableTemplate, own_template, resolve_chat_template
+from common.text.templates import choose_template
 
 MODEL_UNAVAILABLE = "base_model_unavailable"
 PAIR_STAGES = ("dpo", "orpo", "rm")
@@ -86,6 +86,7 @@ class Encoder:
     template: str | None  # the Jinja text; None for pt
     template_name: str | None  # a built-in name; None: the tokenizer's own template (or pt)
     train_on_inputs: bool = False
+    model_id: str | None = None  # names the base model when a row is refused
 
     @classmethod
     def for_model(
@@ -98,32 +99,14 @@ class Encoder:
         registry_template: str | None = None,
         train_on_inputs: bool = False,
     ) -> Encoder:
-        """Pick the chat template as the job spec describes it: `template` when given (a built-in name), else
-        the tokenizer's own, else the one the base model is registered with. InvalidRequest invalid_template for
-        an unknown `template`, UnusableTemplate when none fits."""
+        """Pick the chat template as the job spec describes it (`choose_template`: `template`, a built-in name,
+        when given, else the one the base model is registered with, else the tokenizer's own). InvalidRequest
+        invalid_template for an unknown `template`, UnusableTemplate when none fits."""
         if stage == "pt":
-            return cls(tokenizer, stage, None, None, train_on_inputs)
-        if template is not None and template not in TEMPLATES:
-            raise InvalidRequest(
-                f"template {template!r} is not a built-in chat template; use one of {', '.join(sorted(TEMPLATES))}, "
-                "or leave it out to use the base model's own",
-                param="template", code="invalid_template",
-            )
-        if not getattr(tokenizer, "is_fast", False):
-            raise UnusableTemplate(
-                f"the tokenizer of base model {model_id!r} has no fast (tokenizers) version, which marking the "
-                "trained tokens needs; register a model that ships tokenizer.json",
-                param="base_model",
-            )
-        name = template or (None if own_template(tokenizer) else registry_template)
-        try:
-            text = resolve_chat_template(tokenizer, name, model_id)
-        except UnusableTemplate as exc:
-            # the job's `template` (or the lack of one) is what the user changes, unless the registry's is at fault
-            if template is not None or name is None:
-                exc.param = "template"
-            raise
-        return cls(tokenizer, stage, text, name, train_on_inputs)
+            return cls(tokenizer, stage, None, None, train_on_inputs, model_id)
+        chosen = choose_template(tokenizer, model_id=model_id, job_template=template,
+                                 registry_template=registry_template)
+        return cls(tokenizer, stage, chosen.text, chosen.name, train_on_inputs, model_id)
 
     def encode(self, row: dict[str, Any]) -> list[EncodedSequence]:
         """The sequences of one `iter_stage_rows` row. Raises what the template raises for a row it refuses."""
@@ -147,13 +130,14 @@ class Encoder:
 
     def _chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
         assert self.template is not None
-        return tokenize_chat(self.tokenizer, messages, self.template, train_on_inputs=self.train_on_inputs)
+        return tokenize_chat(self.tokenizer, messages, self.template, train_on_inputs=self.train_on_inputs,
+                             model=self.model_id)
 
     def _completion(
         self, name: str, prompt: list[dict[str, Any]], answer: list[dict[str, Any]]
     ) -> EncodedSequence:
         assert self.template is not None
-        ids, mask = encode_completion(self.tokenizer, prompt, answer, self.template)
+        ids, mask = encode_completion(self.tokenizer, prompt, answer, self.template, model=self.model_id)
         return EncodedSequence(name, ids, labels_from_mask(ids, mask))
 
     def segments(self, sequence: EncodedSequence) -> list[dict[str, Any]]:

@@ -1,10 +1,11 @@
 """Conversations → token ids and labels, the loss on assistant tokens only.
 
-Each conversation is rendered with a training chat template (`common.text.templates`) whose
-`{% generation %}` markers wrap every assistant turn (content + end-of-turn token). transformers maps those
-character spans onto tokens (`return_assistant_tokens_mask`); every other token (system, user, tool, the
-role headers) gets the label IGNORE_INDEX. The trainer receives `input_ids` + `labels` and uses the labels as
-they are, and the file checks count trained tokens with the same functions.
+A conversation is rendered with the job's chat template (`common.text.templates.choose_template`). When the
+template wraps every assistant turn (content + end-of-turn token) in `{% generation %}` markers, transformers maps
+those character spans onto tokens (`return_assistant_tokens_mask`); any other template's assistant spans are
+derived by rendering turn by turn (`common.text.spans`). Every other token (system, user, tool, the role headers)
+gets the label IGNORE_INDEX. The trainer receives `input_ids` + `labels` and uses the labels as they are, and the
+file checks count trained tokens with the same functions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from common.text.masks import IGNORE_INDEX, drop_unweighted_turns, labels_from_mask
+from common.text.spans import derive_turn_spans
+from common.text.templates import has_generation_markers
 
 
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -28,10 +31,23 @@ def _normalize(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def tokenize_chat(
-    tokenizer: Any, messages: list[dict[str, Any]], chat_template: str, *, train_on_inputs: bool = False
+    tokenizer: Any, messages: list[dict[str, Any]], chat_template: str, *, train_on_inputs: bool = False,
+    model: str | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and labels that keep only the assistant tokens (all tokens with
-    `train_on_inputs`). An assistant message with `"weight": 0` (OpenAI's field) is context, not trained."""
+    """Token ids of the rendered conversation (exactly `apply_chat_template`'s) and labels that keep only the
+    assistant tokens (all tokens with `train_on_inputs`). An assistant message with `"weight": 0` (OpenAI's
+    field) is context, not trained. `model` names the base model in a refusal (default: the tokenizer's path)."""
+    if not has_generation_markers(chat_template):
+        if train_on_inputs:
+            ids = list(tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=True,
+                                                     return_dict=True)["input_ids"])
+            return ids, list(ids)
+        ids, turns = derive_turn_spans(tokenizer, messages, chat_template, model or str(tokenizer.name_or_path))
+        mask = [0] * len(ids)
+        for turn in turns:
+            if messages[turn.index].get("weight", 1) != 0:
+                mask[turn.start:turn.stop] = [1] * (turn.stop - turn.start)
+        return ids, labels_from_mask(ids, mask)
     encoded = tokenizer.apply_chat_template(
         messages,
         chat_template=chat_template,
@@ -50,11 +66,12 @@ def tokenize_chat(
 
 
 def encode_completion(
-    tokenizer: Any, prompt: list[dict[str, Any]], completion: list[dict[str, Any]], chat_template: str
+    tokenizer: Any, prompt: list[dict[str, Any]], completion: list[dict[str, Any]], chat_template: str,
+    *, model: str | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids of prompt + completion and a 0/1 mask of the completion's trained tokens: the assistant tokens
     (the template's generation spans) after the rendered prompt with its generation header."""
-    ids, labels = tokenize_chat(tokenizer, [*prompt, *completion], chat_template)
+    ids, labels = tokenize_chat(tokenizer, [*prompt, *completion], chat_template, model=model)
     prompt_ids = tokenizer.apply_chat_template(prompt, chat_template=chat_template, tokenize=True,
                                                add_generation_prompt=True, return_dict=True)["input_ids"]
     start = 0

@@ -1,44 +1,35 @@
-"""Chat templates that mark the trained tokens, by the name a base model is registered with (`template`), and
-the choice of the template a job renders its chats with.
+"""The choice of the chat template a job renders its chats with, shared by the check of a job's files
+(common/datasets/tokens.py) and the training child (worker/train/run.py).
 
-A training template wraps each assistant turn, end-of-turn token included, in `{% generation %}` …
-`{% endgeneration %}`: transformers turns those spans into the assistant mask, and only masked tokens are
-trained. The markers render as nothing, so the same template serves inference unchanged.
+The job's `template` (a built-in name) comes first, then the one the base model is registered with, then the
+tokenizer's own. A template that marks assistant turns with `{% generation %}` … `{% endgeneration %}` (every
+built-in one, `common.text.named_templates`) is used through transformers' assistant mask; any other template is
+used as it is when it preserves prefixes, its trained spans derived turn by turn (`common.text.spans`). The
+tokenizer's own template is tried on a two-turn conversation here, so that a template that cannot work is refused
+before any row is read; rows that break it later (a system message the template moves, a turn it strips) are
+refused one by one with the same error.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from common.errors import InvalidRequest
-
-# ChatML (<|im_start|>role\n…<|im_end|>\n). The assistant's content and its <|im_end|> are trained; the
-# header before them and the newline after them are context. A message without content (an assistant turn
-# that only calls tools) renders as an empty turn.
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- (message['content'] or '') + '<|im_end|>' -}}{%- endgeneration -%}"
-    "{{- '\\n' -}}"
-    "{%- else -%}"
-    "{{- (message['content'] or '') + '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-
-TEMPLATES: dict[str, str] = {"chatml": CHATML_TEMPLATE}
+from common.text.errors import NotPrefixPreserving, UnusableTemplate
+from common.text.named_templates import TEMPLATES
+from common.text.spans import derive_turn_spans
 
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
-
-class UnusableTemplate(InvalidRequest):
-    """The trained tokens cannot be marked for this base model: its chat template has no generation markers, it
-    has none, it is registered with one this server does not know, or its tokenizer has no fast version."""
-
-    code = "unsupported_on_worker"
+# What a template must handle for the turn-by-turn derivation to be worth trying at all.
+PROBE: list[dict[str, Any]] = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Spain?"},
+    {"role": "assistant", "content": "Madrid."},
+]
 
 
 def has_generation_markers(template: str) -> bool:
@@ -54,15 +45,48 @@ def own_template(tokenizer: Any) -> str | None:
     return own or None
 
 
+@dataclass(frozen=True)
+class ChosenTemplate:
+    text: str  # the Jinja template
+    name: str | None  # the built-in name; None: the tokenizer's own
+
+
+def choose_template(
+    tokenizer: Any, *, model_id: str, job_template: str | None = None, registry_template: str | None = None
+) -> ChosenTemplate:
+    """The template of a job: `job_template` (a built-in name) when given, else `registry_template`, else the
+    tokenizer's own. InvalidRequest invalid_template (param "template") for an unknown `job_template`;
+    UnusableTemplate when none fits — param "template" when the job named it, else "base_model"."""
+    if job_template is not None and job_template not in TEMPLATES:
+        raise InvalidRequest(
+            f"template {job_template!r} is not a built-in chat template; use one of {', '.join(TEMPLATES)}, "
+            "or leave it out to use the base model's own",
+            param="template", code="invalid_template",
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise UnusableTemplate(
+            f"the tokenizer of base model {model_id!r} has no fast (tokenizers) version, which marking the "
+            "trained tokens needs; register a model that ships tokenizer.json",
+            param="base_model",
+        )
+    name = job_template or registry_template
+    try:
+        return ChosenTemplate(resolve_chat_template(tokenizer, name, model_id), name)
+    except UnusableTemplate as exc:
+        if job_template is not None:
+            exc.param = "template"
+        raise
+
+
 def resolve_chat_template(tokenizer: Any, template_name: str | None, model_id: str) -> str:
-    """The training template: the built-in one by name, else the tokenizer's own with generation markers
-    (or TRL's marked version of it for the templates TRL knows). UnusableTemplate (param "base_model") when
-    none fits."""
+    """The built-in template by name, else the tokenizer's own: as it is when it has generation markers or
+    preserves prefixes on `PROBE`, else TRL's marked version of it for the templates TRL knows. UnusableTemplate
+    (param "base_model") when none fits."""
     if template_name is not None:
         if template_name not in TEMPLATES:
             raise UnusableTemplate(
                 f"Base model {model_id} is registered with template {template_name!r}, which this worker does not "
-                f"know. Known templates: {', '.join(sorted(TEMPLATES))}; or register it without a template to use "
+                f"know. Known templates: {', '.join(TEMPLATES)}; or register it without a template to use "
                 "the tokenizer's own.",
                 param="base_model",
             )
@@ -70,23 +94,29 @@ def resolve_chat_template(tokenizer: Any, template_name: str | None, model_id: s
     own = own_template(tokenizer)
     if own is None:
         raise UnusableTemplate(
-            f"Base model {model_id} has no chat template, so chat rows cannot be rendered. Register it with a "
-            f"template, e.g. 'chatml'.",
+            f"Base model {model_id} has no chat template, so chat rows cannot be rendered. Register it with the "
+            f"named template of its family ({', '.join(TEMPLATES)}).",
             param="base_model",
         )
     if has_generation_markers(own):
         return own
     try:
+        derive_turn_spans(tokenizer, PROBE, own, model_id)
+    except NotPrefixPreserving as broken:
+        patched = _trl_training_template(tokenizer)
+        if patched is None:
+            raise broken from None
+        return patched
+    except Exception:  # the template refuses the probe itself (e.g. it wants a system message): rows will tell
+        pass
+    return own
+
+
+def _trl_training_template(tokenizer: Any) -> str | None:
+    try:
         from trl.chat_template_utils import get_training_chat_template
 
         patched = get_training_chat_template(tokenizer)
     except Exception:  # any failure here means "TRL has no marked version of this template"
-        patched = None
-    if patched:
-        return str(patched)
-    raise UnusableTemplate(
-        f"The chat template of base model {model_id} does not mark assistant turns with "
-        "{% generation %}…{% endgeneration %}, so the worker cannot tell which tokens to train on. Register the "
-        "model with template 'chatml' if it uses ChatML, or add the markers to its chat template.",
-        param="base_model",
-    )
+        return None
+    return str(patched) if patched else None

@@ -168,7 +168,7 @@ def test_preview_shows_the_rendered_rows_and_the_trained_spans(client, tenant, t
     body = resp.json()
     assert {k: body[k] for k in ("object", "file_id", "format", "stage", "base_model", "template", "train_on_inputs")} \
         == {"object": "file.preview", "file_id": file_id, "format": "chat", "stage": "sft",
-            "base_model": "tiny-llama", "template": "tokenizer", "train_on_inputs": False}
+            "base_model": "tiny-llama", "template": "chatml", "train_on_inputs": False}
     assert [r["line"] for r in body["data"]] == [1, 2, 3, 4, 5]  # limit defaults to 5
     first = body["data"][0]
     assert first["row"] == rows[0] and first["error"] is None

@@ -24,7 +24,7 @@ from common.schemas.job_spec import JobSpec, stored_spec
 from common.services import files as file_service
 from common.services import jobs as job_service
 from common.settings import BaseModelEntry, get_settings
-from common.text.templates import CHATML_TEMPLATE
+from common.text.named_templates import CHATML_TEMPLATE
 from tests.support.factories import jsonl, spec
 from worker.check_job_files import check_job_files
 
@@ -144,7 +144,7 @@ def test_token_statistics_are_exact(tenant: tuple[str, str], tok: Any) -> None:
     stats = job.spec["token_stats"]
     assert stats["training_file"] == expected
     assert {k: stats[k] for k in ("base_model", "template", "stage", "train_on_inputs", "packing")} == {
-        "base_model": "tiny-llama", "template": "tokenizer", "stage": "sft", "train_on_inputs": False,
+        "base_model": "tiny-llama", "template": "chatml", "stage": "sft", "train_on_inputs": False,
         "packing": False,
     }
     assert stats["validation_split"] == {"fraction": 0.2, "eval_rows": math.ceil(3 * 0.2), "train_rows": 2}

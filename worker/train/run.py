@@ -23,7 +23,7 @@ import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
 from common.schemas.job_spec import ADAPTER_METHODS, ResolvedHyperparameters, step_intervals
-from common.text.templates import resolve_chat_template
+from common.text.templates import choose_template
 from worker.train.callbacks import ProgressCallback
 from worker.train.config import JobConfig
 from worker.train.errors import TrainingCancelled, TrainingPreempted
@@ -124,7 +124,8 @@ def plan_attempt(job: JobConfig, reporter: Reporter, *, padding_free: bool | Non
     tokenizer = load_tokenizer(job.base_model)
     template = None
     if job.spec.stage != "pt":
-        template = resolve_chat_template(tokenizer, job.spec.template or job.base_model.template, job.base_model.id)
+        template = choose_template(tokenizer, model_id=job.base_model.id, job_template=job.spec.template,
+                                   registry_template=job.base_model.template).text
         tokenizer.chat_template = template  # saved with the adapter, so serving renders chats the same way
     if padding_free is None:
         padding_free = device.attention == "flash_attention_2"

@@ -12,8 +12,8 @@ import pytest
 from common.datasets.tokens import EncodedSequence, Encoder, TokenStats, load_tokenizer
 from common.errors import InvalidRequest, NotReady
 from common.settings import BaseModelEntry
+from common.text.errors import UnusableTemplate
 from common.text.masks import IGNORE_INDEX
-from common.text.templates import UnusableTemplate
 
 END = "<|im_end|>"
 SYSTEM: dict[str, Any] = {"role": "system", "content": "You are terse."}
@@ -108,8 +108,9 @@ def test_pretraining_text_gets_eos_and_every_token_trained(tokenizer: Any) -> No
 
 
 def test_template_choice(tokenizer: Any) -> None:
-    assert sft(tokenizer).template_name is None  # the tokenizer's own comes first
-    assert sft(tokenizer, template="chatml").template_name == "chatml"
+    assert sft(tokenizer).template_name == "chatml"  # the registered template comes before the tokenizer's own
+    assert Encoder.for_model(tokenizer, model_id="tiny-llama", stage="sft").template_name is None  # its own
+    assert sft(tokenizer, template="llama3").template_name == "llama3"  # the job's comes first
     with pytest.raises(InvalidRequest) as bad:
         sft(tokenizer, template="vicuna")
     assert (bad.value.code, bad.value.param) == ("invalid_template", "template")
@@ -119,7 +120,7 @@ def test_template_choice(tokenizer: Any) -> None:
     assert sft(bare).template_name == "chatml"  # no own template: the registry's
     with pytest.raises(UnusableTemplate) as none:
         Encoder.for_model(bare, model_id="bare", stage="sft")
-    assert none.value.param == "template" and "has no chat template" in none.value.message
+    assert none.value.param == "base_model" and "has no chat template" in none.value.message
 
 
 def test_a_missing_model_folder_is_unavailable(tmp_path: Path) -> None:
