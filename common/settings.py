@@ -17,7 +17,8 @@ class BaseModelEntry(BaseModel):
     path: str = Field(description="Local folder with config.json + safetensors, or a hub id such as 'org/name'.")
     revision: str | None = Field(default=None, description="Hub revision (commit or tag); ignored for local paths.")
     trust_remote_code: bool = Field(default=False, description="Only an admin sets this; off by default.")
-    template: str | None = Field(default=None, description="Chat template name when the tokenizer has none.")
+    template: str | None = Field(default=None, description="A built-in chat template name (common/text/"
+                                 "named_templates.py), used instead of the tokenizer's own. None: the tokenizer's.")
 
 
 DEV_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tunequeue"

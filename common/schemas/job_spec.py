@@ -259,8 +259,9 @@ class JobSpec(StrictModel):
     validation_file: str | None = Field(default=None, description="Optional processed file id for evaluation.")
     validation_split: float | None = Field(default=None, gt=0, lt=0.5,
                                            description="Hold out this fraction of training_file for evaluation.")
-    template: str | None = Field(default=None, description="Chat template for base models without one: chatml, "
-                                 "llama-3 or default. None: the tokenizer's own, else the registry's.")
+    template: str | None = Field(default=None, description="A built-in chat template name (chatml, qwen2.5, smollm2, "
+                                 "llama3, mistral, gemma, phi3, zephyr; docs/datasets.md). None: the one the base "
+                                 "model is registered with, else the tokenizer's own.")
     train_on_inputs: bool = Field(default=False, description="Also train on system/user tokens (default: "
                                   "assistant tokens only). sft only.")
     stage: Stage = Field(default="sft", description="sft, dpo, orpo, kto, pt or rm.")

@@ -36,7 +36,7 @@ class BaseModelRef(_Lenient):
     trust_remote_code: bool = Field(default=False, description="Run the model's own Python code. Admin-only.")
     template: str | None = Field(
         default=None,
-        description="A template name from common/text/templates.py (e.g. 'chatml'); None: the tokenizer's own.",
+        description="A template name from common/text/named_templates.py (e.g. 'chatml'); None: the tokenizer's own.",
     )
 
 
