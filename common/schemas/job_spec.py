@@ -197,8 +197,9 @@ class Hyperparameters(StrictModel):
         default="auto", description="Recompute activations in backward to save memory. auto: on only when the "
         "estimated activations would not fit the GPU.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="Compute precision. auto: bf16 where the device supports it, else fp16 on "
-        "CUDA, else fp32.")
+        default="auto", description="Weights and compute dtypes; trained weights are always fp32. auto: on CUDA, "
+        "bf16 (fp16 without bf16 support) autocast and frozen base weights; on a CPU, no autocast and frozen base "
+        "weights of lora/dora in bf16 where the CPU runs bf16 fast, else fp32 (docs/job-spec.md, Precision).")
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         default="auto", description="Attention implementation. auto: flash_attention_2 when installed on a GPU "
         "worker, else sdpa.")

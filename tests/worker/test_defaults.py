@@ -32,6 +32,7 @@ from tests.support.training import fixed_reply_rows, write_jsonl
 from worker.train.config import load_job
 from worker.train.reporter import Reporter
 from worker.train.run import TrainResult, train
+from worker.train.runtime import cpu_bf16
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "job-spec.md"
 TRAIN_ROWS = 16  # auto batch_size: 16 / 4 = 4 rows a step, so 4 steps an epoch
@@ -93,11 +94,13 @@ def first_log(reporter: Reporter) -> str:
     return next(e["message"] for e in reporter.events if e["type"] == "log" and e["message"].startswith("loaded"))
 
 
-def _expected_precision() -> str:
-    """The documented `auto`: CUDA: bf16 where supported, else fp16; CPU: fp32."""
+def _expected_precision() -> tuple[str, str]:
+    """The documented `auto` for an adapter job, (autocast, frozen base weights): CUDA: bf16 where supported,
+    else fp16, for both; CPU: no autocast, and bf16 frozen weights where the CPU runs bf16 fast, else fp32."""
     if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32", "bf16" if cpu_bf16().fast else "fp32"
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision, precision
 
 
 def test_auto_epochs_batch_and_learning_rate_are_the_documented_ones(trained: tuple[TrainResult, Reporter]) -> None:
@@ -126,7 +129,7 @@ def test_the_scheduler_is_cosine_without_warmup(trained: tuple[TrainResult, Repo
 def test_checkpoints_and_evaluations_follow_the_auto_cadence(trained: tuple[TrainResult, Reporter]) -> None:
     _, reporter = trained
     saved = [e["step"] for e in reporter.events if e["type"] == "checkpoint"]
-    evaluated = [e["step"] for e in reporter.events if e["type"] == "progress" and "eval_loss" in e]
+    evaluated = [e["step"] for e in reporter.events if e["type"] == "progress" and "valid_loss" in e]
     assert saved == [3, 6, 9, 12]  # about 4 per run: every ceil(12 / 4) steps
     assert evaluated == [4, 8, 12]  # once per epoch of 4 steps
     assert "12 steps of 4 (4 × 1), a checkpoint every 3 steps, evaluation every 4 steps" in first_log(reporter)
@@ -136,11 +139,11 @@ def test_precision_attention_optimizer_and_checkpointing_are_the_devices_auto(
         trained: tuple[TrainResult, Reporter]) -> None:
     result, reporter = trained
     args, model = result.trainer.args, result.trainer.model
-    precision = _expected_precision()
+    precision, frozen_dtype = _expected_precision()
     assert (args.bf16, args.fp16) == (precision == "bf16", precision == "fp16")
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
     trainable = {p.dtype for p in model.parameters() if p.requires_grad}
-    assert frozen == {{"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]}
+    assert frozen == {{"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[frozen_dtype]}
     assert trainable == {torch.float32}  # mixed precision keeps fp32 master weights
     attention = model.get_base_model().config._attn_implementation
     assert attention in (("sdpa", "flash_attention_2") if torch.cuda.is_available() else ("sdpa",))
@@ -150,7 +153,9 @@ def test_precision_attention_optimizer_and_checkpointing_are_the_devices_auto(
     assert args.max_grad_norm == 1.0 and args.neftune_noise_alpha is None
     if not torch.cuda.is_available():
         assert args.activation_checkpointing is False  # auto: off on CPU
-        assert f"cpu {precision}, attention sdpa, optimizer adamw_torch" in first_log(reporter)
+        assert (f"cpu: frozen base weights {frozen_dtype}, trained weights fp32, no autocast (auto: this CPU "
+                in first_log(reporter))
+        assert "attention sdpa, optimizer adamw_torch, gradient checkpointing off" in first_log(reporter)
 
 
 def test_sft_rows_are_not_packed_and_are_cut_at_2048_tokens(trained: tuple[TrainResult, Reporter]) -> None:

@@ -86,8 +86,10 @@ def stage_measure(job: JobConfig, model: torch.nn.Module) -> dict[str, float]:
 
 def run_stage(tmp_path: Path, base: Path, stage: str, method: str, **options: Any) -> tuple[JobConfig, Any]:
     rows = ROWS_BY_STAGE[stage](8)
+    # precision fp32: the checks below compare with fp32 models bit for bit (tests/worker/test_precision.py covers
+    # the bf16 frozen base that `auto` picks on a CPU with fast bf16)
     options = {"n_epochs": 3, "batch_size": 4, "learning_rate": LEARNING_RATES[method], "lr_scheduler": "constant",
-               **options}
+               "precision": "fp32", **options}
     job = load_job(write_job_dir(tmp_path, base, rows, stage=stage, method=method, seed=SEED,
                                  lora={"dropout": 0.0}, **options))
     return job, train(job, Reporter(io.StringIO()))

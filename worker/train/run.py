@@ -283,13 +283,13 @@ def _first_log(plan: Plan, loaded: Loaded) -> str:
     job = plan.job
     hp, method, resume = job.spec.hyperparameters, job.spec.method, job.resume_from_checkpoint
     notes = "; ".join(plan.data.notes)
-    checkpointing = "on" if loaded.gradient_checkpointing else "off"
+    adapter = method.type in ADAPTER_METHODS
     return (
         f"loaded base model {job.base_model.id} ({_millions(loaded.base_params)} params), stage {job.spec.stage}: "
         f"{plan.stage.describe(plan.data)}{'; ' + notes if notes else ''}; {plan.total_steps} steps of "
         f"{hp.batch_size} ({hp.micro_batch_size} × {hp.gradient_accumulation_steps}), {plan.describe_cadence()}; "
         f"training {_millions(_trainable(loaded.model))} {method.type} parameters; "
-        f"{plan.device.describe().replace('auto', checkpointing)}"
+        f"{plan.device.describe(adapter, loaded.gradient_checkpointing)}"
         + (f"; resuming from {resume.name}" if resume else "")
     )
 

@@ -1,20 +1,93 @@
-"""What this worker's device makes of a job: compute precision, attention implementation, optimizer and
-gradient checkpointing, with the "auto" values decided here. A job that needs what the device lacks (CUDA,
-bitsandbytes, flash-attn) is refused before anything loads, with `unsupported_on_worker` and what it needed."""
+"""What this worker's device makes of a job: the precision policy (the dtype of the frozen base weights and of
+the computation), attention implementation, optimizer and gradient checkpointing, with the "auto" values decided
+here. A job that needs what the device lacks (CUDA, bitsandbytes, flash-attn) is refused before anything loads,
+with `unsupported_on_worker` and what it needed.
+
+The precision policy (docs/job-spec.md, `precision`): weights that train are always fp32. The frozen base weights
+of an adapter method (lora, dora; qlora's are 4-bit) are stored in 16 bits where the device runs 16-bit matmuls
+fast: on CUDA the autocast dtype; on a CPU, bf16 when it has bf16 instructions and a timed matmul confirms that
+they pay (`cpu_bf16`), with no autocast, so the frozen layers run in bf16 and the adapters in fp32. full and
+freeze keep fp32 weights (autocast on CUDA)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from common.schemas.job_spec import ResolvedJobSpec
+from common.schemas.job_spec import ADAPTER_METHODS, ResolvedJobSpec
 from worker.train.errors import TrainingError
 from worker.train.protocol import UNSUPPORTED_ON_WORKER
 
 OPTIMIZERS_CUDA = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit",
                    "paged_adamw": "paged_adamw_32bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# CPU flags of native bf16 arithmetic: x86 (AVX-512 BF16, AMX) and aarch64 (the BF16 extension).
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+# bf16 frozen weights on a CPU only when the probe's bf16 matmul beats fp32 by at least this much (measured on
+# an AMD EPYC with avx512_bf16 and no AMX: 3.5-5.5×, docs/job-spec.md); below it, fp32 is as fast and exact.
+CPU_BF16_MIN_SPEEDUP = 1.3
+PROBE_SHAPE = (256, 576, 1536)  # [256×576]@[576×1536]: a small model's projection, ~3 ms in bf16 on one core
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """Whether this CPU runs bf16 matmuls fast enough for bf16 frozen weights, and why (for the job's event)."""
+
+    fast: bool
+    reason: str
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); None where that cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags) if flags else None
+
+
+def bf16_matmul_speedup(repeats: int = 3) -> float:
+    """fp32 time / bf16 time of one `PROBE_SHAPE` matmul on this CPU, each the fastest of `repeats` after a
+    warm-up, interleaved so that a busy neighbour slows both alike. Uses its own generator: the job's seeded
+    RNG is left alone."""
+    m, k, n = PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
+    pairs = {dtype: (a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
+    best = dict.fromkeys(pairs, float("inf"))
+    with torch.no_grad():
+        for x, y in pairs.values():
+            x @ y
+        for _ in range(repeats):
+            for dtype, (x, y) in pairs.items():
+                start = time.perf_counter()
+                x @ y
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+
+
+@functools.cache
+def cpu_bf16() -> CpuBf16:
+    """Decided once per process: the flags first (no bf16 instructions: no), then the timed probe."""
+    flags = cpu_flags()
+    native = sorted(flags & CPU_BF16_FLAGS) if flags is not None else None
+    if native == []:
+        return CpuBf16(False, "this CPU has no bf16 instructions (no avx512_bf16, amx_bf16 or bf16 flag)")
+    has = f"this CPU has {', '.join(native)}" if native else "this CPU's flags are unknown"
+    speedup = bf16_matmul_speedup()
+    if speedup >= CPU_BF16_MIN_SPEEDUP:
+        return CpuBf16(True, f"{has} and a bf16 matmul ran {speedup:.1f}× as fast as fp32")
+    return CpuBf16(False, f"{has} but a bf16 matmul ran only {speedup:.1f}× as fast as fp32")
 
 
 @dataclass(frozen=True)
@@ -24,6 +97,8 @@ class DeviceChoices:
 
     device: str  # "cuda" | "cpu"
     precision: str  # "bf16" | "fp16" | "fp32": the autocast dtype (fp32: none)
+    frozen_dtype: str  # "bf16" | "fp16" | "fp32": the frozen base weights of an adapter method
+    precision_reason: str  # why, for the job's first event
     attention: str  # a transformers attn_implementation
     optimizer: str  # a transformers `optim` name
     gradient_checkpointing: bool | None  # None: decide after the model is loaded (auto on CUDA)
@@ -33,16 +108,23 @@ class DeviceChoices:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
     def weights_dtype(self, adapter: bool) -> torch.dtype:
-        """Frozen base weights of an adapter job are stored in the compute dtype; weights that train stay fp32
-        (mixed precision keeps fp32 master weights)."""
-        if adapter and self.autocast_dtype is not None:
-            return self.autocast_dtype
-        return torch.float32
+        """The dtype the base model loads in: `frozen_dtype` under an adapter method (whose trained weights PEFT
+        and `apply_method` keep fp32), fp32 for full and freeze (fp32 master weights)."""
+        return DTYPES[self.frozen_dtype] if adapter else torch.float32
 
-    def describe(self) -> str:
-        checkpointing = {True: "on", False: "off", None: "auto"}[self.gradient_checkpointing]
-        return (f"{self.device} {self.precision}, attention {self.attention}, optimizer {self.optimizer}, "
-                f"gradient checkpointing {checkpointing}")
+    def describe_precision(self, adapter: bool) -> str:
+        """E.g. "frozen base weights bf16, trained weights fp32, no autocast (this CPU has avx512_bf16 and …)"."""
+        weights = (f"frozen base weights {self.frozen_dtype}, trained weights fp32" if adapter
+                   else "weights fp32")
+        compute = f"{self.precision} autocast" if self.autocast_dtype is not None else "no autocast"
+        return f"{weights}, {compute} ({self.precision_reason})"
+
+    def describe(self, adapter: bool, gradient_checkpointing: bool | None = None) -> str:
+        """For the first log event; `gradient_checkpointing`: what loading decided where this says auto."""
+        decided = self.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+        checkpointing = {True: "on", False: "off", None: "auto"}[decided]
+        return (f"{self.device}: {self.describe_precision(adapter)}; attention {self.attention}, optimizer "
+                f"{self.optimizer}, gradient checkpointing {checkpointing}")
 
 
 def has_module(name: str) -> bool:
@@ -72,19 +154,7 @@ def decide_device_choices(spec: ResolvedJobSpec, *, cuda: bool | None = None) ->
         raise _refuse("hyperparameters.attention 'flash_attention_2' needs a CUDA GPU with flash-attn installed",
                       "hyperparameters.attention", "use attention 'auto' or 'sdpa'")
 
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    precision = hp.precision
-    if precision == "auto":
-        # On CPU, autocast to bf16 is only a win with AMX and it changes the numbers; fp32 is the safe default.
-        precision = ("bf16" if bf16_ok else "fp16") if cuda else "fp32"
-    elif precision == "bf16" and cuda and not bf16_ok:
-        raise _refuse("hyperparameters.precision 'bf16' needs a GPU with bfloat16 support", "hyperparameters."
-                      "precision", "use precision 'auto' or 'fp16'")
-    elif precision == "fp16" and not cuda:
-        raise _refuse("hyperparameters.precision 'fp16' needs a CUDA GPU", "hyperparameters.precision",
-                      "use precision 'auto', 'bf16' or 'fp32'")
-    if spec.method.type == "qlora" and precision == "fp32":
-        precision = "bf16" if bf16_ok else "fp16"
+    precision, frozen, reason = _decide_precision(spec, cuda)
 
     attention = hp.attention
     if attention == "auto":
@@ -92,7 +162,32 @@ def decide_device_choices(spec: ResolvedJobSpec, *, cuda: bool | None = None) ->
     optimizer = OPTIMIZERS_CUDA[hp.optimizer] if cuda else "adamw_torch"
     checkpointing = hp.gradient_checkpointing
     gradient_checkpointing = checkpointing if isinstance(checkpointing, bool) else (None if cuda else False)
-    return DeviceChoices("cuda" if cuda else "cpu", precision, attention, optimizer, gradient_checkpointing)
+    return DeviceChoices("cuda" if cuda else "cpu", precision, frozen, reason, attention, optimizer,
+                         gradient_checkpointing)
+
+
+def _decide_precision(spec: ResolvedJobSpec, cuda: bool) -> tuple[str, str, str]:
+    """(autocast precision, frozen base dtype, why). See the module's docstring for the policy."""
+    precision = spec.hyperparameters.precision
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and cuda and not bf16_ok:
+        raise _refuse("hyperparameters.precision 'bf16' needs a GPU with bfloat16 support", "hyperparameters."
+                      "precision", "use precision 'auto' or 'fp16'")
+    if precision == "fp16" and not cuda:
+        raise _refuse("hyperparameters.precision 'fp16' needs a CUDA GPU", "hyperparameters.precision",
+                      "use precision 'auto', 'bf16' or 'fp32'")
+    if spec.method.type == "qlora" and precision == "fp32":
+        precision = "bf16" if bf16_ok else "fp16"
+        return precision, precision, "qlora computes in 16 bits"
+    if precision != "auto":
+        return precision, precision, f"hyperparameters.precision is '{precision}'"
+    if cuda:
+        precision = "bf16" if bf16_ok else "fp16"
+        return precision, precision, "auto: this GPU " + ("supports bf16" if bf16_ok else "has no bf16")
+    if spec.method.type not in ADAPTER_METHODS:
+        return "fp32", "fp32", "auto: full and freeze keep fp32 weights on a CPU"
+    cpu = cpu_bf16()
+    return "fp32", "bf16" if cpu.fast else "fp32", f"auto: {cpu.reason}"
 
 
 def needs_gradient_checkpointing(model: torch.nn.Module, micro_batch: int, seq_len: int, precision: str) -> bool:
