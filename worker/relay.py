@@ -36,8 +36,8 @@ log = logging.getLogger("tunequeue.worker")
 DB_PROGRESS_SECONDS = 1.0  # jobs.last_progress is written at most this often (plus every metrics event)
 # A report that lacks one of these (an evaluation-only event, the end-of-training safety net) keeps the last
 # known value in the live view instead of blanking it.
-STICKY = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eta_seconds", "eval_loss", "eval_accuracy",
-          "peak_memory_mb")
+VALIDATION = ("valid_loss", "valid_mean_token_accuracy", "valid_preference_accuracy")  # at a step that evaluated
+STICKY = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eta_seconds", *VALIDATION, "peak_memory_mb")
 
 
 class ProgressRelay:
@@ -94,7 +94,7 @@ class ProgressRelay:
 
         step = int(event.get("step") or 0)
         total = int(event.get("total_steps") or 0)
-        evaluated = event.get("eval_loss") is not None or event.get("eval_accuracy") is not None
+        evaluated = any(event.get(key) is not None for key in VALIDATION)
         due = (self._last_event_step < 0 or step - self._last_event_step >= self.settings.metrics_event_every
                or (total and step >= total) or evaluated)
         if not due and now - self._last_db_write < DB_PROGRESS_SECONDS:
@@ -114,10 +114,10 @@ def _metrics_message(event: dict[str, Any]) -> str:
     parts = []
     if event.get("loss") is not None:
         parts.append(f"training loss={event['loss']:.4f}")
-    if event.get("eval_loss") is not None:
-        parts.append(f"validation loss={event['eval_loss']:.4f}")
-    if event.get("eval_accuracy") is not None:
-        parts.append(f"validation accuracy={event['eval_accuracy']:.4f}")
+    for key, name in zip(VALIDATION, ("validation loss", "validation token accuracy",
+                                      "validation preference accuracy"), strict=True):
+        if event.get(key) is not None:
+            parts.append(f"{name}={event[key]:.4f}")
     return text + (": " + ", ".join(parts) if parts else "")
 
 

@@ -64,8 +64,9 @@ class MetricPoint(PublicModel):
     step: int
     epoch: float | None = None
     loss: float | None = None
-    eval_loss: float | None = None
-    eval_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    valid_preference_accuracy: float | None = None
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_per_second: float | None = None

@@ -16,8 +16,9 @@ from common.services.queries import paginate
 MAX_METRICS_LIMIT = 10_000
 STREAM_BATCH = 500
 
-# The keys docs/progress.md promises in `progress`; the rest (grad_norm, trained_tokens, eval_loss, eval_accuracy,
-# peak_memory_mb, process_rss_mb, attempt, sampled_at) are passed through when a worker reported them.
+# The keys docs/progress.md promises in `progress`; the rest (grad_norm, trained_tokens, valid_loss,
+# valid_mean_token_accuracy, valid_preference_accuracy, peak_memory_mb, process_rss_mb, attempt, sampled_at) are
+# passed through when a worker reported them.
 PROGRESS_KEYS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second", "eta_seconds")
 
 
@@ -90,8 +91,9 @@ def gpu_memory_mb(gpus: Any) -> float | None:
 def metric_point(e: JobEvent) -> dict[str, Any]:
     d = e.data or {}
     return {
-        "step": d.get("step"), "epoch": d.get("epoch"), "loss": d.get("loss"), "eval_loss": d.get("eval_loss"),
-        "eval_accuracy": d.get("eval_accuracy"), "learning_rate": d.get("learning_rate"),
+        "step": d.get("step"), "epoch": d.get("epoch"), "loss": d.get("loss"), "valid_loss": d.get("valid_loss"),
+        "valid_mean_token_accuracy": d.get("valid_mean_token_accuracy"),
+        "valid_preference_accuracy": d.get("valid_preference_accuracy"), "learning_rate": d.get("learning_rate"),
         "grad_norm": d.get("grad_norm"), "tokens_per_second": d.get("tokens_per_second"),
         "trained_tokens": d.get("trained_tokens"), "gpu_memory_mb": gpu_memory_mb(d.get("gpus")),
         "peak_memory_mb": d.get("peak_memory_mb"), "process_rss_mb": d.get("process_rss_mb"),

@@ -251,14 +251,15 @@ def test_metrics_series_one_point_per_step_newest_attempt_wins(client, tenant) -
     second = claim(job_id)
     r2 = relay(job_id, tenant_id, second)
     r2.handle(progress(3, total=10, loss=9.0))
-    r2.handle(progress(4, total=10, loss=None, eval_loss=1.25, eval_accuracy=0.5))
+    r2.handle(progress(4, total=10, loss=None, valid_loss=1.25, valid_preference_accuracy=0.5))
 
     body = client.get(f"/jobs/{job_id}/metrics", headers=auth(key)).json()
     assert body["object"] == "list" and body["job_id"] == job_id and body["has_more"] is False
     points = body["data"]
     assert [(p["step"], p["attempt"]) for p in points] == [(1, first), (2, first), (3, second), (4, second)]
     assert points[2]["loss"] == 9.0 and points[0]["peak_memory_mb"] == 512.0
-    assert (points[3]["eval_loss"], points[3]["eval_accuracy"], points[3]["loss"]) == (1.25, 0.5, None)
+    assert (points[3]["valid_loss"], points[3]["valid_preference_accuracy"], points[3]["loss"]) == (1.25, 0.5, None)
+    assert points[3]["valid_mean_token_accuracy"] is None
     assert {"learning_rate", "tokens_per_second", "gpu_memory_mb", "trained_tokens", "created_at"} <= set(points[0])
     page = client.get(f"/jobs/{job_id}/metrics?after_step=1&limit=2", headers=auth(key)).json()
     assert [p["step"] for p in page["data"]] == [2, 3] and page["has_more"] is True

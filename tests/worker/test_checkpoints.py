@@ -54,10 +54,11 @@ def test_checkpoint_events_follow_complete_checkpoints(tmp_path, tiny_model_dir)
         progress = [e for e in events[:events.index(event)] if e["type"] == "progress"][-1]
         assert progress["step"] == event["step"]  # the step's progress (with its evaluation) comes first
         assert event["metrics"]["train_loss"] == progress["loss"]
-        eval_loss = event["metrics"]["eval_loss"]  # eval auto: each epoch = 2 steps
-        assert eval_loss is not None and eval_loss == progress.get("eval_loss") and eval_loss > 0
-        accuracy = event["metrics"]["token_accuracy"]
-        assert accuracy is not None and 0 <= accuracy <= 1
+        valid_loss = event["metrics"]["valid_loss"]  # eval auto: each epoch = 2 steps
+        assert valid_loss is not None and valid_loss == progress.get("valid_loss") and valid_loss > 0
+        for key in ("train_mean_token_accuracy", "valid_mean_token_accuracy"):
+            accuracy = event["metrics"][key]
+            assert accuracy is not None and 0 <= accuracy <= 1
 
 
 @pytest.mark.parametrize(("stage", "method"), [("sft", "lora"), ("dpo", "full")])
@@ -173,4 +174,4 @@ def test_validation_split_holds_rows_out(tmp_path, tiny_model_dir) -> None:
     reporter = Reporter(io.StringIO())
     result = train(job, reporter)
     assert result.steps == 3  # 12 rows left, batches of 4
-    assert [e["step"] for e in reporter.events if e["type"] == "progress" and "eval_loss" in e] == [3]
+    assert [e["step"] for e in reporter.events if e["type"] == "progress" and "valid_loss" in e] == [3]

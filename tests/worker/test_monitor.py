@@ -212,16 +212,17 @@ def test_relay_keeps_one_metrics_event_per_n_steps_plus_evaluations_and_the_last
     assert live_view(job_id)["step"] == 2, "Redis gets every step"
     assert durable_view(job_id)["step"] == 1, "Postgres gets the due ones"
     for step in range(3, 11):
-        extra = {"eval_loss": 1.5, "eval_accuracy": 0.25} if step == 5 else {}
+        extra = {"valid_loss": 1.5, "valid_mean_token_accuracy": 0.25} if step == 5 else {}
         r.handle(progress(step, total=10, peak_memory_mb=300.0 + step, **extra))
     kept = events(job_id, type="metrics")
     data = metrics_data(job_id)
     assert [d["step"] for d in data] == [1, 4, 5, 8, 10]
-    assert data[2]["eval_loss"] == 1.5 and "validation loss=1.5000" in kept[2].message
+    assert data[2]["valid_loss"] == 1.5 and "validation loss=1.5000" in kept[2].message
+    assert "validation token accuracy=0.2500" in kept[2].message
     assert data[-1]["peak_memory_mb"] == 310.0 and all(e.attempt == attempt for e in kept)
     assert durable_view(job_id)["step"] == 10 and job_row(job_id).trained_tokens == 1280
     live = live_view(job_id)
-    assert live["eval_loss"] == 1.5, "the last evaluation stays in the live view"
+    assert live["valid_loss"] == 1.5, "the last evaluation stays in the live view"
     finish(job_id, attempt)
     ProgressChannel().clear(job_id)
 

@@ -22,8 +22,8 @@ def test_every_event_the_reporter_writes_parses_back_as_it_was_kept() -> None:
                       tokens_per_second=100.0, trained_tokens=64, eta_seconds=None, peak_memory_mb=300.0)
     reporter.progress(step=2, total_steps=5, epoch=0.4, loss=float("nan"), learning_rate=1e-3, grad_norm=None,
                       tokens_per_second=None, trained_tokens=128, eta_seconds=3.0,
-                      evaluation={"eval_loss": 1.5, "eval_accuracy": None})
-    reporter.checkpoint(step=2, path="/w/checkpoint-2", metrics={"train_loss": float("inf"), "eval_loss": 1.5})
+                      evaluation={"valid_loss": 1.5, "valid_preference_accuracy": None})
+    reporter.checkpoint(step=2, path="/w/checkpoint-2", metrics={"train_loss": float("inf"), "valid_loss": 1.5})
     reporter.result(adapter_dir="/w/adapter", first_loss=2.5, last_loss=1.0, train_loss=1.7, trained_tokens=320,
                     steps=5, merged_dir="/w/merged")
     reporter.error("cuda_oom", "out of memory", "hyperparameters.batch_size")
@@ -35,10 +35,12 @@ def test_every_event_the_reporter_writes_parses_back_as_it_was_kept() -> None:
     assert [e["type"] for e in reporter.events] == ["log", "progress", "progress", "checkpoint", "result", "error"]
     diverged = reporter.events[2]
     assert diverged["type"] == "progress" and diverged["loss"] is None, "NaN is sent as null, not as bad JSON"
-    assert (diverged.get("eval_loss"), diverged.get("eval_accuracy")) == (1.5, None)
+    assert (diverged.get("valid_loss"), diverged.get("valid_preference_accuracy")) == (1.5, None)
+    assert "valid_mean_token_accuracy" not in diverged, "only the accuracies the stage measured"
     checkpoint = reporter.events[3]
     assert checkpoint["type"] == "checkpoint"
-    assert checkpoint["metrics"] == {"train_loss": None, "eval_loss": 1.5, "token_accuracy": None}
+    assert checkpoint["metrics"] == {"train_loss": None, "train_mean_token_accuracy": None, "valid_loss": 1.5,
+                                     "valid_mean_token_accuracy": None, "valid_preference_accuracy": None}
 
 
 def test_lines_that_are_not_whole_events_are_ignored() -> None:

@@ -59,7 +59,7 @@ def test_loss_falls_and_progress_is_reported(trained) -> None:
     assert all(e["learning_rate"] > 0 and e["grad_norm"] > 0 and e["tokens_per_second"] > 0 for e in progress[:-1])
     assert progress[-1]["eta_seconds"] == 0
     assert all(e["peak_memory_mb"] > 50 for e in progress)  # the process's peak RSS: torch alone is more
-    assert all("eval_loss" not in e for e in progress)  # no validation data: no evaluation
+    assert all("valid_loss" not in e for e in progress)  # no validation data: no evaluation
 
     # Trained tokens: every non-padding token of every row, once per epoch.
     tokenizer = load_tokenizer(job.base_model)
@@ -237,9 +237,9 @@ def test_child_process_reports_progress_and_result(tmp_path, tiny_model_dir, wri
     assert [e["step"] for e in progress] == [1, 2, 3, 4]  # the first, every 3rd, each evaluation, the last
     assert all(e["loss"] is not None for e in progress)
     assert events[-1]["last_loss"] == progress[-1]["loss"]
-    evaluated = [e for e in progress if "eval_loss" in e]  # eval_steps auto: once per epoch (2 steps)
+    evaluated = [e for e in progress if "valid_loss" in e]  # eval_steps auto: once per epoch (2 steps)
     assert [e["step"] for e in evaluated] == [2, 4]
-    assert all(e["eval_loss"] > 0 and 0 <= e["eval_accuracy"] <= 1 for e in evaluated)
+    assert all(e["valid_loss"] > 0 and 0 <= e["valid_mean_token_accuracy"] <= 1 for e in evaluated)
     assert events[-1]["type"] == "result"
     assert events[-1]["adapter_dir"] == str(job_dir / "output" / "adapter")
     assert events[-1]["steps"] == 4

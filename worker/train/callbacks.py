@@ -5,6 +5,9 @@
 - cancel (SIGTERM → `stop`): end at the next step boundary;
 - preempt (SIGUSR1 → `preempt`): save a checkpoint at the next step boundary, then end;
 - early stopping on the validation loss; test-only fault injection (`fault.oom_at_step`).
+
+The stages' metrics arrive as the Trainer logs them (`StageTrainer.log`: the window's mean, `eval_` before an
+evaluation's); they leave under OpenAI's names (`EVALUATION_KEYS`, `train_mean_token_accuracy`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from worker.train.reporter import Reporter
+
+# An evaluation's logs → the event's keys: the loss, next-token accuracy over the trained tokens (sft, pt) and
+# how often the implicit reward or score ranks chosen over rejected (dpo, orpo, rm, kto).
+EVALUATION_KEYS = {"eval_loss": "valid_loss", "eval_token_accuracy": "valid_mean_token_accuracy",
+                   "eval_preference_accuracy": "valid_preference_accuracy"}
 
 
 def peak_memory_mb() -> float:
@@ -97,7 +105,7 @@ class ProgressCallback(TrainerCallback):
                logs: dict[str, float] | None = None, **kw: Any):
         if not logs:
             return
-        if "eval_loss" in logs:
+        if "eval_loss" in logs:  # an evaluation's numbers
             self._evaluated(state, control, logs)
             return
         if "loss" not in logs:  # the end-of-training summary (train_loss, train_runtime, …)
@@ -107,7 +115,7 @@ class ProgressCallback(TrainerCallback):
             self.first_loss = loss
         self.last_loss = loss
         if "token_accuracy" in logs:
-            self.last_token_accuracy = float(logs["token_accuracy"])
+            self.last_token_accuracy = float(logs["token_accuracy"])  # for checkpoints' train_mean_token_accuracy
         event = self._progress(state, loss=loss, learning_rate=logs.get("learning_rate"),
                                grad_norm=logs.get("grad_norm"))
         if control.should_evaluate:
@@ -116,14 +124,12 @@ class ProgressCallback(TrainerCallback):
             self.reporter.progress(**event)
 
     def _evaluated(self, state: TrainerState, control: TrainerControl, logs: dict[str, float]) -> None:
-        accuracy = logs.get("eval_accuracy", logs.get("eval_token_accuracy"))
-        self.last_eval = {"eval_loss": float(logs["eval_loss"]),
-                          "eval_accuracy": None if accuracy is None else float(accuracy)}
+        self.last_eval = {name: float(logs[key]) for key, name in EVALUATION_KEYS.items() if key in logs}
         event = self._pending or self._progress(state, loss=None, learning_rate=None, grad_norm=None)
         self._pending = None
         self.reporter.progress(**event, evaluation=self.last_eval)
         if self.patience:
-            loss = self.last_eval["eval_loss"]
+            loss = self.last_eval["valid_loss"]
             if self._best_eval is None or (loss is not None and loss < self._best_eval - 1e-4):
                 self._best_eval, self._bad_evals = loss, 0
             else:
@@ -137,9 +143,9 @@ class ProgressCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         path = (Path(str(args.output_dir)) / f"checkpoint-{state.global_step}").absolute()
         self.last_checkpoint = str(path)
-        eval_loss = self.last_eval["eval_loss"] if self.last_eval else None
         self.reporter.checkpoint(step=state.global_step, path=str(path), metrics={
-            "train_loss": self.last_loss, "eval_loss": eval_loss, "token_accuracy": self.last_token_accuracy})
+            "train_loss": self.last_loss, "train_mean_token_accuracy": self.last_token_accuracy,
+            **(self.last_eval or {})})
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         if self._pending is not None:  # an evaluation that did not happen (stopped in between)

@@ -49,14 +49,23 @@ class ProgressEvent(TypedDict):
     trained_tokens: int
     eta_seconds: float | None
     peak_memory_mb: float | None  # CUDA: max allocated; CPU: the process's peak RSS
-    eval_loss: NotRequired[float | None]  # only at a step that evaluated
-    eval_accuracy: NotRequired[float | None]  # null where the stage has no accuracy
+    # Only at a step that evaluated (docs/progress.md): the validation data's loss, and the accuracy the stage
+    # measures — next-token accuracy over trained tokens (sft, pt) or how often the implicit reward (the value
+    # head's score for rm) ranks chosen over rejected (dpo, orpo, rm; kto: desirable over undesirable rows).
+    valid_loss: NotRequired[float | None]
+    valid_mean_token_accuracy: NotRequired[float | None]
+    valid_preference_accuracy: NotRequired[float | None]
 
 
 class CheckpointMetrics(TypedDict):
+    """OpenAI's checkpoint metric names (common/services/events.py `checkpoint_public`); null where not
+    measured: train_* from the last logging step, valid_* from the last evaluation."""
+
     train_loss: float | None
-    eval_loss: float | None
-    token_accuracy: float | None
+    train_mean_token_accuracy: float | None
+    valid_loss: float | None
+    valid_mean_token_accuracy: float | None
+    valid_preference_accuracy: float | None
 
 
 class CheckpointEvent(TypedDict):

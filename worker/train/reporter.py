@@ -18,6 +18,8 @@ from worker.train.protocol import (
     encode,
 )
 
+VALID_METRICS = ("valid_loss", "valid_mean_token_accuracy", "valid_preference_accuracy")
+
 
 def _finite(value: float | None) -> float | None:
     """JSON has no NaN or Infinity: a diverged loss is reported as null rather than as an unparsable line."""
@@ -71,9 +73,10 @@ class Reporter:
             "eta_seconds": _finite(eta_seconds),
             "peak_memory_mb": _finite(peak_memory_mb),
         }
-        if evaluation is not None:
-            event["eval_loss"] = _finite(evaluation.get("eval_loss"))
-            event["eval_accuracy"] = _finite(evaluation.get("eval_accuracy"))
+        if evaluation is not None:  # the keys the stage measured, of VALID_METRICS
+            for key in VALID_METRICS:
+                if key in evaluation:
+                    event[key] = _finite(evaluation[key])  # type: ignore[literal-required]
         self.emit(event)
 
     def checkpoint(self, *, step: int, path: str, metrics: dict[str, float | None]) -> None:
@@ -82,8 +85,10 @@ class Reporter:
             "step": int(step),
             "path": path,
             "metrics": {"train_loss": _finite(metrics.get("train_loss")),
-                        "eval_loss": _finite(metrics.get("eval_loss")),
-                        "token_accuracy": _finite(metrics.get("token_accuracy"))},
+                        "train_mean_token_accuracy": _finite(metrics.get("train_mean_token_accuracy")),
+                        "valid_loss": _finite(metrics.get("valid_loss")),
+                        "valid_mean_token_accuracy": _finite(metrics.get("valid_mean_token_accuracy")),
+                        "valid_preference_accuracy": _finite(metrics.get("valid_preference_accuracy"))},
         }
         self.emit(event)
 

@@ -142,8 +142,11 @@ class Orpo(PairStage):
 
 
 def preference_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> Metrics:
+    """The mean rewards and margin, and `preference_accuracy`: how often chosen's reward is above rejected's (a
+    tie counts as wrong); an evaluation reports it as `valid_preference_accuracy` (docs/progress.md)."""
     with torch.no_grad():
         margin = chosen - rejected
         return {"rewards_chosen": chosen.mean().item(), "rewards_rejected": rejected.mean().item(),
-                "reward_margin": margin.mean().item(), "accuracy": (margin > 0).float().mean().item()}
+                "reward_margin": margin.mean().item(),
+                "preference_accuracy": (margin > 0).float().mean().item()}
 

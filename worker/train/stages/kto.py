@@ -109,4 +109,13 @@ class Kto(Stage):
                 metrics["rewards_desirable"] = rewards[desirable].mean().item()
             if (~desirable).any():
                 metrics["rewards_undesirable"] = rewards[~desirable].mean().item()
+            if desirable.any() and (~desirable).any():
+                metrics["preference_accuracy"] = preference_accuracy(rewards[desirable], rewards[~desirable])
         return losses.mean(), metrics
+
+
+def preference_accuracy(desirable: torch.Tensor, undesirable: torch.Tensor) -> float:
+    """KTO's rows are unpaired: over every (desirable, undesirable) pair of rows in the batch, how often the
+    desirable one's implicit reward β·(log π − log π_ref) is the higher (ties count as wrong). A batch with one
+    kind of row only has none."""
+    return (desirable[:, None] > undesirable[None, :]).float().mean().item()
