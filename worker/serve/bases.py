@@ -154,8 +154,13 @@ class BasePool:
         source = str(path) if path is not None else entry.path
         kw: dict[str, Any] = {"revision": entry.revision, "trust_remote_code": entry.trust_remote_code}
         started = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, use_safetensors=True, **kw)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, use_safetensors=True, **kw)
+        except OSError as exc:  # a hub id that is neither cached nor reachable, a folder without weights
+            raise NotReady(f"could not load base model {base_id!r} from {source} ({type(exc).__name__}: {exc}); "
+                           "check TUNEQUEUE_BASE_MODELS on the serve host", param="model",
+                           code="base_model_unavailable") from exc
         model = model.to(self.device).eval()  # type: ignore[arg-type]
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
         bank = LoraBank(model, self.settings.serve_max_adapters, dtype=self.dtype, device=self.device)
