@@ -53,7 +53,8 @@ def _base_model(settings: Settings, job: Job) -> dict[str, Any]:
     if path is not None and not (path / "config.json").is_file():
         raise JobSetupError("base_model_unavailable",
                             f"base model {job.base_model!r} points at {path}, which holds no config.json on this "
-                            "worker; build it (`tunequeue dev tiny-model PATH`) or fix TUNEQUEUE_BASE_MODELS",
+                            "worker; build it (`make up` builds the demo models: `tunequeue dev setup`) or fix "
+                            "TUNEQUEUE_BASE_MODELS",
                             "base_model")
     return {"id": job.base_model, "path": str(path) if path else entry.path, "revision": entry.revision,
             "trust_remote_code": entry.trust_remote_code, "template": entry.template}

@@ -57,7 +57,7 @@ def load_tokenizer(model_id: str, entry: BaseModelEntry) -> Any:
     if folder is not None and not folder.is_dir():
         raise NotReady(
             f"base model {model_id!r} points at {folder}, which does not exist on this machine; build it "
-            "(`tunequeue dev tiny-model PATH`) or fix TUNEQUEUE_BASE_MODELS",
+            "(`make up` builds the demo models: `tunequeue dev setup`) or fix TUNEQUEUE_BASE_MODELS",
             param="base_model", code=MODEL_UNAVAILABLE,
         )
     stamp = folder.stat().st_mtime_ns if folder is not None else 0
