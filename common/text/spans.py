@@ -52,12 +52,12 @@ def _facts(tokenizer: Any) -> _TokenizerFacts:
         return hit[1]
     special = set(tokenizer.all_special_ids)
     special.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
-    backend = tokenizer.backend_tokenizer
+    serialized = tokenizer.backend_tokenizer.to_str()
     plain = None
-    if '"trim_offsets":true' in json.dumps(json.loads(backend.to_str()).get("post_processor"), separators=(",", ":")):
+    if '"trim_offsets":true' in json.dumps(json.loads(serialized).get("post_processor"), separators=(",", ":")):
         from tokenizers import Tokenizer
 
-        plain = Tokenizer.from_str(backend.to_str())
+        plain = Tokenizer.from_str(serialized)
         plain.post_processor = None
     facts = _TokenizerFacts(frozenset(special), plain)
     if len(_FACTS) >= 8:
@@ -107,8 +107,8 @@ def derive_turn_spans(
                       f"text it drops when one continues): {_first(k + 1)} {_verb(k + 1)} as")
         begin, end = len(prompt), len(upto)
         if not done <= begin <= end:
-            raise NotPrefixPreserving(model, f"the generation prompt before {where} reaches past the message "
-                                      f"itself ({begin} > {end} characters)")
+            raise NotPrefixPreserving(model, f"{where} would span characters {begin}-{end} of the conversation, "
+                                      f"overlapping what came before it (up to character {done})")
         for boundary, what in ((begin, "its header and its content"), (end, "it and what follows")):
             _check_boundary(model, full, ids, offsets, starts, boundary, f"{where}, between {what}", tokenizer)
         first, stop = bisect_left(starts, begin), bisect_left(starts, end)

@@ -151,3 +151,23 @@ def test_the_file_check_and_the_trainer_get_the_same_rows_from_an_unmarked_templ
     trained = prepare_chat_data(path, tokenizer, chosen.text, max_seq_length=4096)
     assert trained.input_ids == [seq.input_ids for seq in checked]
     assert trained.labels == [seq.labels for seq in checked]
+
+
+def test_a_merge_that_trimmed_offsets_would_hide_is_refused() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(["Q: hi A: yes"] * 50, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    backend.post_processor = processors.ByteLevel(trim_offsets=True)  # " yes" reports offsets without its space
+    # the generation prompt ends with a space that the answer's first token takes
+    template = ("{%- for m in messages -%}{{ ('Q: ' if m['role'] == 'user' else 'A: ') + m['content'] + ' ' }}"
+                "{%- endfor -%}{%- if add_generation_prompt -%}{{ 'A: ' }}{%- endif -%}")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]
+    assert "Ġyes" in tokenizer.convert_ids_to_tokens(tokenizer.apply_chat_template(messages, return_dict=False))
+    with pytest.raises(NotPrefixPreserving) as refused:
+        tokenize_chat(tokenizer, messages, template, model="spacey")
+    assert "token 'Ġyes' covers ' yes'" in refused.value.message
