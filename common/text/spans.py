@@ -82,7 +82,7 @@ def derive_turn_spans(
         return renders[key]
 
     full = render(len(messages), False)
-    encoded = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True)
+    encoded = tokenizer(full, add_special_tokens=False)  # what apply_chat_template(tokenize=True) does with it
     ids = list(encoded["input_ids"])
     offsets = _offsets(tokenizer, encoded, full, ids, model)
     starts = [start for start, _ in offsets]
