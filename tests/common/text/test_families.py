@@ -165,7 +165,7 @@ def test_a_merge_that_trimmed_offsets_would_hide_is_refused() -> None:
     # the generation prompt ends with a space that the answer's first token takes
     template = ("{%- for m in messages -%}{{ ('Q: ' if m['role'] == 'user' else 'A: ') + m['content'] + ' ' }}"
                 "{%- endfor -%}{%- if add_generation_prompt -%}{{ 'A: ' }}{%- endif -%}")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template)
+    tokenizer: Any = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]
     assert "Ġyes" in tokenizer.convert_ids_to_tokens(tokenizer.apply_chat_template(messages, return_dict=False))
     with pytest.raises(NotPrefixPreserving) as refused:
