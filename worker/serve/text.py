@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from common.errors import InvalidRequest
-from common.text.templates import TEMPLATES
+from common.text.templates import TEMPLATES, own_template
 
 
 def chat_template(tokenizer: Any, template_name: str | None) -> str | None:
-    """The tokenizer's own template, else the one the base model is registered with (same as training)."""
-    if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.chat_template)
-    return TEMPLATES.get(template_name or "")
+    """The template the base model is registered with, else the tokenizer's own: the order training uses
+    (common/text/templates.py choose_template), so an adapter is served with the template it was trained on."""
+    if template_name in TEMPLATES:
+        return TEMPLATES[template_name]
+    return own_template(tokenizer)
 
 
 def encode_chat(tokenizer: Any, template: str | None, messages: list[dict[str, str]], model: str) -> list[int]:
