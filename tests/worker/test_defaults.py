@@ -153,7 +153,8 @@ def test_precision_attention_optimizer_and_checkpointing_are_the_devices_auto(
     assert args.max_grad_norm == 1.0 and args.neftune_noise_alpha is None
     if not torch.cuda.is_available():
         assert args.activation_checkpointing is False  # auto: off on CPU
-        assert (f"cpu: frozen base weights {frozen_dtype}, trained weights fp32, no autocast (auto: this CPU "
+        compute = "bf16 matmuls with fp32 activations" if frozen_dtype == "bf16" else "fp32 compute"
+        assert (f"cpu: frozen base weights {frozen_dtype}, trained weights fp32, {compute} (auto: this CPU "
                 in first_log(reporter))
         assert "attention sdpa, optimizer adamw_torch, gradient checkpointing off" in first_log(reporter)
 

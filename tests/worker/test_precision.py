@@ -1,6 +1,7 @@
-"""The precision policy (docs/job-spec.md, Precision; worker/train/runtime.py): where a CPU runs bf16 fast, an
-adapter job's frozen base loads in bf16 while everything that trains stays fp32, the job's first event says so
-and why, and the training loss stays within `LOSS_RTOL` of the same job in fp32."""
+"""The precision policy (docs/job-spec.md, Precision; worker/train/runtime.py, worker/train/precision.py): where a
+CPU runs bf16 fast, an adapter job's frozen base loads in bf16 while everything that trains stays fp32 and the
+activations between the bf16 matmuls are fp32, the job's first event says so and why, and the training loss
+stays within `LOSS_RTOL` of the same job in fp32 — on the tiny model and on SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ import pytest
 import torch
 
 from common.schemas.job_spec import JobSpec, ResolvedJobSpec, stored_spec, training_spec
+from tests.support.real_model import RealModelUnavailable, real_model_dir
 from tests.support.training import fixed_reply_rows, pair_rows, write_job_dir
 from worker.train.config import load_job
 from worker.train.reporter import Reporter
 from worker.train.run import TrainResult, train
 from worker.train.runtime import CPU_BF16_FLAGS, bf16_matmul_speedup, cpu_bf16, cpu_flags, decide_device_choices
 
-# The documented tolerance: per logged step, |loss(bf16 base) − loss(fp32)| ≤ 1 % of the fp32 loss. Measured on
-# the tiny model over 8 steps: at most 0.03 %.
-LOSS_RTOL = 0.01
+# The documented tolerance: per logged step, |loss(bf16 base) − loss(fp32)| ≤ 3 % of the fp32 loss. Measured at
+# most 0.03 % on the tiny model (8 steps) and 1.3 % on SmolLM2-135M-Instruct (12 steps, lr 2e-4); with bf16
+# activations instead of fp32 the real model's second step was 21 % off.
+LOSS_RTOL = 0.03
 
 needs_fast_cpu_bf16 = pytest.mark.skipif(torch.cuda.is_available() or not cpu_bf16().fast,
                                          reason=f"the CPU policy with a bf16 base: {cpu_bf16().reason}")
@@ -79,7 +82,8 @@ def test_an_explicit_precision_overrides_the_cpu_probe() -> None:
 
 def run(tmp_path: Path, base: Path, name: str, rows: list[dict[str, Any]], **options: Any
         ) -> tuple[TrainResult, Reporter]:
-    job = load_job(write_job_dir(tmp_path / name, base, rows, n_epochs=2, lr_scheduler="constant", **options))
+    options = {"n_epochs": 2, "lr_scheduler": "constant", **options}
+    job = load_job(write_job_dir(tmp_path / name, base, rows, **options))
     reporter = Reporter(io.StringIO())
     return train(job, reporter), reporter
 
@@ -96,6 +100,15 @@ def dtypes(model: torch.nn.Module, trainable: bool) -> set[torch.dtype]:
     return {p.dtype for p in model.parameters() if p.requires_grad == trainable}
 
 
+def assert_losses_agree(bf16_events: Reporter, fp32_events: Reporter, steps: int) -> list[float]:
+    bf16_losses, fp32_losses = losses(bf16_events), losses(fp32_events)
+    assert len(bf16_losses) == len(fp32_losses) == steps
+    assert bf16_losses != fp32_losses, "the two runs computed in different dtypes"
+    for step, (got, want) in enumerate(zip(bf16_losses, fp32_losses, strict=True), start=1):
+        assert abs(got - want) <= LOSS_RTOL * abs(want), (step, got, want)
+    return bf16_losses
+
+
 @pytest.mark.slow
 @needs_fast_cpu_bf16
 def test_a_lora_run_on_a_bf16_base_matches_the_fp32_run_within_the_tolerance(tmp_path: Path,
@@ -108,17 +121,29 @@ def test_a_lora_run_on_a_bf16_base_matches_the_fp32_run_within_the_tolerance(tmp
     assert dtypes(auto.model, trainable=True) == {torch.float32}
     assert {name.split(".")[-2] for name, p in auto.model.named_parameters() if p.requires_grad} == {"default"}
     assert dtypes(exact.model, trainable=False) == dtypes(exact.model, trainable=True) == {torch.float32}
-    assert "cpu: frozen base weights bf16, trained weights fp32, no autocast (auto: this CPU has" in \
-        first_log(auto_events)
-    assert "frozen base weights fp32, trained weights fp32, no autocast (hyperparameters.precision is 'fp32')" in \
+    assert ("cpu: frozen base weights bf16, trained weights fp32, bf16 matmuls with fp32 activations (auto: this "
+            "CPU has") in first_log(auto_events)
+    assert "frozen base weights fp32, trained weights fp32, fp32 compute (hyperparameters.precision is 'fp32')" in \
         first_log(exact_events)
-
-    bf16_losses, fp32_losses = losses(auto_events), losses(exact_events)
-    assert len(bf16_losses) == len(fp32_losses) == 8
-    assert bf16_losses != fp32_losses, "the two runs computed in different dtypes"
-    for step, (got, want) in enumerate(zip(bf16_losses, fp32_losses, strict=True), start=1):
-        assert abs(got - want) <= LOSS_RTOL * abs(want), (step, got, want)
+    bf16_losses = assert_losses_agree(auto_events, exact_events, steps=8)
     assert bf16_losses[-1] < bf16_losses[0] - 0.5  # and it learns
+
+
+@pytest.mark.slow
+@needs_fast_cpu_bf16
+def test_on_the_real_model_a_bf16_base_learns_as_fast_as_fp32(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct is bf16 on disk. Six LoRA steps at the default learning rate: each loss within
+    LOSS_RTOL of the fp32 run's (bf16 activations would fail at step 2: 3.68 against 3.05)."""
+    try:
+        base = real_model_dir()
+    except RealModelUnavailable as exc:
+        pytest.skip(str(exc))
+    rows, options = fixed_reply_rows(8), {"n_epochs": 3, "learning_rate": 2e-4}
+    auto, auto_events = run(tmp_path, base, "auto", rows, **options)
+    _, exact_events = run(tmp_path, base, "fp32", rows, precision="fp32", **options)
+    assert dtypes(auto.model, trainable=False) == {torch.bfloat16}
+    bf16_losses = assert_losses_agree(auto_events, exact_events, steps=6)
+    assert bf16_losses[-1] < bf16_losses[0] / 2
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, set_seed
 
 from common.schemas.job_spec import ADAPTER_METHODS, LoraOptions, Method
 from worker.train.errors import TrainingError
+from worker.train.precision import train_saved_modules_in_fp32
 from worker.train.protocol import TRAINING_ERROR
 
 SERVING_WARNING = (
@@ -145,8 +146,6 @@ def apply_method(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if method.lora is not None and method.lora.modules_to_save and warn is not None:
         warn(SERVING_WARNING.format(names=method.lora.modules_to_save))
-    heads = head + tuple(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if module is model.get_output_embeddings())
     set_seed(seed)
     with warnings.catch_warnings():
         # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`; not ours to fix
@@ -155,38 +154,6 @@ def apply_method(
             wrapped = PeftModel.from_pretrained(model, str(init_adapter_dir), is_trainable=True)
         else:
             wrapped = get_peft_model(model, peft_config(method, model, task_type=task_type))
-    train_saved_modules_in_fp32(wrapped, heads)
+    train_saved_modules_in_fp32(wrapped)  # trained weights stay fp32 over a 16-bit base
     return wrapped
 
-
-def _cast(value: Any, dtype: torch.dtype) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.to(dtype)
-    if isinstance(value, tuple):
-        return tuple(_cast(item, dtype) for item in value)
-    return value
-
-
-def _inputs_to_fp32(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-                    ) -> tuple[Any, dict[str, Any]]:
-    return _cast(args, torch.float32), {key: _cast(value, torch.float32) for key, value in kwargs.items()}
-
-
-def train_saved_modules_in_fp32(model: torch.nn.Module, heads: tuple[str, ...]) -> None:
-    """Trained weights stay fp32 over a 16-bit frozen base (worker/train/runtime.py). PEFT upcasts its adapter
-    weights itself, but its trained copies of `modules_to_save` (a reward model's value head among them) keep the
-    base's dtype: they are upcast here. With no autocast (CPU) each then casts its input to fp32 and, unless it is
-    an output head (`heads`: its logits are read in fp32 anyway), its output back to the base's dtype."""
-    from peft.utils import ModulesToSaveWrapper
-
-    for name, wrapper in model.named_modules():
-        if not isinstance(wrapper, ModulesToSaveWrapper):
-            continue
-        frozen = next((p.dtype for p in wrapper.original_module.parameters()), torch.float32)
-        if frozen == torch.float32:
-            continue
-        for copy in wrapper.modules_to_save.values():
-            copy.float()
-            copy.register_forward_pre_hook(_inputs_to_fp32, with_kwargs=True)
-            if name.rsplit(".", 1)[-1] not in heads:
-                copy.register_forward_hook(lambda _module, _args, output, dtype=frozen: _cast(output, dtype))

@@ -29,6 +29,7 @@ from worker.train.config import JobConfig
 from worker.train.errors import TrainingCancelled, TrainingPreempted
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method, quantization_config
+from worker.train.precision import fp32_activations
 from worker.train.reporter import Reporter
 from worker.train.runtime import DeviceChoices, decide_device_choices, needs_gradient_checkpointing
 from worker.train.saving import save_merged, save_published
@@ -191,6 +192,8 @@ def load_model(plan: Plan, reporter: Reporter) -> Loaded:
     model = apply_method(base, method, seed=spec.seed, task_type=stage.task_type,
                          warn=lambda message: reporter.log(message, "warning"),
                          init_adapter_dir=job.init_adapter_dir, gradient_checkpointing=checkpointing)
+    if adapter and device.half_matmuls_fp32_activations:
+        fp32_activations(model)  # worker/train/precision.py
     pissa_init = None
     if adapter and job.init_adapter_dir is None and method.lora is not None and method.lora.init == "pissa":
         pissa_init = job.output_dir.absolute() / "pissa-init"

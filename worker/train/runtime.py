@@ -6,8 +6,8 @@ with `unsupported_on_worker` and what it needed.
 The precision policy (docs/job-spec.md, `precision`): weights that train are always fp32. The frozen base weights
 of an adapter method (lora, dora; qlora's are 4-bit) are stored in 16 bits where the device runs 16-bit matmuls
 fast: on CUDA the autocast dtype; on a CPU, bf16 when it has bf16 instructions and a timed matmul confirms that
-they pay (`cpu_bf16`), with no autocast, so the frozen layers run in bf16 and the adapters in fp32. full and
-freeze keep fp32 weights (autocast on CUDA)."""
+they pay (`cpu_bf16`), with no autocast: the frozen layers' matmuls run in bf16, the activations between them and
+the adapters in fp32 (worker/train/precision.py). full and freeze keep fp32 weights (autocast on CUDA)."""
 
 from __future__ import annotations
 
@@ -112,11 +112,23 @@ class DeviceChoices:
         and `apply_method` keep fp32), fp32 for full and freeze (fp32 master weights)."""
         return DTYPES[self.frozen_dtype] if adapter else torch.float32
 
+    @property
+    def half_matmuls_fp32_activations(self) -> bool:
+        """An adapter job over 16-bit frozen weights without autocast: its frozen layers compute in 16 bits and
+        hand fp32 on (worker/train/precision.py `fp32_activations`)."""
+        return self.autocast_dtype is None and self.frozen_dtype != "fp32"
+
     def describe_precision(self, adapter: bool) -> str:
-        """E.g. "frozen base weights bf16, trained weights fp32, no autocast (this CPU has avx512_bf16 and …)"."""
+        """E.g. "frozen base weights bf16, trained weights fp32, bf16 matmuls with fp32 activations (auto: this
+        CPU has avx512_bf16 and …)"."""
         weights = (f"frozen base weights {self.frozen_dtype}, trained weights fp32" if adapter
                    else "weights fp32")
-        compute = f"{self.precision} autocast" if self.autocast_dtype is not None else "no autocast"
+        if self.autocast_dtype is not None:
+            compute = f"{self.precision} autocast"
+        elif adapter and self.half_matmuls_fp32_activations:
+            compute = f"{self.frozen_dtype} matmuls with fp32 activations"
+        else:
+            compute = "fp32 compute"
         return f"{weights}, {compute} ({self.precision_reason})"
 
     def describe(self, adapter: bool, gradient_checkpointing: bool | None = None) -> str:
