@@ -1,11 +1,12 @@
 """What every stage shares: the `Stage` interface, padding, log-probabilities that score only the positions a
 loss needs, and `StageTrainer`, the transformers `Trainer` every stage trains with.
 
-Why not TRL's trainers: each stage here is a data layout plus a loss of a few lines, computed from the same
-tokenisation (our chat templates with generation markers decide which tokens count) and the same speed path:
+Why not TRL's trainers (measured per stage in docs/training.md): each stage here is a data layout plus a loss
+(worker/train/losses.py, equal to TRL's: tests/worker/test_loss_oracle.py), computed from the tokenisation the
+file check and SFT use (the chat template's assistant spans decide which tokens count) and the same speed path:
 the LM head projects only the positions the loss reads (assistant tokens, completions) instead of every
-position, and reference log-probabilities are computed once before training instead of at every step. TRL's
-DPO/KTO trainers re-tokenise the rows themselves, and its ORPO and SimPO (CPO) live in `trl.experimental`.
+position, and reference log-probabilities are computed once before training. TRL's trainers tokenise the rows
+their own way, and its ORPO and SimPO (CPO) live in `trl.experimental`.
 """
 
 from __future__ import annotations
