@@ -128,8 +128,8 @@ def plan_attempt(job: JobConfig, reporter: Reporter, *, padding_free: bool | Non
         template = choose_template(tokenizer, model_id=job.base_model.id, job_template=job.spec.template,
                                    registry_template=job.base_model.template).text
         tokenizer.chat_template = template  # saved with the adapter, so serving renders chats the same way
-    if padding_free is None:
-        padding_free = device.attention == "flash_attention_2"
+    if padding_free is None:  # sdpa attends per packed row (worker/train/varlen_attention.py)
+        padding_free = device.attention in ("flash_attention_2", "sdpa")
     stage = make_stage(job, tokenizer, template, padding_free=padding_free)
     data = stage.prepare(lambda message: reporter.log(message, "warning"))
     total, save_steps, eval_steps = plan_steps(job.spec.hyperparameters, len(data.train))
@@ -337,10 +337,10 @@ def train(job: JobConfig, reporter: Reporter, *, stop: threading.Event | None = 
     """Run one attempt and report it. Raises TrainingError, TrainingCancelled, TrainingPreempted or whatever
     broke (the caller maps it with `describe_failure`).
 
-    sft/pt batches: with flash-attention, padding-free (the batch's rows end to end in one row, `position_ids`
-    restarting per row: no padding at all); otherwise rows padded to the longest in the batch. Padding-free
-    with sdpa costs attention over the whole batch length, so it is only the default where varlen kernels
-    exist; `padding_free` forces either way. `group_by_length` batches rows of similar length (less padding,
+    sft/pt batches: with flash-attention or sdpa, padding-free (the batch's rows end to end in one row,
+    `position_ids` restarting per row: no padding at all; flash-attention's varlen kernels or sdpa per packed row
+    keep the rows apart); with eager attention, rows padded to the longest in the batch. `padding_free` forces
+    either way. `group_by_length` batches rows of similar length (less padding,
     but batches no longer mix lengths; off by default, the benchmark measures it)."""
     stop = stop or threading.Event()
     plan = plan_attempt(job, reporter, padding_free=padding_free)

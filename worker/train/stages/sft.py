@@ -1,14 +1,17 @@
 """Language-modelling stages: sft (chat rows, loss on assistant tokens) and pt (plain text, loss on every token).
 
 Both use one collator and one loss: token cross-entropy over the scored positions only, normalised by the
-number of scored tokens in the whole accumulated batch, plus next-token accuracy. Packing puts several rows in
-one window with `position_ids` that restart per row; transformers then builds a block-diagonal causal mask, so
-rows never attend to each other, and the loss never predicts a row's first token from the row before.
+number of scored tokens in the whole accumulated batch, plus next-token accuracy; the LM head runs in chunks
+(worker/train/chunked_loss.py). Packing and padding-free batches put several rows in one row with `position_ids`
+that restart per row; attention keeps them apart (flash-attention's varlen kernels, or sdpa per packed row:
+worker/train/varlen_attention.py; eager gets transformers' block-diagonal mask), so rows never attend to each
+other, and the loss never predicts a row's first token from the row before.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from common.text.masks import IGNORE_INDEX
+from worker.train.chunked_loss import chunked_cross_entropy
 from worker.train.data import prepare_chat_data, read_jsonl
 from worker.train.errors import TrainingError
 from worker.train.protocol import INVALID_TRAINING_FILE
-from worker.train.stages.base import Batch, Metrics, Row, Stage, StageData, pad, scored_logits
+from worker.train.stages.base import Batch, Metrics, Row, Stage, StageData, backbone_and_head, pad
+from worker.train.varlen_attention import packed_attention
 
 
 def pack_rows(rows: list[Row], window: int) -> list[Row]:
@@ -121,15 +126,32 @@ class LanguageModelling(Stage):
 
     def loss(self, model: torch.nn.Module, batch: Batch, num_items: Any) -> tuple[torch.Tensor, Metrics]:
         targets = batch["shift_labels"]
-        logits = scored_logits(model, batch, targets)
-        wanted = targets[targets != IGNORE_INDEX]
-        total = F.cross_entropy(logits, wanted, reduction="sum")
-        denominator = num_items if num_items is not None else max(1, wanted.numel())
-        metrics: Metrics = {}
-        if wanted.numel():
-            with torch.no_grad():
-                metrics["token_accuracy"] = (logits.argmax(dim=-1) == wanted).float().mean().item()
+        total, correct = scored_cross_entropy(model, batch, targets)
+        scored = int((targets != IGNORE_INDEX).sum())
+        denominator = num_items if num_items is not None else max(1, scored)
+        metrics: Metrics = {"token_accuracy": correct.item() / scored} if scored else {}
         return total / denominator, metrics
+
+
+def scored_cross_entropy(model: torch.nn.Module, batch: Batch, targets: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """(sum of the token cross-entropies, number of argmax hits) at the positions where `targets` is not
+    IGNORE_INDEX. Packed rows (`position_ids`) attend per row (worker/train/varlen_attention.py); the LM head
+    runs in chunks over the scored positions only (worker/train/chunked_loss.py), or — for a head that is not a
+    plain `nn.Linear` — over those positions at once."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
+    keep = targets != IGNORE_INDEX
+    wanted = targets[keep]
+    backbone, head = backbone_and_head(model)
+    with packed_attention(model) if "position_ids" in batch else contextlib.nullcontext():
+        if backbone is None or head is None:
+            logits = model(**inputs, use_cache=False).logits[keep].float()
+        else:
+            hidden = backbone(**inputs, use_cache=False).last_hidden_state[keep]
+            if type(head) is torch.nn.Linear:
+                return chunked_cross_entropy(hidden, head, wanted)
+            logits = head(hidden).float()
+    return F.cross_entropy(logits, wanted, reduction="sum"), (logits.argmax(dim=-1) == wanted).sum()
 
 
 def _concat_packed(rows: list[Row]) -> Row:
