@@ -24,6 +24,7 @@ from worker.train.data import prepare_chat_data
 from worker.train.errors import TrainingError
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method
+from worker.train.precision import fp32_activations
 from worker.train.protocol import EVENT_PREFIX, EXIT_CANCELLED, EXIT_FAILED, Event
 from worker.train.reporter import Reporter
 from worker.train.run import train
@@ -86,14 +87,19 @@ def test_every_lora_parameter_changed(trained, tiny_model_dir: Path) -> None:
 def test_adapter_reloads_to_the_trained_logits(trained, tiny_model_dir: Path) -> None:
     _, _, result = trained
     trained_model = result.model.eval()
-    # On a CUDA host the run trained a bf16 base on the GPU; compare like with like.
+    # On a CUDA host the run trained a bf16 base on the GPU, on a CPU with fast bf16 a bf16 base with fp32
+    # activations (worker/train/precision.py); compare like with like.
     device, dtype = trained_model.device, trained_model.get_base_model().dtype
     reloaded = PeftModel.from_pretrained(base_model(tiny_model_dir, dtype), result.adapter_dir).to(device).eval()
+    plain_model = base_model(tiny_model_dir, dtype).to(device).eval()
+    if device.type == "cpu" and dtype != torch.float32:
+        fp32_activations(reloaded)
+        fp32_activations(plain_model)
     ids = torch.tensor([[5, 17, 42, 99, 250, 3]], device=device)
     with torch.no_grad():
         expected = trained_model(input_ids=ids).logits
         got = reloaded(input_ids=ids).logits
-        plain = base_model(tiny_model_dir, dtype).to(device).eval()(input_ids=ids).logits
+        plain = plain_model(input_ids=ids).logits
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(plain, expected, atol=1e-3)  # the adapter does something
 

@@ -51,12 +51,13 @@ def train_saved_modules_in_fp32(model: torch.nn.Module) -> None:
 
 
 def fp32_activations(model: torch.nn.Module) -> int:
-    """Hook every frozen 16-bit Linear and Embedding of `model` (see the module's docstring); returns how many.
-    Trained fp32 modules (adapters, modules_to_save copies) get fp32 inputs as they are."""
+    """Hook every 16-bit Linear and Embedding of `model` (see the module's docstring; all of them are frozen, the
+    weights that train being fp32); returns how many. The fp32 modules (adapters, modules_to_save copies) get
+    fp32 inputs as they are."""
     hooked = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dtype not in HALF or weight.requires_grad:
+        if not isinstance(weight, torch.Tensor) or weight.dtype not in HALF:
             continue
         if isinstance(module, torch.nn.Linear):
             module.register_forward_pre_hook(_inputs_to_weight_dtype)
