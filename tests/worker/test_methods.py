@@ -50,7 +50,9 @@ def test_pissa_adapter_is_published_for_the_original_base(tmp_path, tiny_model_d
 
 
 def test_rslora_loraplus_and_modules_to_save(tmp_path, tiny_model_dir) -> None:
-    job = load_job(write_job_dir(tmp_path, tiny_model_dir, fixed_reply_rows(8), n_epochs=1, lora={
+    # precision fp32: the reload below is compared bit for bit with an fp32 base (tests/worker/test_precision.py
+    # covers modules_to_save over a bf16 base)
+    job = load_job(write_job_dir(tmp_path, tiny_model_dir, fixed_reply_rows(8), n_epochs=1, precision="fp32", lora={
         "use_rslora": True, "loraplus_lr_ratio": 16.0, "modules_to_save": ["lm_head"]}))
     reporter = Reporter(io.StringIO())
     result = train(job, reporter)
@@ -78,7 +80,7 @@ def test_freeze_named_modules_trains_only_those(tmp_path, tiny_model_dir) -> Non
 
 def test_merged_model_equals_base_plus_adapter(tmp_path, tiny_model_dir) -> None:
     job = load_job(write_job_dir(tmp_path, tiny_model_dir, fixed_reply_rows(8), n_epochs=1, method="dora",
-                                 spec_extra={"publish": {"merged": True}}))
+                                 precision="fp32", spec_extra={"publish": {"merged": True}}))  # fp32: as above
     reporter = Reporter(io.StringIO())
     result = train(job, reporter)
     done = reporter.events[-1]

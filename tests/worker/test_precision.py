@@ -30,8 +30,8 @@ needs_fast_cpu_bf16 = pytest.mark.skipif(torch.cuda.is_available() or not cpu_bf
                                          reason=f"the CPU policy with a bf16 base: {cpu_bf16().reason}")
 
 
-def resolved(method: str = "lora", **hyperparameters: Any) -> ResolvedJobSpec:
-    body: dict[str, Any] = {"type": method}
+def resolved(method: str = "lora", lora: dict[str, Any] | None = None, **hyperparameters: Any) -> ResolvedJobSpec:
+    body: dict[str, Any] = {"type": method, **({"lora": lora} if lora else {})}
     if method == "freeze":
         body["freeze"] = {"trainable_layers": 1}
     spec = JobSpec.model_validate({"base_model": "tiny-llama", "training_file": "file-train", "method": body,
@@ -65,6 +65,8 @@ def test_on_a_cpu_auto_keeps_fp32_compute_and_only_adapter_bases_go_bf16() -> No
         assert (choices.precision, choices.autocast_dtype) == ("fp32", None)
         assert choices.weights_dtype(adapter=True) == (torch.bfloat16 if fast else torch.float32)
         assert choices.precision_reason == f"auto: {cpu_bf16().reason}"
+    pissa = decide_device_choices(resolved(lora={"init": "pissa"}), cuda=False)  # it rewrites the base weights
+    assert pissa.weights_dtype(adapter=True) == torch.float32 and "PiSSA" in pissa.precision_reason
     for method in ("full", "freeze"):
         choices = decide_device_choices(resolved(method), cuda=False)
         assert choices.weights_dtype(adapter=False) == torch.float32 and choices.autocast_dtype is None

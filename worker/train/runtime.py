@@ -198,6 +198,10 @@ def _decide_precision(spec: ResolvedJobSpec, cuda: bool) -> tuple[str, str, str]
         return precision, precision, "auto: this GPU " + ("supports bf16" if bf16_ok else "has no bf16")
     if spec.method.type not in ADAPTER_METHODS:
         return "fp32", "fp32", "auto: full and freeze keep fp32 weights on a CPU"
+    lora = spec.method.lora
+    if lora is not None and lora.init == "pissa":
+        return "fp32", "fp32", ("auto: PiSSA rewrites the base weights, which stay fp32 so that the published "
+                                "LoRA applies exactly to the original base")
     cpu = cpu_bf16()
     return "fp32", "bf16" if cpu.fast else "fp32", f"auto: {cpu.reason}"
 
