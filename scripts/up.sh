@@ -9,12 +9,13 @@ export TUNEQUEUE_PORT="${TUNEQUEUE_PORT:-8000}"
 export TUNEQUEUE_HOST="${TUNEQUEUE_HOST:-127.0.0.1}"
 export TUNEQUEUE_SERVE_PORT="${TUNEQUEUE_SERVE_PORT:-8001}"
 export TUNEQUEUE_SERVE_URL="${TUNEQUEUE_SERVE_URL:-http://127.0.0.1:$TUNEQUEUE_SERVE_PORT}"
+KEY_FILE="${TUNEQUEUE_DEV_KEY_FILE:-var/dev-api-key}"  # another file for a second stack on other ports
 mkdir -p var
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   echo "Postgres is not answering on 127.0.0.1:5432; start it (e.g. pg_ctlcluster 15 main start) or set TUNEQUEUE_DATABASE_URL" >&2
 fi
-"$BIN/tunequeue" dev setup --key-file var/dev-api-key
+"$BIN/tunequeue" dev setup --key-file "$KEY_FILE"
 
 pids=()
 stop() {
@@ -27,10 +28,12 @@ trap stop INT TERM EXIT
 
 "$BIN/uvicorn" api.main:app --host "$TUNEQUEUE_HOST" --port "$TUNEQUEUE_PORT" --proxy-headers &
 pids+=($!)
-"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "gpu0@%h" -Q tunequeue.jobs &
+"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "gpu0@%h" \
+  -Q "${TUNEQUEUE_CELERY_QUEUE:-tunequeue.jobs}" &
 pids+=($!)
 # New jobs have their files tokenised and checked on a CPU queue of their own, so they never wait behind training.
-"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "validate@%h" -Q tunequeue.validate &
+"$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "validate@%h" \
+  -Q "${TUNEQUEUE_VALIDATE_QUEUE:-tunequeue.validate}" &
 pids+=($!)
 # Inference: base models loaded once, adapters hot-loaded; the API forwards /v1/chat/completions to it.
 "$BIN/python" -m worker.serve &
@@ -39,7 +42,7 @@ pids+=($!)
 cat <<MSG
 
 TuneQueue is starting on http://$TUNEQUEUE_HOST:$TUNEQUEUE_PORT  (docs: /docs)
-  API key: $(cat var/dev-api-key)   (saved in var/dev-api-key)
+  API key: $(cat "$KEY_FILE")   (saved in $KEY_FILE)
   base models: smollm2-135m-instruct (var/models/smollm2-135m-instruct, SmolLM2-135M-Instruct in bf16, when built)
                tiny-llama (var/models/tiny-llama, a tiny random Llama for fast tests)
   inference: $TUNEQUEUE_SERVE_URL (internal; chat through the API's /v1/chat/completions)
