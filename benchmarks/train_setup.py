@@ -1,5 +1,6 @@
-"""The shared inputs of benchmarks/train_throughput.py: the random Llama every system trains, the synthetic
-instruction rows (the same 512 every time), and the files each system reads them from."""
+"""The shared inputs of benchmarks/train_throughput.py: the random Llama every system trains (or the real
+SmolLM2-135M-Instruct, see `real_model`), the synthetic instruction rows (the same ones every time; held-out
+rows from another seed), and the files each system reads them from."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def instruction_rows(n: int = 512, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def held_out_rows(n: int = 32) -> list[dict[str, Any]]:
+    """Rows none of the systems trains on (another seed, numbered after any training row): the eval loss."""
+    rows = instruction_rows(n, seed=1)
+    for i, row in enumerate(rows):
+        turn = next(m for m in row["messages"] if m["role"] == "user")
+        turn["content"] = turn["content"].replace(f"Task {i}:", f"Task {10_000 + i}:", 1)
+    return rows
+
+
+def real_model(root: Path) -> Path:
+    """SmolLM2-135M-Instruct as bf16 safetensors (var/models/smollm2-135m-instruct, made by the
+    `tunequeue dev` build command; see tests/support/real_model.py)."""
+    path = root / "var" / "models" / "smollm2-135m-instruct"
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"{path} is missing: build the real model first (see tests/support/real_model.py)")
+    return path
+
+
 def build_cpu_model(path: Path) -> Path:
     """The CPU benchmark's model: a random Llama, hidden 512, 4 layers, 8 heads, a 32,000-row vocabulary (the
     tokenizer itself, trained on a tiny corpus, uses the first couple of thousand)."""
@@ -67,17 +86,23 @@ def build_gpu_model(path: Path) -> Path:
     return path
 
 
-def write_rows(rows: list[dict[str, Any]], folder: Path) -> dict[str, Path]:
-    """train.jsonl for TuneQueue and TRL; bench.json + dataset_info.json for LLaMA-Factory (OpenAI-style
-    messages through its sharegpt reader)."""
+def write_rows(rows: list[dict[str, Any]], folder: Path,
+               eval_rows: list[dict[str, Any]] | None = None) -> dict[str, Path]:
+    """train.jsonl (+ eval.jsonl) for TuneQueue and TRL; bench.json (+ bench_eval.json) + dataset_info.json for
+    LLaMA-Factory (OpenAI-style messages through its sharegpt reader)."""
     folder.mkdir(parents=True, exist_ok=True)
-    jsonl = folder / "train.jsonl"
-    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    (folder / "bench.json").write_text(json.dumps(rows), encoding="utf-8")
-    info = {"bench": {
-        "file_name": "bench.json", "formatting": "sharegpt", "columns": {"messages": "messages"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-                 "system_tag": "system"},
-    }}
+    files = {"jsonl": folder / "train.jsonl", "dataset_dir": folder}
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+            "system_tag": "system"}
+    info = {}
+    for name, chunk, jsonl in (("bench", rows, "train.jsonl"), ("bench_eval", eval_rows, "eval.jsonl")):
+        if chunk is None:
+            continue
+        (folder / jsonl).write_text("".join(json.dumps(row) + "\n" for row in chunk), encoding="utf-8")
+        (folder / f"{name}.json").write_text(json.dumps(chunk), encoding="utf-8")
+        info[name] = {"file_name": f"{name}.json", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                      "tags": tags}
+    if eval_rows is not None:
+        files["eval_jsonl"] = folder / "eval.jsonl"
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    return {"jsonl": jsonl, "dataset_dir": folder}
+    return files

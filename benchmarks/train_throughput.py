@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import platform
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +31,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.train_setup import build_cpu_model, build_gpu_model, instruction_rows, write_rows  # noqa: E402
+from benchmarks.train_setup import (  # noqa: E402
+    build_cpu_model,
+    build_gpu_model,
+    held_out_rows,
+    instruction_rows,
+    real_model,
+    write_rows,
+)
 
 # LLaMA-Factory paper (Zheng et al. 2024, arXiv:2403.13372), Table 4: peak GPU memory (GB) per method, for
 # Gemma-2B and Llama2-7B. Left empty on purpose: the figures could not be checked against the paper from the
@@ -40,27 +47,23 @@ from benchmarks.train_setup import build_cpu_model, build_gpu_model, instruction
 LF_PAPER_TABLE4_GB: dict[str, dict[str, float]] = {}
 
 
-def run_system(system: str, python: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
-    config = work / f"{system}-{cfg.get('method', 'lora')}.json"
+def run_system(system: str, python: str, cfg: dict[str, Any], work: Path, tag: str | None = None) -> dict[str, Any]:
+    config = work / f"{tag or system + '-' + cfg.get('method', 'lora')}.json"
     config.write_text(json.dumps(cfg))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
            "DISABLE_VERSION_CHECK": "1"}
     if cfg.get("threads"):
         env.update(OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([python, str(ROOT / "benchmarks" / "train_peers.py"), system, str(config)], cwd=work,
                           env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout)[-3000:]
         raise RuntimeError(f"{system} failed (exit {proc.returncode}):\n{tail}")
     outcome = json.loads(lines[-1][len("BENCH "):])
     outcome["wall_seconds"] = wall
-    outcome["process_cpu_seconds"] = cpu  # the whole process: imports, loading, preprocessing, training
     outcome["tokens_per_second"] = outcome["tokens"] / outcome["train_seconds"]
     outcome["tokens_per_cpu_second"] = outcome["tokens"] / outcome["train_cpu_seconds"]
     return outcome
@@ -117,6 +120,116 @@ def cpu_benchmark(args: argparse.Namespace, work: Path) -> dict[str, dict[str, A
     return results
 
 
+# The real-model benchmark's runs: (table, system, peer setting). TuneQueue has one configuration (its defaults
+# are its best on this machine: no gradient checkpointing on CPU, padding-free batches, the frozen base in bf16
+# where the CPU runs bf16 fast), so it appears in both tables from the same runs. The peers' best configuration
+# turns their gradient checkpointing off, and loads TRL's base in bf16 (LLaMA-Factory already loads the
+# checkpoint's own dtype, bf16 here).
+REAL_RUNS: list[tuple[str, str, dict[str, Any]]] = [
+    ("both", "tunequeue", {}),
+    ("defaults", "llamafactory", {}),
+    ("best", "llamafactory", {"gradient_checkpointing": False}),
+    ("defaults", "trl", {}),
+    ("best", "trl", {"gradient_checkpointing": False, "base_dtype": "bfloat16"}),
+]
+
+
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 1)[0] if Path("/proc/loadavg").is_file() else "?"
+
+
+def real_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """SmolLM2-135M-Instruct, 96 rows, cutoff 512, batch 8, LoRA r16 all-linear, one epoch, eval on 32 held-out
+    rows; every run of REAL_RUNS once per repeat, in a rotated order so that no system always runs first, at
+    most `--parallel` at a time (each with its own threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = real_model(ROOT)
+    files = write_rows(instruction_rows(args.rows), work / "data", eval_rows=held_out_rows(args.eval_rows))
+    base = {"model": str(model), "jsonl": str(files["jsonl"]), "eval_jsonl": str(files["eval_jsonl"]),
+            "dataset_dir": str(files["dataset_dir"]), "rows": args.rows, "batch": 8, "cutoff": 512, "lr": 2e-4,
+            "rank": 16, "logging_steps": 4, "device": "cpu", "threads": args.threads}
+    # The runs of the target comparison (TuneQueue and LLaMA-Factory's best) come first, repeat by repeat, then
+    # the other peers' runs: on a busy machine the first tables fill before the rest.
+    runs = [run for run in REAL_RUNS if not args.only or run[1] in args.only]
+    first = [run for run in runs if run[1] == "tunequeue" or (run[1] == "llamafactory" and run[0] == "best")]
+    rest = [run for run in runs if run not in first]
+    plan = []
+    for group in (first, rest):
+        for repeat in range(args.repeats):
+            shift = repeat % max(1, len(group))
+            plan += [(repeat, *run) for run in group[shift:] + group[:shift]]
+
+    def one(item: tuple[int, str, str, dict[str, Any]]) -> dict[str, Any]:
+        repeat, table_name, system, settings = item
+        python = args.lf_python if system == "llamafactory" else sys.executable
+        name = f"{system}-{table_name}-{repeat}"
+        cfg = {**base, "out": str(work / "out" / name), **settings}
+        load_before = load_average()
+        try:
+            outcome = run_system(system, python, cfg, work, tag=name)
+        except RuntimeError as exc:
+            print(f"{name}: {exc}", flush=True)
+            return {"failed": True, "repeat": repeat, "table": table_name, "system": system}
+        outcome.update(repeat=repeat, table=table_name, system=system, load_before=load_before,
+                       load_after=load_average())
+        print(f"{name}: {json.dumps(outcome)}", flush=True)
+        if args.json:
+            with args.json.with_suffix(".runs.jsonl").open("a") as handle:
+                handle.write(json.dumps(outcome) + "\n")
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        runs = list(pool.map(one, [item for item in plan if item[2] != "llamafactory" or args.lf_python]))
+    return [run for run in runs if not run.get("failed")]
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """median (min–max)"""
+    if not values:
+        return "—"
+    ordered = sorted(values)
+    return f"{fmt.format(statistics.median(ordered))} ({fmt.format(ordered[0])}–{fmt.format(ordered[-1])})"
+
+
+def describe_dtypes(run: dict[str, Any]) -> str:
+    frozen = "/".join(sorted(run.get("frozen_dtypes", {}))) or "—"
+    trained = "/".join(sorted(run.get("trained_dtypes", {}))) or "—"
+    autocast = f", autocast {run['autocast']}" if run.get("autocast") else ", no autocast"
+    return f"frozen {frozen}, LoRA {trained}{autocast}"
+
+
+def real_tables(runs: list[dict[str, Any]]) -> str:
+    out = []
+    for table_name in ("defaults", "best"):
+        rows = [run for run in runs if run["table"] in (table_name, "both")]
+        ours = [run["tokens_per_cpu_second"] for run in rows if run["system"] == "tunequeue"]
+        out += [f"### {table_name}", "",
+                "| system | runs | trained tokens | tokens per CPU-s | tokens per s (wall) | peak RSS MiB | "
+                "eval loss (held out) | mean train loss | TuneQueue × (CPU, medians) | dtypes | grad. ckpt | threads | "
+                "load (1-min, before–after) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+        for system in ("tunequeue", "llamafactory", "trl"):
+            mine = [run for run in rows if run["system"] == system]
+            if not mine:
+                continue
+            cpu = [run["tokens_per_cpu_second"] for run in mine]
+            ratio = "—" if system == "tunequeue" or not ours else \
+                f"{statistics.median(ours) / statistics.median(cpu):.2f}×"
+            tokens = sorted({run["tokens"] for run in mine})
+            loads = ", ".join(f"{run['load_before']}–{run['load_after']}" for run in mine)
+            out.append(
+                f"| {system} | {len(mine)} | {'/'.join(f'{t:,}' for t in tokens)} | {spread(cpu)} | "
+                f"{spread([run['tokens_per_second'] for run in mine])} | "
+                f"{spread([run['peak_mb'] for run in mine])} | "
+                f"{spread([run['eval_loss'] for run in mine if run.get('eval_loss') is not None], '{:.4f}')} | "
+                f"{spread([run['train_loss'] for run in mine], '{:.4f}')} | {ratio} | {describe_dtypes(mine[0])} | "
+                f"{'on' if mine[0].get('gradient_checkpointing') else 'off'} | {mine[0].get('threads')} | "
+                f"{loads} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def gpu_variant(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
     """GPU machines: a ~0.5B random Llama, the same rows, cutoff 1024, batch 4 (the paper's Table 4 setting),
     one run of TuneQueue per method; peak memory is torch.cuda.max_memory_allocated."""
@@ -146,10 +259,21 @@ def gpu_table(results: dict[str, dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--lf-python", help="python of the virtual environment that has llamafactory")
+    parser.add_argument("--real-model", action="store_true",
+                        help="SmolLM2-135M-Instruct (var/models), 96 rows, cutoff 512, eval loss on held-out rows, "
+                             "peers in their defaults and their best configuration, --repeats times")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tables-from", type=Path, help="print the --real-model tables of a .runs.jsonl file")
+    parser.add_argument("--parallel", type=int, default=1, help="--real-model: runs at a time")
+    parser.add_argument("--eval-rows", type=int, default=32)
+    parser.add_argument("--rows", type=int)
+    default_lf = ROOT / "var" / "peers" / "llamafactory" / "bin" / "python"
+    parser.add_argument("--lf-python", default=str(default_lf) if default_lf.is_file() else None,
+                        help="python of the virtual environment that has llamafactory (default: the one "
+                             "benchmarks/install_peers.sh makes, if present)")
     parser.add_argument("--only", nargs="*", help="run only these systems (tunequeue, trl, llamafactory)")
-    parser.add_argument("--padding-free", action="store_true", help="TuneQueue: one row per batch, no padding")
+    parser.add_argument("--padding-free", action=argparse.BooleanOptionalAction, default=None,
+                        help="TuneQueue: one row per batch, no padding (default: the job's own choice)")
     parser.add_argument("--group-by-length", action="store_true", help="TuneQueue: batches of similar length")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per system (default 1: on a shared machine OpenMP threads that wait on "
@@ -160,6 +284,17 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="tunequeue-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
+    if args.tables_from:
+        print(real_tables([json.loads(line) for line in args.tables_from.read_text().splitlines() if line]))
+        return
+    if args.real_model:
+        args.rows = args.rows or 96
+        runs = real_benchmark(args, work)
+        print(real_tables(runs))
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "runs": runs}, indent=2))
+        return
+    args.rows = args.rows or 512
     if args.device == "cuda":
         results = gpu_variant(args, work)
         print(gpu_table(results))
