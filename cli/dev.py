@@ -13,8 +13,8 @@ from common.db import session_scope
 from common.db_setup import create_database, upgrade_database
 from common.errors import TuneQueueError
 from common.registry import local_path
-from common.settings import REAL_MODEL_ID, TINY_MODEL_ID, get_settings
-from worker.gguf_convert import find_smollm2_gguf, is_complete
+from common.settings import REAL_MODEL_ID, TINY_MODEL_ID, Settings, get_settings
+from worker.gguf_convert import MANIFEST, find_smollm2_gguf, is_complete
 
 DEV_TENANT = "dev"
 
@@ -44,10 +44,10 @@ def _gguf_reader_installed() -> bool:
     return importlib.util.find_spec("gguf") is not None
 
 
-def _ensure_demo_models() -> None:
+def ensure_demo_models(settings: Settings) -> None:
     """Build the registered demo models whose folders are missing. The real model needs the demo packages: where
-    they are absent (a GPU host that loads its models from a hub), it is skipped with a message."""
-    settings = get_settings()
+    they are absent (a GPU host that loads its models from a hub), it is skipped with a message. A folder that
+    holds some other model (a config.json and no conversion manifest) is never replaced."""
     entry = settings.base_models.get(TINY_MODEL_ID)
     path = local_path(entry) if entry else None
     if path is not None and not (path / "config.json").is_file():
@@ -58,6 +58,9 @@ def _ensure_demo_models() -> None:
     entry = settings.base_models.get(REAL_MODEL_ID)
     path = local_path(entry) if entry else None
     if path is None or is_complete(path):
+        return
+    if (path / "config.json").is_file() and not (path / MANIFEST).is_file():
+        print(f"{path} holds a model that `tunequeue dev real-model` did not build: left as it is")
         return
     if find_smollm2_gguf() is None or not _gguf_reader_installed():
         print(f"skipping the real demo model {REAL_MODEL_ID}: {NO_DEMO_PACKAGE}. "
@@ -73,7 +76,7 @@ def dev_setup(key_file: Path) -> str:
     if create_database(settings.database_url):
         print(f"created database {make_url(settings.database_url).database}")
     upgrade_database()
-    _ensure_demo_models()
+    ensure_demo_models(settings)
     if key_file.is_file():
         existing = key_file.read_text().strip()
         with session_scope() as session:

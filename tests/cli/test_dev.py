@@ -1,0 +1,38 @@
+"""`tunequeue dev setup`'s model step (cli/dev.py): it converts the real demo model only where that is missing or
+an earlier conversion is incomplete, and never replaces a folder that holds a model it did not build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli.dev import ensure_demo_models
+from common.settings import REAL_MODEL_ID, Settings
+from tests.support.real_model import RealModelUnavailable, real_model_dir
+from worker.gguf_convert import MANIFEST
+
+
+def _settings(path: Path) -> Settings:
+    return Settings.model_validate({"base_models": {REAL_MODEL_ID: {"path": str(path)}}})
+
+
+def test_a_folder_with_another_model_is_left_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / REAL_MODEL_ID
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "note": "copied by an operator"}))
+    ensure_demo_models(_settings(folder))
+    assert [p.name for p in folder.iterdir()] == ["config.json"]
+    assert "did not build: left as it is" in capsys.readouterr().out
+
+
+def test_a_complete_conversion_is_not_touched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        built = real_model_dir()
+    except RealModelUnavailable as exc:
+        pytest.skip(str(exc))
+    manifest_before = (built / MANIFEST).stat().st_mtime_ns
+    ensure_demo_models(_settings(built))
+    assert (built / MANIFEST).stat().st_mtime_ns == manifest_before
+    assert capsys.readouterr().out == ""
