@@ -150,6 +150,8 @@ def build_model_from_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: Any
     trash = None
     try:
         _convert(source, staging, torch_dtype)
+        for item in staging.iterdir():
+            item.chmod(0o644)  # safetensors writes its file 0600; the model is for every process that serves it
         files = {item.name: item.stat().st_size for item in sorted(staging.iterdir()) if item.is_file()}
         (staging / MANIFEST).write_text(json.dumps({**params, "files": files}, indent=2) + "\n")
         if target.exists():  # an interrupted or outdated build: moved aside, then removed
