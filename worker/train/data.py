@@ -1,8 +1,8 @@
 """The job's JSONL files → the rows the trainer reads: token ids and labels, the loss on assistant tokens only.
 
 Rendering and masking are `common.text.chat`'s (the same functions check a new job's files), not left to a
-trainer library: the stage receives `input_ids` + `labels` and uses the labels as they are. Doing it here lets the worker count
-trainable tokens, drop rows that have none, and say so.
+trainer library: the stage receives `input_ids` + `labels` and uses the labels as they are. Doing it here lets
+the worker count trainable tokens, drop rows that have none, and say so.
 """
 
 from __future__ import annotations
