@@ -108,7 +108,8 @@ def run_tunequeue(cfg: dict[str, Any]) -> dict[str, Any]:
         "base_model": {"id": "bench", "path": cfg["model"], "template": "chatml"},
         "training_file": cfg["jsonl"], "validation_file": cfg.get("eval_jsonl"), "output_dir": cfg["out"],
     })
-    reporter = Reporter(io.StringIO())
+    events = io.StringIO()
+    reporter = Reporter(events)
     started = time.perf_counter()
     result = train(job, reporter, padding_free=cfg.get("padding_free"),
                    group_by_length=cfg.get("group_by_length", False))
@@ -116,7 +117,11 @@ def run_tunequeue(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"tokens": result.trained_tokens, "trainer_runtime": metrics["train_runtime"],
             "wall_in_process": time.perf_counter() - started, "final_loss": result.last_loss,
             "train_loss": result.train_loss, "steps": result.steps, "peak_mb": peak_mb(cfg["device"]),
-            "padding_free": result.trainer.stage.padding_free}
+            "padding_free": result.trainer.stage.padding_free,
+            # The job's own account of its device choices (precision and why): its first log events.
+            "job_log": [event["message"] for event in (json.loads(line.split(" ", 1)[1])
+                                                         for line in events.getvalue().splitlines()[:6])
+                        if event.get("type") == "log"]}
 
 
 def run_trl(cfg: dict[str, Any]) -> dict[str, Any]:
