@@ -19,6 +19,18 @@ from tests.support.real_model import RealModelUnavailable, real_model_dir
 from tests.support.servers import BIN, LiveService, free_port, start_process, stop_process, wait_ready
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_cpu_thread() -> Iterator[None]:
+    """Scoring in this process on one thread: on a busy 2-core machine OpenMP's spinning threads make each
+    forward pass many times slower (as in tests/worker/conftest.py). Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def real_model() -> Path:
     try:
@@ -38,7 +50,10 @@ def quality_service(real_model: Path, tiny_model: Path, tmp_path_factory: pytest
     env = {**os.environ, "TUNEQUEUE_CELERY_QUEUE": queue, "TUNEQUEUE_VALIDATE_QUEUE": f"{queue}.validate",
            "TUNEQUEUE_BASE_MODELS": json.dumps(base_models), "TUNEQUEUE_PORT": str(port),
            "TUNEQUEUE_SERVE_HOST": "127.0.0.1", "TUNEQUEUE_SERVE_PORT": str(serve_port),
-           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}"}
+           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}",
+           # One thread for the training child and the inference server, as for the training tests' children
+           # (tests/support/training.py): the two would otherwise spin on the same two cores.
+           "OMP_NUM_THREADS": "1", "TUNEQUEUE_SERVE_THREADS": "1"}
     uvicorn = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
     celery = [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO", "--concurrency", "1",
               "-Q", f"{queue},{queue}.validate", "--hostname", f"quality-{queue}@%h"]

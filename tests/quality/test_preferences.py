@@ -30,6 +30,7 @@ from tests.support.quality import (
     pair_logprobs,
     preference_rows,
     reward_accuracy,
+    reward_margins,
     train_stage,
 )
 
@@ -85,10 +86,12 @@ def test_a_reward_model_ranks_held_out_pairs_far_above_chance(seed: int, real_mo
     tokenizer = AutoTokenizer.from_pretrained(real_model)
     torch.manual_seed(seed)
     untrained = AutoModelForSequenceClassification.from_pretrained(real_model, num_labels=1, dtype=torch.float32)
-    before = reward_accuracy(untrained.eval(), tokenizer, HELD_OUT)
+    untrained_margins = reward_margins(untrained.eval(), tokenizer, HELD_OUT)
     base = AutoModelForSequenceClassification.from_pretrained(real_model, num_labels=1, dtype=torch.float32)
     scorer = PeftModel.from_pretrained(base, adapter).eval()
-    after = reward_accuracy(scorer, tokenizer, HELD_OUT)
-    print(f"rm seed {seed}: held-out pairwise accuracy {before:.2f} (untrained head) -> {after:.2f}; test "
-          f"{time.monotonic() - started:.0f}s")
-    assert after >= 0.9
+    margins = reward_margins(scorer, tokenizer, HELD_OUT)
+    before, after = reward_accuracy(untrained_margins), reward_accuracy(margins)
+    mean_before, mean_after = sum(untrained_margins) / len(HELD_OUT), sum(margins) / len(HELD_OUT)
+    print(f"rm seed {seed}: held-out pairwise accuracy {before:.2f} (untrained head) -> {after:.2f}, mean score "
+          f"margin {mean_before:.2f} -> {mean_after:.2f}; test {time.monotonic() - started:.0f}s")
+    assert after >= 0.9, margins

@@ -143,20 +143,24 @@ def implicit_reward_accuracy(policy: list[tuple[float, float]], reference: list[
     return _accuracy([(pc - rc) - (pr - rr) for (pc, pr), (rc, rr) in zip(policy, reference, strict=True)])
 
 
-def reward_accuracy(scorer: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> float:
-    """How often a reward model scores the chosen conversation above the rejected one (one conversation at a
-    time, so the score is read at the last token without padding)."""
+def reward_margins(scorer: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[float]:
+    """A reward model's score of the chosen conversation minus the rejected one's, per row (one conversation at
+    a time, so the score is read at the last token without padding)."""
     import torch
 
     def score(row: dict[str, Any], answer: str) -> float:
         messages = [*row["prompt"], {"role": "assistant", "content": answer}]
-        ids = tokenizer.apply_chat_template(messages, tokenize=False)
-        inputs = tokenizer(ids, add_special_tokens=False, return_tensors="pt")
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
             return float(scorer(**inputs).logits[0, 0])
 
-    return _accuracy([score(row, _answer_text(row["chosen"])) - score(row, _answer_text(row["rejected"]))
-                      for row in rows])
+    return [score(row, _answer_text(row["chosen"])) - score(row, _answer_text(row["rejected"])) for row in rows]
+
+
+def reward_accuracy(margins: list[float]) -> float:
+    """How often a reward model scores the chosen conversation above the rejected one."""
+    return _accuracy(margins)
 
 
 def train_stage(job_dir: Path, base: Path, rows: list[dict[str, Any]], stage: str, seed: int,
