@@ -10,7 +10,8 @@ it); the test loads the base and the published adapter and scores the held-out p
 - ORPO (no reference): the policy's per-token log-probability, as its odds ratio uses it: from the base model's
   ranking to nearly every pair right.
 - RM: the value head's scores; an untrained head ranks every pair the same way (all right or all wrong, by its
-  random direction), a trained one must rank nearly every pair right."""
+  random direction), a trained one must rank nearly every pair right, with a mean score margin a whole unit
+  above the untrained head's."""
 
 from __future__ import annotations
 
@@ -95,3 +96,4 @@ def test_a_reward_model_ranks_held_out_pairs_far_above_chance(seed: int, real_mo
     print(f"rm seed {seed}: held-out pairwise accuracy {before:.2f} (untrained head) -> {after:.2f}, mean score "
           f"margin {mean_before:.2f} -> {mean_after:.2f}; test {time.monotonic() - started:.0f}s")
     assert after >= 0.9, margins
+    assert mean_after > mean_before + 1.0, (untrained_margins, margins)  # measured: +2.4 to +4.7
