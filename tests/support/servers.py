@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,3 +93,34 @@ def wait_for(client: httpx.Client, job_id: str, statuses: set[str], service: Liv
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} never reached {statuses}; last: {job}\n{service.logs()}")
+
+
+@contextlib.contextmanager
+def live_stack(name: str, log_dir: Path, extra_env: dict[str, str] | None = None, *,
+               ready_timeout: float = 60) -> Iterator[LiveService]:
+    """The API, one Celery worker on a training and a validation queue of its own, and the inference server, as
+    subprocesses on free ports over the real Postgres/Redis; stopped, and their queues dropped, on exit."""
+    port, serve_port = free_port(), free_port()
+    queue = f"tunequeue.{name}.{secrets.token_hex(4)}"
+    env = {**os.environ, "TUNEQUEUE_CELERY_QUEUE": queue, "TUNEQUEUE_VALIDATE_QUEUE": f"{queue}.validate",
+           "TUNEQUEUE_PORT": str(port), "TUNEQUEUE_SERVE_HOST": "127.0.0.1", "TUNEQUEUE_SERVE_PORT": str(serve_port),
+           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}", **(extra_env or {})}
+    uvicorn = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    celery = [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO", "--concurrency", "1",
+              "-Q", f"{queue},{queue}.validate", "--hostname", f"{name}-{queue}@%h"]
+    procs = {
+        "api": start_process("api", uvicorn, env, log_dir),
+        "worker": start_process("worker", celery, env, log_dir),
+        "serve": start_process("serve", [sys.executable, "-m", "worker.serve"], env, log_dir),
+    }
+    service = LiveService(url=f"http://127.0.0.1:{port}", queue=queue, log_dir=log_dir, procs=procs,
+                          serve_url=f"http://127.0.0.1:{serve_port}")
+    try:
+        wait_ready(service, timeout=ready_timeout)
+        yield service
+    finally:
+        for proc in procs.values():
+            stop_process(proc)
+        from common.redis_client import get_redis
+
+        get_redis().delete(queue, f"{queue}.validate")
