@@ -4,24 +4,15 @@ operations built on it, and the row lock of the one event writer."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
 from common import state
 from common.db import session_factory, session_scope
 from common.errors import InvalidRequest
-from common.models import Job, JobEvent
+from common.models import Job
 from tests.support.factories import make_job_row
-
-
-def _job(job_id: str) -> Job:
-    with session_scope() as session:
-        return session.get_one(Job, job_id)
-
-
-def _events(job_id: str) -> list[JobEvent]:
-    with session_scope() as session:
-        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+from tests.support.jobs import job_events, job_row
 
 
 def _row(job: Job) -> tuple[object, ...]:
@@ -57,22 +48,22 @@ def test_every_status_event_pair_follows_the_table(tenant: tuple[str, str], stat
     job_id = make_job_row(tenant[0], status)
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(attempt=1))
-    before = _job(job_id)
+    before = job_row(job_id)
     expected = state.TRANSITIONS.get((status, event))
     if expected is None:
         with session_scope() as session, pytest.raises(state.IllegalTransition):
             job = state.lock_job(session, job_id)
             assert job is not None
             state.transition(session, job, event, "walk")
-        assert _row(_job(job_id)) == _row(before) and before.status == status
-        assert _events(job_id) == []
+        assert _row(job_row(job_id)) == _row(before) and before.status == status
+        assert job_events(job_id) == []
         return
     with session_scope() as session:
         job = state.lock_job(session, job_id)
         assert job is not None
         assert state.transition(session, job, event, "walk") == expected
-    assert _job(job_id).status == expected
-    [written] = _events(job_id)
+    assert job_row(job_id).status == expected
+    [written] = job_events(job_id)
     assert (written.type, written.message, written.data, written.attempt) == ("state", "walk", {"status": expected}, 1)
 
 
@@ -83,7 +74,7 @@ def test_claim_is_exclusive_and_counts_attempts(tenant: tuple[str, str]) -> None
     job_id = make_job_row(tenant[0])
     assert _claim(job_id, "w1") == 1
     assert _claim(job_id, "w2") is None  # a second delivery of the same message finds nothing to claim
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.attempt, job.worker) == ("running", 1, "w1")
     assert job.lease_until is not None and job.started_at is not None
 
@@ -100,17 +91,17 @@ def test_stale_attempt_changes_nothing(tenant: tuple[str, str]) -> None:
         assert state.finish(session, job_id, 1, "failed", error={"code": "x", "message": "y"}) is False
         assert state.requeue(session, job_id, 1, "stale") is False
         assert state.add_event(session, job_id, "stale", owner_attempt=1) is None
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.attempt, job.worker, job.fine_tuned_model, job.last_progress) == (
         "running", 2, "new", None, None)
-    assert "stale" not in [e.message for e in _events(job_id)]
+    assert "stale" not in [e.message for e in job_events(job_id)]
     with session_scope() as session:
         assert state.heartbeat(session, job_id, 2, lease_seconds=60) == (True, False)
         assert state.record_progress(session, job_id, 2, {"step": 3, "trained_tokens": 10}) is True
         written = state.add_event(session, job_id, "mine", owner_attempt=2)
         assert written is not None and written.attempt == 2
         assert state.finish(session, job_id, 2, "succeeded", fine_tuned_model="ft:new") is True
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.fine_tuned_model, job.trained_tokens, job.lease_until) == ("succeeded", "ft:new", 10, None)
     with session_scope() as session:  # terminal: even the current owner cannot write again
         assert state.finish(session, job_id, 2, "failed", error={"code": "x", "message": "y"}) is False
@@ -122,7 +113,7 @@ def test_finish_takes_only_a_terminal_status(tenant: tuple[str, str]) -> None:
     attempt = _claim(job_id)
     with session_scope() as session, pytest.raises(ValueError, match="terminal status"):
         state.finish(session, job_id, attempt or 0, "queued")
-    assert _job(job_id).status == "running"
+    assert job_row(job_id).status == "running"
 
 
 def test_the_owner_requeues_its_job_for_the_next_attempt(tenant: tuple[str, str]) -> None:
@@ -130,9 +121,9 @@ def test_the_owner_requeues_its_job_for_the_next_attempt(tenant: tuple[str, str]
     attempt = _claim(job_id)
     with session_scope() as session:
         assert state.requeue(session, job_id, attempt or 0, "the worker is shutting down") is True
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.attempt, job.worker, job.lease_until) == ("queued", 1, None, None)
-    last = _events(job_id)[-1]
+    last = job_events(job_id)[-1]
     assert (last.type, last.level, last.data, last.attempt) == (
         "state", "warning", {"status": "queued", "reason": "the worker is shutting down"}, 1)
     assert _claim(job_id) == 2
@@ -145,7 +136,7 @@ def test_a_cancelled_job_is_not_requeued_by_its_owner(tenant: tuple[str, str]) -
         state.request_cancel(session, session.get_one(Job, job_id))
     with session_scope() as session:
         assert state.requeue(session, job_id, attempt or 0, "the worker is shutting down") is False
-    assert _job(job_id).status == "running"
+    assert job_row(job_id).status == "running"
 
 
 @pytest.mark.parametrize(("cancel", "attempts", "max_attempts", "status"), [
@@ -156,15 +147,15 @@ def test_an_expired_lease_requeues_fails_or_cancels(tenant: tuple[str, str], can
     job_id = make_job_row(tenant[0])
     for _ in range(attempts):
         assert _claim(job_id) is not None
-        if _job(job_id).attempt < attempts:
+        if job_row(job_id).attempt < attempts:
             assert _expire(job_id, max_attempts) == "queued"
     if cancel:
         with session_scope() as session:
             state.request_cancel(session, session.get_one(Job, job_id))
     assert _expire(job_id, max_attempts) == status
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.attempt, job.lease_until) == (status, attempts, None)
-    last = _events(job_id)[-1]
+    last = job_events(job_id)[-1]
     assert last.type == "state" and last.data is not None and last.data["status"] == status
     assert last.message.startswith({"queued": "Requeued: worker w1 stopped renewing its lease",
                                     "failed": "The job failed: worker w1 stopped renewing its lease",
@@ -177,7 +168,7 @@ def test_cancel_queued_is_immediate_and_never_claimed(tenant: tuple[str, str]) -
     job_id = make_job_row(tenant[0])
     with session_scope() as session:
         state.request_cancel(session, session.get_one(Job, job_id))
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.cancel_requested) == ("cancelled", True) and job.finished_at is not None
     assert _claim(job_id) is None
 
@@ -188,13 +179,13 @@ def test_cancel_running_flags_and_blocks_success(tenant: tuple[str, str]) -> Non
     assert attempt == 1
     with session_scope() as session:
         state.request_cancel(session, session.get_one(Job, job_id))
-    assert _job(job_id).status == "running"  # the worker stops it
-    assert _events(job_id)[-1].message == "Cancellation requested; stopping the training process"
+    assert job_row(job_id).status == "running"  # the worker stops it
+    assert job_events(job_id)[-1].message == "Cancellation requested; stopping the training process"
     with session_scope() as session:
         assert state.heartbeat(session, job_id, attempt, lease_seconds=60) == (True, True)
         assert state.finish(session, job_id, attempt, "succeeded", fine_tuned_model="ft:x") is False
         assert state.finish(session, job_id, attempt, "cancelled") is True
-    assert _job(job_id).status == "cancelled"
+    assert job_row(job_id).status == "cancelled"
 
 
 def test_cancel_finished_job_is_refused(tenant: tuple[str, str]) -> None:
@@ -210,10 +201,10 @@ def test_files_checked_queues_and_a_rejection_fails_with_the_error(tenant: tuple
     with session_scope() as session:
         state.mark_queued(session, session.get_one(Job, queued))
         state.fail_unclaimed(session, session.get_one(Job, rejected), error)
-    assert _job(queued).status == "queued"
-    job = _job(rejected)
+    assert job_row(queued).status == "queued"
+    job = job_row(rejected)
     assert (job.status, job.error) == ("failed", error) and job.finished_at is not None
-    last = _events(rejected)[-1]
+    last = job_events(rejected)[-1]
     assert (last.level, last.message, last.data) == (
         "error", "The job failed: row 3 has no messages", {"status": "failed", "error": error})
 
@@ -223,7 +214,7 @@ def test_state_changes_are_recorded_as_events(tenant: tuple[str, str]) -> None:
     attempt = _claim(job_id)
     with session_scope() as session:
         state.finish(session, job_id, attempt or 0, "failed", error={"code": "cuda_oom", "message": "lower it"})
-    events = _events(job_id)
+    events = job_events(job_id)
     assert [e.data["status"] for e in events if e.type == "state" and e.data] == ["running", "failed"]
     assert events[0].data == {"status": "running", "worker": "w1"} and events[0].attempt == 1
     assert events[-1].level == "error" and events[-1].data and events[-1].data["error"]["code"] == "cuda_oom"
@@ -250,11 +241,11 @@ def test_an_event_waits_for_the_job_row_lock(tenant: tuple[str, str]) -> None:
     with session_scope() as session:
         written = state.add_event(session, job_id, "after the lock", attempt=7)
         assert written is not None and (written.tenant_id, written.attempt) == (tenant[0], 7)
-    assert [e.message for e in _events(job_id)] == ["after the lock"]
+    assert [e.message for e in job_events(job_id)] == ["after the lock"]
 
 
 def test_an_event_for_no_job_writes_nothing() -> None:
     with session_scope() as session:
         assert state.add_event(session, "ftjob-none", "nobody") is None
-    assert _events("ftjob-none") == []
+    assert job_events("ftjob-none") == []
 

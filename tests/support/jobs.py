@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from sqlalchemy import select
+
 from common import state
 from common.db import session_scope
-from common.models import Job
+from common.models import Job, JobEvent
 from common.settings import get_settings
 from tests.support.factories import make_job_row
 from worker.relay import ProgressRelay
@@ -56,3 +58,15 @@ def progress(step: int, total: int = 8, **extra: Any) -> ProgressEvent:
         "peak_memory_mb": None,
     }
     return cast(ProgressEvent, {**event, **extra})
+
+
+def job_row(job_id: str) -> Job:
+    """The job as Postgres holds it now (detached)."""
+    with session_scope() as session:
+        return session.get_one(Job, job_id)
+
+
+def job_events(job_id: str) -> list[JobEvent]:
+    """The job's events in `seq` order."""
+    with session_scope() as session:
+        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))

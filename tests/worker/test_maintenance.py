@@ -8,16 +8,16 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.exc import OperationalError
 
 from common import state
 from common.db import session_factory, session_scope
-from common.models import Job, JobEvent
+from common.models import Job
 from common.redis_client import get_redis
 from common.settings import Settings, get_settings
 from tests.support.factories import make_job_row
-from tests.support.jobs import claim, lose_lease, queued_job
+from tests.support.jobs import claim, job_events, job_row, lose_lease, queued_job
 from worker import maintenance
 from worker.maintenance import broker_job_ids, reap_expired, reconcile_queued
 
@@ -33,16 +33,6 @@ def settings() -> Iterator[Settings]:
                                             "reconcile_after_seconds": 0.0, "max_attempts": 2})
     yield own
     get_redis().delete(own.celery_queue, own.validate_queue)
-
-
-def _job(job_id: str) -> Job:
-    with session_scope() as session:
-        return session.get_one(Job, job_id)
-
-
-def _events(job_id: str) -> list[JobEvent]:
-    with session_scope() as session:
-        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
 
 
 def _running_with_expired_lease(tenant_id: str, attempts: int = 1) -> str:
@@ -68,9 +58,9 @@ def _reap(settings: Settings) -> list[str]:
 def test_the_reaper_requeues_a_job_whose_lease_expired(tenant, settings) -> None:  # type: ignore[no-untyped-def]
     job_id = _running_with_expired_lease(tenant[0])
     assert job_id in _reap(settings)
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.attempt, job.worker, job.lease_until) == ("queued", 1, None, None)
-    last = _events(job_id)[-1]
+    last = job_events(job_id)[-1]
     assert (last.type, last.level, last.data) == ("state", "warning", {"status": "queued", "reason": "lease_expired"})
     assert last.message.startswith("Requeued: worker test-host:1 stopped renewing its lease (attempt 1)")
 
@@ -78,10 +68,10 @@ def test_the_reaper_requeues_a_job_whose_lease_expired(tenant, settings) -> None
 def test_the_reaper_fails_a_job_after_max_attempts(tenant, settings) -> None:  # type: ignore[no-untyped-def]
     job_id = _running_with_expired_lease(tenant[0], attempts=settings.max_attempts)
     assert job_id not in _reap(settings)
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.attempt, job.lease_until) == ("failed", settings.max_attempts, None)
     assert job.error is not None and job.error["code"] == "worker_lost" and job.finished_at is not None
-    last = _events(job_id)[-1]
+    last = job_events(job_id)[-1]
     assert (last.type, last.level, last.data) == ("state", "error", {"status": "failed", "error": job.error})
 
 
@@ -90,9 +80,9 @@ def test_the_reaper_cancels_a_job_whose_cancel_was_requested(tenant, settings) -
     with session_scope() as session:
         state.request_cancel(session, session.get_one(Job, job_id))
     assert job_id not in _reap(settings)
-    job = _job(job_id)
+    job = job_row(job_id)
     assert (job.status, job.lease_until) == ("cancelled", None) and job.finished_at is not None
-    last = _events(job_id)[-1]
+    last = job_events(job_id)[-1]
     assert (last.type, last.data) == ("state", {"status": "cancelled"})
     assert last.message.startswith("The job was cancelled (worker test-host:1 stopped renewing its lease")
 
@@ -100,15 +90,15 @@ def test_the_reaper_cancels_a_job_whose_cancel_was_requested(tenant, settings) -
 def test_the_reaper_leaves_a_live_lease_alone(tenant, settings) -> None:  # type: ignore[no-untyped-def]
     job_id = queued_job(tenant[0])
     claim(job_id)
-    before = _events(job_id)
+    before = job_events(job_id)
     assert job_id not in _reap(settings)
-    assert (_job(job_id).status, [e.id for e in _events(job_id)]) == ("running", [e.id for e in before])
+    assert (job_row(job_id).status, [e.id for e in job_events(job_id)]) == ("running", [e.id for e in before])
 
 
 def test_a_maintenance_pass_requeues_and_rings_the_workers(tenant) -> None:  # type: ignore[no-untyped-def]
     job_id = _running_with_expired_lease(tenant[0])
     requeued, _ = maintenance.run_pass()
-    assert job_id in requeued and _job(job_id).status == "queued"
+    assert job_id in requeued and job_row(job_id).status == "queued"
     assert job_id in broker_job_ids(get_redis(), get_settings().celery_queue)
 
 
@@ -117,7 +107,7 @@ def test_the_owner_hands_its_job_back_and_rings_the_workers(tenant) -> None:  # 
     attempt = claim(job_id)
     assert maintenance.requeue(job_id, attempt + 1, "stale") is False
     assert maintenance.requeue(job_id, attempt, "the worker is shutting down") is True
-    assert _job(job_id).status == "queued"
+    assert job_row(job_id).status == "queued"
     assert job_id in broker_job_ids(get_redis(), get_settings().celery_queue)
 
 
@@ -132,8 +122,8 @@ def test_the_reconciler_republishes_what_the_broker_lost(tenant, settings, statu
     with session_scope() as session:
         missing = reconcile_queued(session, settings, get_redis(), status=status)
     assert lost in missing and held not in missing
-    assert [(e.level, e.message) for e in _events(lost)] == [("warning", REPUBLISHED)]
-    assert _events(held) == []
+    assert [(e.level, e.message) for e in job_events(lost)] == [("warning", REPUBLISHED)]
+    assert job_events(held) == []
 
 
 def test_the_reconciler_writes_its_event_under_the_job_row_lock(tenant, settings) -> None:  # type: ignore[no-untyped-def]
@@ -150,4 +140,4 @@ def test_the_reconciler_writes_its_event_under_the_job_row_lock(tenant, settings
     finally:
         holder.rollback()
         holder.close()
-    assert _events(job_id) == []
+    assert job_events(job_id) == []
