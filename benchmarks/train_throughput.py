@@ -200,30 +200,36 @@ def describe_dtypes(run: dict[str, Any]) -> str:
 
 
 def real_tables(runs: list[dict[str, Any]]) -> str:
+    """Per table, one row per system and set of dtypes (TuneQueue's precision is the job's own choice, which can
+    differ between runs), median (min–max) over its runs; TuneQueue's rows give their ratio to each peer's
+    median tokens per CPU-second."""
     out = []
     for table_name in ("defaults", "best"):
         rows = [run for run in runs if run["table"] in (table_name, "both")]
-        ours = [run["tokens_per_cpu_second"] for run in rows if run["system"] == "tunequeue"]
-        out += [f"### {table_name}", "",
-                "| system | runs | trained tokens | tokens per CPU-s | tokens per s (wall) | peak RSS MiB | "
-                "eval loss (held out) | mean train loss | TuneQueue × (CPU, medians) | dtypes | grad. ckpt | threads | "
-                "load (1-min, before–after) |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for system in ("tunequeue", "llamafactory", "trl"):
-            mine = [run for run in rows if run["system"] == system]
-            if not mine:
-                continue
+            for run in rows:
+                if run["system"] == system:
+                    groups.setdefault((system, describe_dtypes(run)), []).append(run)
+        peers = {system: statistics.median(run["tokens_per_cpu_second"] for run in rows if run["system"] == system)
+                 for system in ("llamafactory", "trl") if any(run["system"] == system for run in rows)}
+        out += [f"### {table_name}", "",
+                "| system | dtypes | runs | trained tokens | tokens per CPU-s | tokens per s (wall) | peak RSS MiB | "
+                "eval loss (held out) | mean train loss | ÷ peers (CPU, medians) | grad. ckpt | threads | "
+                "load (1-min, before–after) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+        for (system, dtypes), mine in groups.items():
             cpu = [run["tokens_per_cpu_second"] for run in mine]
-            ratio = "—" if system == "tunequeue" or not ours else \
-                f"{statistics.median(ours) / statistics.median(cpu):.2f}×"
+            ratio = "—" if system != "tunequeue" else ", ".join(
+                f"{statistics.median(cpu) / median:.2f}× {peer}" for peer, median in peers.items()) or "—"
             tokens = sorted({run["tokens"] for run in mine})
             loads = ", ".join(f"{run['load_before']}–{run['load_after']}" for run in mine)
             out.append(
-                f"| {system} | {len(mine)} | {'/'.join(f'{t:,}' for t in tokens)} | {spread(cpu)} | "
+                f"| {system} | {dtypes} | {len(mine)} | {'/'.join(f'{t:,}' for t in tokens)} | {spread(cpu)} | "
                 f"{spread([run['tokens_per_second'] for run in mine])} | "
                 f"{spread([run['peak_mb'] for run in mine])} | "
                 f"{spread([run['eval_loss'] for run in mine if run.get('eval_loss') is not None], '{:.4f}')} | "
-                f"{spread([run['train_loss'] for run in mine], '{:.4f}')} | {ratio} | {describe_dtypes(mine[0])} | "
+                f"{spread([run['train_loss'] for run in mine], '{:.4f}')} | {ratio} | "
                 f"{'on' if mine[0].get('gradient_checkpointing') else 'off'} | {mine[0].get('threads')} | "
                 f"{loads} |")
         out.append("")
