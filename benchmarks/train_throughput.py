@@ -9,9 +9,11 @@ process, the final training loss (mean of the last 8 steps), and TuneQueue's rat
     .venv/bin/python benchmarks/train_throughput.py --lf-python /tmp/lf-venv/bin/python
     .venv/bin/python benchmarks/train_throughput.py --device cuda      # GPU variant, see gpu_variant()
 
-LLaMA-Factory must live in its own virtual environment (`python -m venv /tmp/lf-venv && /tmp/lf-venv/bin/pip
-install torch==2.13.0 llamafactory`); it is never a dependency of this project. Without --lf-python the
-LLaMA-Factory row is skipped.
+    .venv/bin/python benchmarks/train_throughput.py --real-model --repeats 3      # SmolLM2-135M-Instruct
+
+LLaMA-Factory must live in its own virtual environment (`bash benchmarks/install_peers.sh` makes
+var/peers/llamafactory, the default --lf-python); it is never a dependency of this project. Without it the
+LLaMA-Factory rows are skipped.
 """
 
 from __future__ import annotations
