@@ -78,12 +78,17 @@ def bf16_matmul_speedup(repeats: int = 3) -> float:
 
 @functools.cache
 def cpu_bf16() -> CpuBf16:
-    """Decided once per process: the flags first (no bf16 instructions: no), then the timed probe."""
+    """Decided once per process from the CPU's flags: bf16 instructions → yes, none → no. Only where the flags
+    cannot be read does a timed probe decide; a probe is at the mercy of the machine's load (on a busy 2-core
+    host it once measured bf16 under its threshold where a quiet one measured 4–9×), and a job's numerics should
+    not depend on what else ran beside it."""
     flags = cpu_flags()
     native = sorted(flags & CPU_BF16_FLAGS) if flags is not None else None
     if native == []:
         return CpuBf16(False, "this CPU has no bf16 instructions (no avx512_bf16, amx_bf16 or bf16 flag)")
-    has = f"this CPU has {', '.join(native)}" if native else "this CPU's flags are unknown"
+    if native:
+        return CpuBf16(True, f"this CPU has {', '.join(native)}")
+    has = "this CPU's flags are unknown"
     speedup = bf16_matmul_speedup()
     if speedup >= CPU_BF16_MIN_SPEEDUP:
         return CpuBf16(True, f"{has} and a bf16 matmul ran {speedup:.1f}× as fast as fp32")
