@@ -104,7 +104,12 @@ def live_stack(name: str, log_dir: Path, extra_env: dict[str, str] | None = None
     queue = f"tunequeue.{name}.{secrets.token_hex(4)}"
     env = {**os.environ, "TUNEQUEUE_CELERY_QUEUE": queue, "TUNEQUEUE_VALIDATE_QUEUE": f"{queue}.validate",
            "TUNEQUEUE_PORT": str(port), "TUNEQUEUE_SERVE_HOST": "127.0.0.1", "TUNEQUEUE_SERVE_PORT": str(serve_port),
-           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}", **(extra_env or {})}
+           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}",
+           # Stacks of one test session share the database but not their queues: a stack's reconciler would find
+           # another stack's waiting job missing from its own broker queue and publish it there, to a worker with
+           # other base models (seen in CI: a quality job failed by the e2e worker). The reconciler has its own
+           # tests (tests/worker/test_maintenance.py, tests/faults).
+           "TUNEQUEUE_RECONCILE_AFTER_SECONDS": "86400", **(extra_env or {})}
     uvicorn = [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
     celery = [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO", "--concurrency", "1",
               "-Q", f"{queue},{queue}.validate", "--hostname", f"{name}-{queue}@%h"]
