@@ -4,14 +4,12 @@ the real Postgres and Redis. The streams run against the app in a real uvicorn o
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select, update
 
 from common.db import session_scope
@@ -23,7 +21,7 @@ from tests.support.factories import make_tenant
 from tests.support.http import assert_error, auth
 from tests.support.jobs import claim, finish, lose_lease, progress, queued_job, relay
 from tests.support.redis_keys import drop_redis_keys
-from tests.support.servers import free_port
+from tests.support.servers import uvicorn_in_thread
 from tests.support.sse import SseReader
 from tests.support.waiting import wait_until
 from worker import relay as relay_module
@@ -39,14 +37,8 @@ def server() -> Iterator[str]:
     """The app in a real uvicorn (streams need a real server: the test client buffers whole responses)."""
     from api.main import create_app
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, what="uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with uvicorn_in_thread(create_app()) as url:
+        yield url
 
 
 # --- the stream ---------------------------------------------------------------------------------------------

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.errors import NotReady
 from common.proxy import StreamingProxy
-from tests.support.servers import free_port
+from tests.support.servers import free_port, uvicorn_in_thread
 
 
 def _upstream() -> FastAPI:
@@ -44,15 +41,8 @@ def _upstream() -> FastAPI:
 
 @pytest.fixture(scope="module")
 def upstream_url() -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_upstream(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with uvicorn_in_thread(_upstream()) as url:
+        yield url
 
 
 def _call(proxy: StreamingProxy, path: str, body: dict[str, Any], stream: bool = False) -> tuple[int, bytes]:

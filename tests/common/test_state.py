@@ -4,15 +4,15 @@ operations built on it, and the row lock of the one event writer."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from common import state
-from common.db import session_factory, session_scope
+from common.db import session_scope
 from common.errors import InvalidRequest
 from common.models import Job
 from tests.support.factories import make_job_row
-from tests.support.jobs import job_events, job_row
+from tests.support.jobs import another_writer_holds_an_event, job_events, job_row
 
 
 def _row(job: Job) -> tuple[object, ...]:
@@ -227,17 +227,8 @@ def test_an_event_waits_for_the_job_row_lock(tenant: tuple[str, str]) -> None:
     """SSE readers follow `seq`: a job's events are written one transaction at a time, so they commit in `seq`
     order. (Holding the row FOR UPDATE alone would block the insert anyway, through the foreign key.)"""
     job_id = make_job_row(tenant[0])
-    holder = session_factory()()
-    try:
-        assert state.add_event(holder, job_id, "another writer's event, not committed yet") is not None
-        with session_scope() as session:
-            session.execute(text("SET LOCAL lock_timeout = '200ms'"))
-            with pytest.raises(OperationalError, match="lock timeout"):
-                state.add_event(session, job_id, "must wait")
-            session.rollback()
-    finally:
-        holder.rollback()
-        holder.close()
+    with another_writer_holds_an_event(job_id) as session, pytest.raises(OperationalError, match="lock timeout"):
+        state.add_event(session, job_id, "must wait")
     with session_scope() as session:
         written = state.add_event(session, job_id, "after the lock", attempt=7)
         assert written is not None and (written.tenant_id, written.attempt) == (tenant[0], 7)

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from common import state
-from common.db import session_scope
+from common.db import session_factory, session_scope
 from common.models import Job, JobEvent
 from common.settings import get_settings
 from tests.support.factories import make_job_row
@@ -70,3 +73,19 @@ def job_events(job_id: str) -> list[JobEvent]:
     """The job's events in `seq` order."""
     with session_scope() as session:
         return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+
+
+@contextlib.contextmanager
+def another_writer_holds_an_event(job_id: str) -> Iterator[Session]:
+    """While another session has written an event of `job_id` and not committed it, yields a session whose lock
+    waits give up after 200 ms: a writer that takes the job's row lock raises OperationalError "lock timeout"."""
+    holder = session_factory()()
+    try:
+        assert state.add_event(holder, job_id, "another writer's event, not committed yet") is not None
+        with session_scope() as session:
+            session.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            yield session
+            session.rollback()
+    finally:
+        holder.rollback()
+        holder.close()

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,3 +130,25 @@ def live_stack(name: str, log_dir: Path, extra_env: dict[str, str] | None = None
         from common.redis_client import get_redis
 
         get_redis().delete(queue, f"{queue}.validate")
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app: Any, *, timeout: float = 10) -> Iterator[str]:
+    """An ASGI app served by a real uvicorn in a daemon thread of this process (streams need a real server: the
+    test client buffers whole responses); yields its base URL and stops it on exit."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"uvicorn did not start on port {port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from common import state
-from common.db import session_factory, session_scope
+from common.db import session_scope
 from common.models import Job
 from common.redis_client import get_redis
 from common.settings import Settings, get_settings
 from tests.support.factories import make_job_row
-from tests.support.jobs import claim, job_events, job_row, lose_lease, queued_job
+from tests.support.jobs import another_writer_holds_an_event, claim, job_events, job_row, lose_lease, queued_job
 from worker import maintenance
 from worker.maintenance import broker_job_ids, reap_expired, reconcile_queued
 
@@ -129,15 +129,6 @@ def test_the_reconciler_republishes_what_the_broker_lost(tenant, settings, statu
 def test_the_reconciler_writes_its_event_under_the_job_row_lock(tenant, settings) -> None:  # type: ignore[no-untyped-def]
     """SSE readers follow `seq`: while another writer's event is uncommitted, the reconciler's waits."""
     job_id = make_job_row(tenant[0], "queued")
-    holder = session_factory()()
-    try:
-        assert state.add_event(holder, job_id, "another writer's event, not committed yet") is not None
-        with session_scope() as session:
-            session.execute(text("SET LOCAL lock_timeout = '200ms'"))
-            with pytest.raises(OperationalError, match="lock timeout"):
-                reconcile_queued(session, settings, get_redis())
-            session.rollback()
-    finally:
-        holder.rollback()
-        holder.close()
+    with another_writer_holds_an_event(job_id) as session, pytest.raises(OperationalError, match="lock timeout"):
+        reconcile_queued(session, settings, get_redis())
     assert job_events(job_id) == []
