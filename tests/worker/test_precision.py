@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from common.schemas.job_spec import JobSpec, ResolvedJobSpec, stored_spec, training_spec
-from tests.support.real_model import RealModelUnavailable, real_model_dir
+from tests.support.real_model import require_real_model
 from tests.support.training import fixed_reply_rows, pair_rows, write_job_dir
 from worker.train.config import load_job
 from worker.train.reporter import Reporter
@@ -138,10 +138,7 @@ def test_a_lora_run_on_a_bf16_base_matches_the_fp32_run_within_the_tolerance(tmp
 def test_on_the_real_model_a_bf16_base_learns_as_fast_as_fp32(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct is bf16 on disk. Six LoRA steps at the default learning rate: each loss within
     LOSS_RTOL of the fp32 run's (bf16 activations would fail at step 2: 3.68 against 3.05)."""
-    try:
-        base = real_model_dir()
-    except RealModelUnavailable as exc:
-        pytest.skip(str(exc))
+    base = require_real_model()
     rows, options = fixed_reply_rows(8), {"n_epochs": 3, "learning_rate": 2e-4}
     auto, auto_events = run(tmp_path, base, "auto", rows, **options)
     _, exact_events = run(tmp_path, base, "fp32", rows, precision="fp32", **options)
