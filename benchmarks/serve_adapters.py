@@ -1,22 +1,34 @@
-"""Generated tokens/s of `serve` with 1, 8 and 32 distinct adapters asked round-robin by concurrent clients,
-against a naive server and against `llamafactory-cli api`; and the time from publish to first token.
+"""Generated tokens/s and request latency of `serve` with 1 and 8 (or 32) distinct adapters asked round-robin by
+concurrent clients — asked directly and through the API — against `llamafactory-cli api` (and, on the toy model,
+a naive server); and the time from publish to first token.
 
-    .venv/bin/python benchmarks/serve_adapters.py [--clients 8 --requests 48 --max-tokens 64 --rounds 2]
-        [--llamafactory /tmp/lf-venv/bin/llamafactory-cli] [--json out.json]
+    .venv/bin/python benchmarks/serve_adapters.py --real-model --api --threads 1 --dtype float32,bfloat16 \
+        --rounds 3 --requests 48 --max-tokens 64 --llamafactory var/peers/llamafactory/bin/llamafactory-cli \
+        [--json out.json]
 
-The model: a random Llama of ~19M parameters (hidden 512, 7 layers, the tiny model's tokenizer and ChatML
-template), and random rank-8 LoRA adapters on every linear layer, all built here. Every server is a separate
-process on this machine, asked over HTTP with the same chat request (greedy, `max_tokens` new tokens); tokens/s
-is the sum of the `usage.completion_tokens` the servers report over the wall time of the whole load.
+The model: with --real-model, SmolLM2-135M-Instruct (var/models/smollm2-135m-instruct, bf16 safetensors) and
+random rank-16 LoRA adapters on every linear layer (non-zero B), registered under its own chat template;
+without it, a random Llama of ~19M parameters (hidden 512, 7 layers, the tiny model's tokenizer and ChatML
+template) and random rank-8 adapters. Every server is a separate process on this machine, asked over HTTP with the
+same chat request (greedy, `max_tokens` new tokens), the same number of requests (--requests) for every system
+and client count; tokens/s is the sum of the `usage.completion_tokens` the servers report over the wall time of
+the whole load; latency is each request's, send to last byte.
 
-- serve: `python -m worker.serve`, adapters published on Redis (`tunequeue:models`) as the worker publishes
-  them; it needs Redis (TUNEQUEUE_REDIS_URL), not Postgres;
-- naive: this script as a server (`--naive-server`): loads the requested adapter onto the base model for each
-  request (PEFT), generates with `generate`, unloads it; one request at a time;
+- serve direct: `python -m worker.serve`; toy adapters announced on Redis (`tunequeue:models`) as the worker
+  announces them; with --api, the stack's registered adapters (see benchmarks/serve_stack.py);
+- serve through the API (--api): a scratch Postgres database, migrated; a tenant with an API key; each adapter the
+  model of a finished job of that tenant (the services' and the worker's own publish functions); `uvicorn
+  api.main:app --proxy-headers` in front of the same `serve`; every request carries the key, so each one is
+  authenticated, its model's ownership checked in Postgres and the answer relayed;
+- naive (toy model only): this script as a server (`--naive-server`): loads the requested adapter onto the base
+  model for each request (PEFT), generates with `generate`, unloads it; one request at a time;
 - llamafactory: `llamafactory-cli api` with the first adapter merged at start-up (its way of serving an
-  adapter), when --llamafactory names the CLI of a venv that has LLaMA-Factory (never a project dependency).
+  adapter), template `chatml`, when --llamafactory names the CLI of a venv that has LLaMA-Factory (never a
+  project dependency; benchmarks/install_peers.sh makes one). The dtype it really loads is read from its own
+  ChatModel once per dtype (untimed) and reported.
 
-`--micro` adds one decode step's forward time (batch 8): PEFT's `adapter_names=` mixed batch against the
+--dtype: serve's TUNEQUEUE_SERVE_DTYPE and LLaMA-Factory's `infer_dtype` (a comma list measures each in every
+round). `--micro` adds one decode step's forward time (batch 8): PEFT's `adapter_names=` mixed batch against the
 adapter bank `serve` uses. The results go into docs/benchmarks.md, never into a timed test.
 """
 
@@ -24,29 +36,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-BASE_ID = "bench-llama"
-QUESTION = [{"role": "user", "content": "Tell me what the worker does with the next batch."}]
+from benchmarks.serve_stack import (  # noqa: E402
+    REAL_BASE_ID,
+    REAL_QUESTION,
+    ApiStack,
+    Server,
+    build_real_adapters,
+    checkpoint_in,
+    free_port,
+    llamafactory_dtype,
+    open_stack,
+    register_adapters,
+    thread_env,
+)
+
+TOY_BASE_ID = "bench-llama"
+TOY_QUESTION = [{"role": "user", "content": "Tell me what the worker does with the next batch."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass
+class Setup:
+    """What one run measures on: the base model (its registered id and chat template), the adapters, the request."""
+
+    base_id: str
+    base: Path
+    template: str | None
+    adapters: list[Path]
+    question: list[dict[str, str]]
+    work: Path
+    store: Path
+    stack: ApiStack | None = None
+    model_ids: list[str] = field(default_factory=list)
 
 
 def build(work: Path, adapters: int) -> tuple[Path, list[Path]]:
@@ -65,52 +98,25 @@ def build(work: Path, adapters: int) -> tuple[Path, list[Path]]:
             model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                                    LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
                                               init_lora_weights=False))
-            model.save_pretrained(path)
+            model.save_pretrained(str(path))
         out.append(path)
     return base, out
 
 
 # ---- servers -----------------------------------------------------------------------------------------------
-class Server:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
-        self.name, self.port = name, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait(self, path: str, timeout: float = 300) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + path, timeout=2).status_code < 500:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} did not start: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def start_serve(base: Path, store: Path, work: Path, threads: int | None, dtype: str) -> Server:
+def start_serve(setup: Setup, threads: int | None, dtype: str) -> Server:
     port = free_port()
-    env = {**os.environ, "TUNEQUEUE_BASE_MODELS": json.dumps({BASE_ID: {"path": str(base), "template": "chatml"}}),
-           "TUNEQUEUE_ARTIFACTS": str(store), "TUNEQUEUE_SERVE_HOST": "127.0.0.1", "TUNEQUEUE_SERVE_PORT": str(port),
-           "TUNEQUEUE_SERVE_MAX_ADAPTERS": "32", "TOKENIZERS_PARALLELISM": "false", "TUNEQUEUE_SERVE_DTYPE": dtype}
+    entry: dict[str, Any] = {"path": str(setup.base)}
+    if setup.template:
+        entry["template"] = setup.template
+    env = {**(setup.stack.env if setup.stack else os.environ),
+           "TUNEQUEUE_BASE_MODELS": json.dumps({setup.base_id: entry}), "TUNEQUEUE_ARTIFACTS": str(setup.store),
+           "TUNEQUEUE_SERVE_HOST": "127.0.0.1",
+           "TUNEQUEUE_SERVE_PORT": str(port), "TUNEQUEUE_SERVE_MAX_ADAPTERS": "32", "TOKENIZERS_PARALLELISM": "false",
+           "TUNEQUEUE_SERVE_DTYPE": dtype}
     if threads:
         env["TUNEQUEUE_SERVE_THREADS"] = str(threads)
-    server = Server("serve", [sys.executable, "-m", "worker.serve"], env, port, work / "serve.log")
+    server = Server("serve", [sys.executable, "-m", "worker.serve"], env, port, setup.work / "serve.log")
     server.wait("/healthz")
     import httpx
 
@@ -120,17 +126,18 @@ def start_serve(base: Path, store: Path, work: Path, threads: int | None, dtype:
     return server
 
 
-def publish(store: Path, adapter: Path, model_id: str) -> None:
-    """As worker/runner.py does: files under an attempt-scoped key, then one message on tunequeue:models."""
+def publish(setup: Setup, adapter: Path, model_id: str) -> None:
+    """As worker/runner.py announces a published adapter: files under an attempt-scoped key, then one message on
+    tunequeue:models (no models row: `serve` acts on the message alone)."""
     import shutil
 
     from common.model_events import announce
 
     key = f"models/tenant-bench/{model_id.rsplit(':', 1)[-1]}/attempt-1"
-    (store / key).mkdir(parents=True, exist_ok=True)
+    (setup.store / key).mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copy(adapter / name, store / key / name)
-    announce("published", model_id=model_id, tenant_id="tenant-bench", base_model=BASE_ID, storage_key=key)
+        shutil.copy(adapter / name, setup.store / key / name)
+    announce("published", model_id=model_id, tenant_id="tenant-bench", base_model=setup.base_id, storage_key=key)
 
 
 def naive_server(port: int, base: Path, adapters: Path) -> None:
@@ -172,10 +179,6 @@ def naive_server(port: int, base: Path, adapters: Path) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def thread_env(threads: int | None) -> dict[str, str]:
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
-
-
 def start_naive(base: Path, adapters: Path, work: Path, threads: int | None) -> Server:
     port = free_port()
     server = Server("naive", [sys.executable, __file__, "--naive-server", str(port), str(base), str(adapters)],
@@ -185,28 +188,35 @@ def start_naive(base: Path, adapters: Path, work: Path, threads: int | None) -> 
     return server
 
 
-def start_llamafactory(cli: str, base: Path, adapter: Path, work: Path, threads: int | None, dtype: str) -> Server:
+def start_llamafactory(cli: str, setup: Setup, threads: int | None, dtype: str,
+                       known_dtype: str | None) -> tuple[Server, str]:
+    """`llamafactory-cli api` with the first adapter merged, on the base checkpoint in `dtype` (see checkpoint_in);
+    returns the server and the dtype its weights are really in."""
     port = free_port()
-    config = work / "llamafactory.yaml"
-    config.write_text(f"model_name_or_path: {base}\nadapter_name_or_path: {adapter}\ntemplate: chatml\n"
-                      "finetuning_type: lora\ninfer_backend: huggingface\ntrust_remote_code: false\n"
-                      f"infer_dtype: {'float32' if dtype == 'auto' else dtype}\n")
+    config = setup.work / f"llamafactory-{dtype}.yaml"
+    model = checkpoint_in(setup.base, dtype, setup.work)
+    config.write_text(f"model_name_or_path: {model}\nadapter_name_or_path: {setup.adapters[0]}\n"
+                      "template: chatml\nfinetuning_type: lora\ninfer_backend: huggingface\n"
+                      f"trust_remote_code: false\ninfer_dtype: {dtype}\n")
     env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", **thread_env(threads)}
-    server = Server("llamafactory", [cli, "api", str(config)], env, port, work / "llamafactory.log")
+    real_dtype = known_dtype or llamafactory_dtype(cli, config, env)  # once per run and dtype
+    server = Server("llamafactory", [cli, "api", str(config)], env, port, setup.work / "llamafactory.log")
     server.wait("/v1/models", timeout=600)
-    return server
+    return server, real_dtype
 
 
 # ---- load --------------------------------------------------------------------------------------------------
-async def load(url: str, models: list[str], clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
+async def load(url: str, models: list[str], clients: int, requests: int, max_tokens: int,
+               question: list[dict[str, str]], key: str | None = None) -> dict[str, Any]:
     import httpx
 
-    body = {"messages": QUESTION, "max_tokens": max_tokens, "temperature": 0}
+    body = {"messages": question, "max_tokens": max_tokens, "temperature": 0}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     counter = iter(range(requests))
     tokens: list[int] = []
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers) as http:
         for model in models:  # warm-up: each adapter once (a cache's steady state), not timed
             (await http.post("/v1/chat/completions", json={**body, "model": model, "max_tokens": 4})).raise_for_status()
 
@@ -221,17 +231,20 @@ async def load(url: str, models: list[str], clients: int, requests: int, max_tok
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
     return {"tokens_per_second": sum(tokens) / elapsed, "generated": sum(tokens), "seconds": elapsed,
-            "requests": len(tokens), "median_latency_s": statistics.median(latencies)}
+            "requests": len(tokens), "median_latency_s": statistics.median(ordered),
+            "p95_latency_s": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]}
 
 
-async def time_to_first_token(url: str, model: str, started: float, max_tokens: int = 8) -> float:
+async def time_to_first_token(url: str, model: str, started: float, question: list[dict[str, str]],
+                              max_tokens: int = 8) -> float:
     """Seconds from `started` (a perf_counter reading) to the first content chunk of a streamed answer."""
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as http, http.stream(
             "POST", "/v1/chat/completions",
-            json={"model": model, "messages": QUESTION, "max_tokens": max_tokens, "stream": True}) as resp:
+            json={"model": model, "messages": question, "max_tokens": max_tokens, "stream": True}) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
             if line.startswith("data: ") and '"content"' in line:
@@ -239,14 +252,14 @@ async def time_to_first_token(url: str, model: str, started: float, max_tokens: 
     raise RuntimeError("no token")
 
 
-def publish_to_first_token(store: Path, adapters: list[Path], url: str, tag: str, times: int) -> list[float]:
+def publish_to_first_token(setup: Setup, url: str, tag: str, times: int) -> list[float]:
     out = []
     for i in range(times):
-        model_id = f"ft:{BASE_ID}:fresh:{tag}{i}"
+        model_id = f"ft:{setup.base_id}:fresh:{tag}{i}"
         started = time.perf_counter()
-        publish(store, adapters[i % len(adapters)], model_id)
+        publish(setup, setup.adapters[i % len(setup.adapters)], model_id)
         # The client learns of `succeeded` and asks at once: Redis delivery and the preload race the request.
-        out.append(asyncio.run(time_to_first_token(url, model_id, started)))
+        out.append(asyncio.run(time_to_first_token(url, model_id, started, setup.question)))
     return out
 
 
@@ -296,26 +309,44 @@ def micro(base: Path, adapter_dirs: list[Path], steps: int = 30) -> dict[str, fl
     return out
 
 
-def measure_serve(args: argparse.Namespace, base: Path, store: Path, work: Path, adapter_dirs: list[Path],
-                  counts: list[int], round_: int, results: dict[str, Any], record: Any) -> None:
-    serve = start_serve(base, store, work, args.threads, args.dtype)
+def measure_serve(args: argparse.Namespace, setup: Setup, counts: list[int], dtype: str, tag: str,
+                  results: dict[str, Any], record: Any) -> None:
+    serve = start_serve(setup, args.threads, dtype)
     try:
-        names = [f"ft:{BASE_ID}:bench:a{i:02d}" for i in range(max(counts))]
-        for name, path in zip(names, adapter_dirs, strict=True):
-            publish(store, path, name)
-        record("serve, 1 client, 1 adapter", asyncio.run(load(serve.url, names[:1], 1, args.requests // 4,
-                                                              args.max_tokens)))
-        for n in counts:
-            record(f"serve, {args.clients} clients, {n} adapters",
-                   asyncio.run(load(serve.url, names[:n], args.clients, args.requests, args.max_tokens)))
-        ttft = publish_to_first_token(store, adapter_dirs, serve.url, f"r{round_}x", 5)
-        results.setdefault("publish_to_first_token_s", []).extend(ttft)
-        print(f"publish → first token: {', '.join(f'{t:.3f}' for t in ttft)} s", flush=True)
+        names = setup.model_ids
+        if not setup.stack:
+            names = [f"ft:{setup.base_id}:bench:a{i:02d}" for i in range(max(counts))]
+            for name, path in zip(names, setup.adapters, strict=True):
+                publish(setup, path, name)
+        targets: list[tuple[str, str, str | None]] = [("serve direct", serve.url, None)]
+        if setup.stack:
+            setup.stack.start_api(setup.work, serve.url)
+            assert setup.stack.api is not None
+            targets.append(("serve via API", setup.stack.api.url, setup.stack.key))
+        try:
+            for system, url, key in targets:
+                record(f"{system}, 1 client, 1 adapter", dtype, asyncio.run(
+                    load(url, names[:1], 1, args.requests, args.max_tokens, setup.question, key)))
+                for n in counts:
+                    record(f"{system}, {args.clients} clients, {n} adapter{'s' * (n > 1)}", dtype, asyncio.run(
+                        load(url, names[:n], args.clients, args.requests, args.max_tokens, setup.question, key)))
+        finally:
+            if setup.stack:
+                setup.stack.stop_api()
+        import httpx
+
+        results["dtypes"][f"serve, --dtype {dtype}"] = httpx.get(serve.url + "/status").json()["dtype"]
+        if not args.skip_ttft:
+            ttft = publish_to_first_token(setup, serve.url, f"{tag}x", 5)
+            results.setdefault("publish_to_first_token_s", []).extend(ttft)
+            print(f"publish → first token: {', '.join(f'{t:.3f}' for t in ttft)} s", flush=True)
     finally:
         serve.stop()
-    cold = start_serve(base, store, work, args.threads, args.dtype)  # nothing loaded: the first adapter after start-up
+    if args.skip_ttft:
+        return
+    cold = start_serve(setup, args.threads, dtype)  # nothing loaded: the first adapter after start-up
     try:
-        ttft = publish_to_first_token(store, adapter_dirs, cold.url, f"c{round_}x", 1)
+        ttft = publish_to_first_token(setup, cold.url, f"{tag}c", 1)
         results.setdefault("cold_publish_to_first_token_s", []).extend(ttft)
         print(f"publish → first token, serve just started: {ttft[0]:.3f} s", flush=True)
     finally:
@@ -331,17 +362,67 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "load_average": os.getloadavg()}
 
 
+def summarize(results: dict[str, Any], clients: int) -> None:
+    """Median and range of every measurement over the rounds, and the ratios the targets name, each taken within
+    one round (servers measured side by side) before the median."""
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    summary: dict[str, Any] = {}
+    print(f"\n{'measurement':58s} {'tok/s median':>12s} {'range':>15s} {'p50 s':>7s} {'p95 s':>7s} {'requests':>8s}")
+    for name, runs in results["runs"].items():
+        tps = spread([r["tokens_per_second"] for r in runs])
+        p50 = statistics.median(r["median_latency_s"] for r in runs)
+        p95 = statistics.median(r["p95_latency_s"] for r in runs)
+        summary[name] = {"tokens_per_second": tps, "median_latency_s": p50, "p95_latency_s": p95}
+        print(f"{name:58s} {tps['median']:12.1f} {tps['min']:7.1f}–{tps['max']:<7.1f} {p50:7.2f} {p95:7.2f} "
+              f"{runs[0]['requests']:8d}")
+    ratios: dict[str, Any] = {}
+    for dtype in results["dtype_list"]:
+        lf = results["runs"].get(f"[{dtype}] llamafactory, {clients} clients, 1 adapter")
+        for system in ("serve direct", "serve via API"):
+            for n in results["adapter_counts"]:
+                mine = results["runs"].get(f"[{dtype}] {system}, {clients} clients, {n} adapter{'s' * (n > 1)}")
+                if lf and mine:
+                    ratios[f"[{dtype}] {system}, {n} adapter(s) ÷ llamafactory, {clients} clients"] = spread(
+                        [a["tokens_per_second"] / b["tokens_per_second"] for a, b in zip(mine, lf, strict=True)])
+        for system in ("serve direct", "serve via API"):
+            one = results["runs"].get(f"[{dtype}] {system}, {clients} clients, 1 adapter")
+            for n in results["adapter_counts"][1:]:
+                many = results["runs"].get(f"[{dtype}] {system}, {clients} clients, {n} adapters")
+                if one and many:
+                    ratios[f"[{dtype}] {system}, {n} adapters ÷ 1 adapter"] = spread(
+                        [a["tokens_per_second"] / b["tokens_per_second"] for a, b in zip(many, one, strict=True)])
+        direct = results["runs"].get(f"[{dtype}] serve direct, {clients} clients, 1 adapter")
+        api = results["runs"].get(f"[{dtype}] serve via API, {clients} clients, 1 adapter")
+        if direct and api:
+            ratios[f"[{dtype}] serve via API ÷ serve direct, {clients} clients, 1 adapter"] = spread(
+                [a["tokens_per_second"] / b["tokens_per_second"] for a, b in zip(api, direct, strict=True)])
+    for name, r in ratios.items():
+        print(f"{name:70s} {r['median']:5.2f}× ({r['min']:.2f}–{r['max']:.2f})")
+    print("dtypes:", json.dumps(results["dtypes"]))
+    results["summary"], results["ratios"] = summary, ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real-model", action="store_true",
+                        help="SmolLM2-135M-Instruct (var/models/smollm2-135m-instruct) instead of the toy Llama")
+    parser.add_argument("--api", action="store_true",
+                        help="also measure serve through the API (scratch database, tenant key, registered adapters)")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=48, help="requests per measurement (all clients)")
+    parser.add_argument("--requests", type=int, default=48,
+                        help="requests per measurement, the same for every system and client count")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="repeat every measurement; the median is reported")
-    parser.add_argument("--adapters", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat every measurement; median and range reported")
+    parser.add_argument("--adapters", help="adapter counts (default 1,8 with --real-model, else 1,8,32)")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the real model's adapters")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-serve", action="store_true")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="weights dtype of serve and llamafactory (auto: serve's default, float32 on CPU)")
+    parser.add_argument("--skip-ttft", action="store_true", help="skip the publish → first token timings")
+    parser.add_argument("--dtype", default="auto",
+                        help="comma list of auto, float32, bfloat16: serve's TUNEQUEUE_SERVE_DTYPE (auto: float32 on "
+                             "CPU) and LLaMA-Factory's infer_dtype (auto: its own choice, reported)")
     parser.add_argument("--llamafactory", help="path of llamafactory-cli in its own venv")
     parser.add_argument("--threads", type=int,
                         help="torch threads of every server (serve: TUNEQUEUE_SERVE_THREADS; the others: "
@@ -357,54 +438,78 @@ def main() -> None:
     if args.naive_server:
         naive_server(int(args.naive_server[0]), Path(args.naive_server[1]), Path(args.naive_server[2]))
         return
-
+    dtypes = args.dtype.split(",")
+    bad = [d for d in dtypes if d not in ("auto", "float32", "bfloat16")]
+    if bad:
+        parser.error(f"--dtype: {', '.join(bad)} is not one of auto, float32, bfloat16")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    counts = [int(n) for n in args.adapters.split(",")]
+    counts = [int(n) for n in (args.adapters or ("1,8" if args.real_model else "1,8,32")).split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    base, adapter_dirs = build(work, max(counts))
-    store = work / "store"
-    results: dict[str, Any] = {"machine": machine(), "clients": args.clients, "requests": args.requests,
-                               "max_tokens": args.max_tokens, "threads": args.threads, "dtype": args.dtype,
-                               "runs": {}}
+    work.mkdir(parents=True, exist_ok=True)
+    if args.real_model:
+        from benchmarks.train_setup import real_model
 
-    def record(name: str, value: dict[str, Any]) -> None:
-        results["runs"].setdefault(name, []).append(value)
-        print(f"{name:32s} {value['tokens_per_second']:8.1f} tok/s  ({value['generated']} tokens in "
-              f"{value['seconds']:.1f}s, median latency {value['median_latency_s']:.2f}s)", flush=True)
+        base = real_model(ROOT)
+        setup = Setup(REAL_BASE_ID, base, None, build_real_adapters(base, work, max(counts), args.rank),
+                      REAL_QUESTION, work, work / "store")
+    else:
+        base, adapter_dirs = build(work, max(counts))
+        setup = Setup(TOY_BASE_ID, base, "chatml", adapter_dirs, TOY_QUESTION, work, work / "store")
+    results: dict[str, Any] = {
+        "machine": machine(), "model": str(base), "adapter_rank": args.rank if args.real_model else 8,
+        "clients": args.clients, "requests": args.requests, "max_tokens": args.max_tokens, "threads": args.threads,
+        "dtype_list": dtypes, "adapter_counts": counts, "through_api": args.api, "dtypes": {}, "runs": {}}
+
+    def record(name: str, dtype: str, value: dict[str, Any]) -> None:
+        key = f"[{dtype}] {name}"
+        results["runs"].setdefault(key, []).append(value)
+        print(f"{key:58s} {value['tokens_per_second']:8.1f} tok/s  ({value['generated']} tokens, {value['requests']} "
+              f"requests in {value['seconds']:.1f}s; latency p50 {value['median_latency_s']:.2f}s, "
+              f"p95 {value['p95_latency_s']:.2f}s)", flush=True)
 
     if args.micro:
-        results["micro_ms"] = micro(base, adapter_dirs)
+        results["micro_ms"] = micro(base, setup.adapters)
         for name, ms in results["micro_ms"].items():
             print(f"decode step, batch 8, {name:34s} {ms:6.1f} ms", flush=True)
 
-    for round_ in range(args.rounds):
-        if not args.skip_serve:
-            measure_serve(args, base, store, work, adapter_dirs, counts, round_, results, record)
-        if not args.skip_naive:
-            naive = start_naive(base, work / "adapters", work, args.threads)
-            try:
-                for n in counts:
-                    record(f"naive, {args.clients} clients, {n} adapters",
-                           asyncio.run(load(naive.url, [f"x:a{i:02d}" for i in range(n)], args.clients,
-                                            args.requests // 2, args.max_tokens)))
-            finally:
-                naive.stop()
-        if args.llamafactory:
-            lf = start_llamafactory(args.llamafactory, base, adapter_dirs[0], work, args.threads, args.dtype)
-            try:
-                for clients in (1, args.clients):
-                    record(f"llamafactory, {clients} clients, 1 adapter",
-                           asyncio.run(load(lf.url, ["merged"], clients, args.requests // 2, args.max_tokens)))
-            finally:
-                lf.stop()
+    if args.api:
+        setup.stack = open_stack(work, setup.base_id, base, setup.template)
+        setup.store = Path(setup.stack.env["TUNEQUEUE_ARTIFACTS"])
+        setup.model_ids = register_adapters(setup.stack, setup.base_id, setup.adapters[:max(counts)])
+    try:
+        for round_ in range(args.rounds):
+            for dtype in dtypes:
+                if not args.skip_serve:
+                    measure_serve(args, setup, counts, dtype, f"r{round_}{dtype[:2]}", results, record)
+                if not args.skip_naive and not args.real_model and dtype == dtypes[0]:
+                    naive = start_naive(base, work / "adapters", work, args.threads)
+                    try:
+                        for n in counts:
+                            record(f"naive, {args.clients} clients, {n} adapter{'s' * (n > 1)}", "float32",
+                                   asyncio.run(load(naive.url, [f"x:a{i:02d}" for i in range(n)], args.clients,
+                                                    args.requests, args.max_tokens, setup.question)))
+                    finally:
+                        naive.stop()
+                if args.llamafactory:
+                    name = f"llamafactory, --dtype {dtype}"
+                    lf, results["dtypes"][name] = start_llamafactory(args.llamafactory, setup, args.threads, dtype,
+                                                                     results["dtypes"].get(name))
+                    try:
+                        for clients in (1, args.clients):
+                            record(f"llamafactory, {clients} client{'s' * (clients > 1)}, 1 adapter", dtype,
+                                   asyncio.run(load(lf.url, ["merged"], clients, args.requests, args.max_tokens,
+                                                    setup.question)))
+                    finally:
+                        lf.stop()
+    finally:
+        if setup.stack:
+            setup.stack.close()
 
-    results["median_tokens_per_second"] = {name: statistics.median(r["tokens_per_second"] for r in runs)
-                                           for name, runs in results["runs"].items()}
     results["machine"]["load_average_after"] = os.getloadavg()
-    print(json.dumps(results["median_tokens_per_second"], indent=2))
+    summarize(results, args.clients)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
