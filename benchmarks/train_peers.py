@@ -2,7 +2,8 @@
 line `BENCH {...}`: tokens (non-padding tokens trained), train_seconds and train_cpu_seconds (wall and CPU time
 of `Trainer.train`, the same wrapper for all three), final_loss (the last logged loss, a mean over the last
 `logging_steps` steps), train_loss (mean over the run), eval_loss (on the held-out rows after the epoch, when
-CONFIG names eval_jsonl), peak_mb, and what the run really computed with: the dtypes of the frozen and the
+CONFIG names eval_jsonl, by the system's own evaluation and labels), adapter_dir (the trained adapter, for
+benchmarks/score_held_out.py), peak_mb, and what the run really computed with: the dtypes of the frozen and the
 trained weights, whether autocast was on, gradient checkpointing, torch threads.
 
     python benchmarks/train_peers.py tunequeue|trl CONFIG.json     (this repository's .venv)
@@ -10,7 +11,8 @@ trained weights, whether autocast was on, gradient checkpointing, torch threads.
 
 CONFIG holds model, jsonl, dataset_dir, out, rows, batch, cutoff, lr, rank, logging_steps, device, and
 optionally eval_jsonl (+ the `bench_eval` dataset in dataset_dir), gradient_checkpointing (peers only:
-true/false; absent = the peer's default) and base_dtype (TRL only: the dtype its base loads in).
+true/false; absent = the peer's default), base_dtype (TRL only: the dtype its base loads in) and max_steps
+(LLaMA-Factory only: stop after that many steps).
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def run_tunequeue(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"tokens": result.trained_tokens, "trainer_runtime": metrics["train_runtime"],
             "wall_in_process": time.perf_counter() - started, "final_loss": result.last_loss,
             "train_loss": result.train_loss, "steps": result.steps, "peak_mb": peak_mb(cfg["device"]),
-            "padding_free": result.trainer.stage.padding_free,
+            "padding_free": result.trainer.stage.padding_free, "adapter_dir": str(result.adapter_dir),
             # The job's own account of its device choices (precision and why): its first log events.
             "job_log": [event["message"] for event in (json.loads(line.split(" ", 1)[1])
                                                          for line in events.getvalue().splitlines()[:6])
@@ -158,7 +160,9 @@ def run_trl(cfg: dict[str, Any]) -> dict[str, Any]:
     trainer = SFTTrainer(model=cfg["model"], args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=peft_config)
     output = trainer.train()
-    return {"tokens": trainer.state.num_input_tokens_seen, "trainer_runtime": output.metrics["train_runtime"],
+    trainer.save_model(str(Path(cfg["out"]) / "adapter"))
+    return {"adapter_dir": str(Path(cfg["out"]) / "adapter"), "tokens": trainer.state.num_input_tokens_seen,
+            "trainer_runtime": output.metrics["train_runtime"],
             "final_loss": last_loss(trainer.state.log_history), "train_loss": output.training_loss,
             "steps": trainer.state.global_step, "peak_mb": peak_mb(cfg["device"])}
 
@@ -200,6 +204,8 @@ def run_llamafactory(cfg: dict[str, Any]) -> dict[str, Any]:
         config["eval_dataset"] = "bench_eval"
     if cfg.get("gradient_checkpointing") is not None:
         config["disable_gradient_checkpointing"] = not cfg["gradient_checkpointing"]
+    if cfg.get("max_steps"):  # a rate over the first steps only (train_throughput.py says when)
+        config["max_steps"] = cfg["max_steps"]
     path = out / "llamafactory.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     sys.argv = ["llamafactory-cli", "train", str(path)]
@@ -207,7 +213,8 @@ def run_llamafactory(cfg: dict[str, Any]) -> dict[str, Any]:
     state = json.loads((out / "lf" / "trainer_state.json").read_text())
     history = state["log_history"]
     summary = next(entry for entry in reversed(history) if "train_runtime" in entry)
-    return {"tokens": state.get("num_input_tokens_seen"), "trainer_runtime": summary["train_runtime"],
+    return {"adapter_dir": str(out / "lf"), "tokens": state.get("num_input_tokens_seen"),
+            "trainer_runtime": summary["train_runtime"],
             "final_loss": last_loss(history), "train_loss": summary.get("train_loss"),
             "steps": state["global_step"], "peak_mb": peak_mb(cfg["device"])}
 

@@ -122,18 +122,55 @@ def cpu_benchmark(args: argparse.Namespace, work: Path) -> dict[str, dict[str, A
     return results
 
 
-# The real-model benchmark's runs: (table, system, peer setting). TuneQueue has one configuration (its defaults
-# are its best on this machine: no gradient checkpointing on CPU, padding-free batches, the frozen base in bf16
-# where the CPU runs bf16 fast), so it appears in both tables from the same runs. The peers' best configuration
-# turns their gradient checkpointing off, and loads TRL's base in bf16 (LLaMA-Factory already loads the
-# checkpoint's own dtype, bf16 here).
-REAL_RUNS: list[tuple[str, str, dict[str, Any]]] = [
-    ("both", "tunequeue", {}),
-    ("defaults", "llamafactory", {}),
-    ("best", "llamafactory", {"gradient_checkpointing": False}),
-    ("defaults", "trl", {}),
-    ("best", "trl", {"gradient_checkpointing": False, "base_dtype": "bfloat16"}),
-]
+# The real-model benchmark's runs: (table, system, settings). TuneQueue has one configuration (its defaults are
+# its best on this machine: no gradient checkpointing on CPU, padding-free batches, the frozen base in bf16 where
+# the CPU has bf16 instructions, else fp32), so it appears in both tables from the same runs. The peers' best
+# configuration turns their gradient checkpointing off and gives their frozen base the dtype this CPU runs fast:
+# on a bf16 CPU, TRL's base in bf16 (LLaMA-Factory already loads the checkpoint's bf16); on a CPU without bf16
+# instructions, where a bf16 matmul is emulated (measured here: ~67x slower than fp32), LLaMA-Factory gets a
+# float32 copy of the checkpoint (it loads whatever dtype the checkpoint has, `torch_dtype="auto"`, whatever
+# `bf16:` says) and TRL keeps its float32 default. LLaMA-Factory's defaults on such a CPU take ~100 CPU-minutes
+# an epoch, so they are timed over their first `DEFAULTS_STEPS_WITHOUT_BF16` steps only (no eval loss).
+DEFAULTS_STEPS_WITHOUT_BF16 = 1
+
+
+def real_runs(cpu_has_bf16: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    if cpu_has_bf16:
+        return [("both", "tunequeue", {}),
+                ("defaults", "llamafactory", {}),
+                ("best", "llamafactory", {"gradient_checkpointing": False}),
+                ("defaults", "trl", {}),
+                ("best", "trl", {"gradient_checkpointing": False, "base_dtype": "bfloat16"})]
+    return [("both", "tunequeue", {}),
+            ("defaults", "llamafactory", {"max_steps": DEFAULTS_STEPS_WITHOUT_BF16, "eval_jsonl": None}),
+            ("best", "llamafactory", {"gradient_checkpointing": False, "checkpoint_dtype": "float32"}),
+            ("defaults", "trl", {}),
+            ("best", "trl", {"gradient_checkpointing": False})]
+
+
+def checkpoint_copy(model: Path, dtype: str, work: Path) -> Path:
+    """The checkpoint re-saved in `dtype` (for a peer that loads whatever dtype the checkpoint has)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = work / f"model-{dtype}"
+    if not (out / "config.json").is_file():
+        AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).save_pretrained(out)
+        AutoTokenizer.from_pretrained(model).save_pretrained(out)
+    return out
+
+
+def score_same_tokens(cfg: dict[str, Any], adapters: list[str]) -> dict[str, dict[str, float]]:
+    """The held-out loss of each adapter over the same labelled tokens (benchmarks/score_held_out.py, float32, in
+    this venv whichever system trained it); `-` scores the base model."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.get("threads") or 1), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "score_held_out.py"), cfg["model"],
+                           cfg["eval_jsonl"], str(cfg["cutoff"]), *adapters], env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("SCORE ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"scoring failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
+    return json.loads(lines[-1][len("SCORE "):])
 
 
 def load_average() -> str:
@@ -153,9 +190,20 @@ def real_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
             "rank": 16, "logging_steps": 4, "device": "cpu", "threads": args.threads}
     # The runs of the target comparison (TuneQueue and LLaMA-Factory's best) come first, repeat by repeat, then
     # the other peers' runs: on a busy machine the first tables fill before the rest.
-    runs = [run for run in REAL_RUNS if not args.only or run[1] in args.only]
+    from worker.train.runtime import cpu_bf16
+
+    bf16 = cpu_bf16()
+    print(f"this CPU and bf16: {bf16}", flush=True)
+    runs = [run for run in real_runs(bf16.fast) if not args.only or run[1] in args.only]
     first = [run for run in runs if run[1] == "tunequeue" or (run[1] == "llamafactory" and run[0] == "best")]
     rest = [run for run in runs if run not in first]
+    base_score = score_same_tokens(base, ["-"])["-"]
+    print(f"base model, held-out loss over the scored tokens: {json.dumps(base_score)}", flush=True)
+    if args.json:
+        with args.json.with_suffix(".runs.jsonl").open("a") as handle:
+            handle.write(json.dumps({"base_model_score": base_score}) + "\n")
+    copies = {dtype: checkpoint_copy(model, dtype, work)
+              for dtype in {run[2]["checkpoint_dtype"] for run in runs if run[2].get("checkpoint_dtype")}}
     plan = []
     for group in (first, rest):
         for repeat in range(args.repeats):
@@ -167,6 +215,8 @@ def real_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
         python = args.lf_python if system == "llamafactory" else sys.executable
         name = f"{system}-{table_name}-{repeat}"
         cfg = {**base, "out": str(work / "out" / name), **settings}
+        if settings.get("checkpoint_dtype"):
+            cfg["model"] = str(copies[settings["checkpoint_dtype"]])
         load_before = load_average()
         try:
             outcome = run_system(system, python, cfg, work, tag=name)
@@ -175,6 +225,14 @@ def real_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
             return {"failed": True, "repeat": repeat, "table": table_name, "system": system}
         outcome.update(repeat=repeat, table=table_name, system=system, load_before=load_before,
                        load_after=load_average())
+        try:
+            if settings.get("max_steps"):  # a partial epoch: its adapter is not comparable
+                raise RuntimeError("not scored: a partial epoch")
+            score = score_same_tokens({**base, **cfg, "model": str(model)},
+                                      [outcome["adapter_dir"]])[outcome["adapter_dir"]]
+            outcome.update(eval_loss_same_tokens=score["loss"], eval_tokens_same=score["tokens"])
+        except RuntimeError as exc:
+            print(f"{name}: {exc}", flush=True)
         print(f"{name}: {json.dumps(outcome)}", flush=True)
         if args.json:
             with args.json.with_suffix(".runs.jsonl").open("a") as handle:
@@ -182,8 +240,8 @@ def real_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
         return outcome
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        runs = list(pool.map(one, [item for item in plan if item[2] != "llamafactory" or args.lf_python]))
-    return [run for run in runs if not run.get("failed")]
+        done = list(pool.map(one, [item for item in plan if item[2] != "llamafactory" or args.lf_python]))
+    return [run for run in done if not run.get("failed")]
 
 
 def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
@@ -205,7 +263,9 @@ def real_tables(runs: list[dict[str, Any]]) -> str:
     """Per table, one row per system and set of dtypes (TuneQueue's precision is the job's own choice, which can
     differ between runs), median (min–max) over its runs; TuneQueue's rows give their ratio to each peer's
     median tokens per CPU-second."""
-    out = []
+    out = [f"Base model before training, held-out loss over the same tokens: {entry['base_model_score']['loss']:.4f} "
+           f"({entry['base_model_score']['tokens']:,} tokens)" for entry in runs if "base_model_score" in entry][:1]
+    runs = [run for run in runs if "system" in run]
     for table_name in ("defaults", "best"):
         rows = [run for run in runs if run["table"] in (table_name, "both")]
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -217,9 +277,11 @@ def real_tables(runs: list[dict[str, Any]]) -> str:
                  for system in ("llamafactory", "trl") if any(run["system"] == system for run in rows)}
         out += [f"### {table_name}", "",
                 "| system | dtypes | runs | trained tokens | tokens per CPU-s | tokens per s (wall) | peak RSS MiB | "
-                "eval loss (held out) | mean train loss | ÷ peers (CPU, medians) | grad. ckpt | threads | "
+                "eval loss (held out, own labels) | eval loss (held out, same tokens) | mean train loss | "
+                "÷ peers (CPU, medians) | grad. ckpt | threads | "
                 "load (1-min, before–after) |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+        same = "{:.4f}"
         for (system, dtypes), mine in groups.items():
             cpu = [run["tokens_per_cpu_second"] for run in mine]
             ratio = "—" if system != "tunequeue" else ", ".join(
@@ -231,6 +293,7 @@ def real_tables(runs: list[dict[str, Any]]) -> str:
                 f"{spread([run['tokens_per_second'] for run in mine])} | "
                 f"{spread([run['peak_mb'] for run in mine])} | "
                 f"{spread([run['eval_loss'] for run in mine if run.get('eval_loss') is not None], '{:.4f}')} | "
+                f"{spread([run['eval_loss_same_tokens'] for run in mine if 'eval_loss_same_tokens' in run], same)} | "
                 f"{spread([run['train_loss'] for run in mine], '{:.4f}')} | {ratio} | "
                 f"{'on' if mine[0].get('gradient_checkpointing') else 'off'} | {mine[0].get('threads')} | "
                 f"{loads} |")
