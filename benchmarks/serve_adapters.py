@@ -2,7 +2,7 @@
 concurrent clients — asked directly and through the API — against `llamafactory-cli api` (and, on the toy model,
 a naive server); and the time from publish to first token.
 
-    .venv/bin/python benchmarks/serve_adapters.py --real-model --api --threads 1 --dtype float32,bfloat16 \
+    .venv/bin/python benchmarks/serve_adapters.py --real-model --api --threads 1 --dtype auto,bfloat16 \
         --rounds 3 --requests 48 --max-tokens 64 --llamafactory var/peers/llamafactory/bin/llamafactory-cli \
         [--json out.json]
 
