@@ -2,6 +2,7 @@
 memory under 300 MB above the API's baseline).
 
     .venv/bin/python benchmarks/validate_upload.py [--rows 100000] [--repeat 3] [--skip-api]
+    .venv/bin/python benchmarks/validate_upload.py --max-rows 20 --skip-api --tokenize   # issue 13's target
 
 Two measurements, each in its own process so that one's memory does not hide the other's:
 
@@ -16,7 +17,13 @@ Two measurements, each in its own process so that one's memory does not hide the
   VmRSS after a warm-up upload is the baseline; its peak during the big upload is VmHWM (reset with
   /proc/PID/clear_refs before the upload), cross-checked by sampling RSS every 10 ms.
 
+- preview (with --max-rows): `GET /files/{id}/preview?limit=20`'s work in one process (every row encoded and
+  split into trained/untrained segments with the tiny model's tokenizer); peak RSS above the loaded tokenizer.
+
 The rows: a system prompt, 1-3 user/assistant turns of random words (some non-ASCII), ~1 KB per row, fixed seed.
+With `--max-rows N` instead: N maximal rows, each a chat row whose JSON line is exactly TUNEQUEUE_MAX_ROW_BYTES
+(1 MiB by default) with one long assistant message (issue 13's target: preview and validation of such rows stay
+under +100 MB over the process's baseline; the validating step runs with max_seq_length 2048).
 It needs Postgres and Redis for the api part (TUNEQUEUE_DATABASE_URL's server; a scratch database is made and
 dropped). The results go into docs/benchmarks.md ("Dataset validation"), never into a timed test.
 """
@@ -64,6 +71,26 @@ def make_file(path: Path, rows: int, seed: int = 7) -> None:
             out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
+def make_max_file(path: Path, rows: int, row_bytes: int, seed: int = 7) -> None:
+    """`rows` chat rows, each a JSON line of exactly `row_bytes` bytes (random words, some non-ASCII)."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as out:
+        for _ in range(rows):
+            shell = json.dumps({"messages": [{"role": "user", "content": "Summarise the log."},
+                                             {"role": "assistant", "content": ""}]}, ensure_ascii=False)
+            parts: list[str] = []
+            size = len(shell.encode())
+            while size < row_bytes:
+                word = rng.choice(WORDS) + " "
+                parts.append(word)
+                size += len(word.encode())
+            text = "".join(parts)
+            while len(shell.encode()) + len(text.encode()) > row_bytes:
+                text = text[:-1]
+            text += "x" * (row_bytes - len(shell.encode()) - len(text.encode()))
+            out.write(shell[:-4] + text + shell[-4:] + "\n")
+
+
 def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -101,7 +128,8 @@ def tokenize_side(path: str, model: str) -> None:
     from common.datasets.tokens import Encoder, TokenStats, load_tokenizer
     from common.settings import BaseModelEntry
 
-    encoder = Encoder.for_model(load_tokenizer("tiny", BaseModelEntry(path=model)), model_id="tiny", stage="sft")
+    encoder = Encoder.for_model(load_tokenizer("tiny", BaseModelEntry(path=model)), model_id="tiny", stage="sft",
+                                max_seq_length=2048)
     before = reset_peak()
     stats = TokenStats(max_seq_length=2048)
     start = time.perf_counter()
@@ -113,11 +141,35 @@ def tokenize_side(path: str, model: str) -> None:
                       "peak_mb": peak / 1024, "peak_above_baseline_mb": max(0, peak - before) / 1024}))
 
 
-def run_tokenize(path: Path, work: Path) -> dict[str, Any]:
+def preview_side(path: str, model: str) -> None:
+    """Runs in a child process: a 20-row preview's work (common/services/files.py `_preview_row`: encode, then
+    the segments), with the tiny model's tokenizer."""
+    import itertools
+
+    from common.datasets.convert import iter_stage_records
+    from common.datasets.tokens import Encoder, load_tokenizer
+    from common.settings import BaseModelEntry
+
+    encoder = Encoder.for_model(load_tokenizer("tiny", BaseModelEntry(path=model)), model_id="tiny", stage="sft",
+                                registry_template="chatml")
+    before = reset_peak()
+    start = time.perf_counter()
+    tokens = 0
+    for _, row in itertools.islice(iter_stage_records(Path(path), "chat", "sft"), 20):
+        sequences = encoder.encode(row)
+        shown = [(len(s.input_ids), encoder.segments(s)) for s in sequences]
+        tokens += sum(n for n, _ in shown)
+    seconds = time.perf_counter() - start
+    peak = rss_kb(field="VmHWM")
+    print(json.dumps({"seconds": seconds, "tokens": tokens, "baseline_mb": before / 1024, "peak_mb": peak / 1024,
+                      "peak_above_baseline_mb": max(0, peak - before) / 1024}))
+
+
+def run_tokenize(path: Path, work: Path, side: str = "--tokenize-side") -> dict[str, Any]:
     from worker.tiny_model import build_tiny_model
 
     model = build_tiny_model(work / "tiny-llama")
-    out = subprocess.run([sys.executable, __file__, "--tokenize-side", str(path), "--model", str(model)],
+    out = subprocess.run([sys.executable, __file__, side, str(path), "--model", str(model)],
                          check=True, capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -210,8 +262,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--tokenize", action="store_true", help="also time the validating_files token statistics")
+    parser.add_argument("--max-rows", type=int, default=0, help="instead of --rows: this many maximal rows "
+                        "(TUNEQUEUE_MAX_ROW_BYTES each), and the preview's work too")
     parser.add_argument("--library-side", help=argparse.SUPPRESS)
     parser.add_argument("--tokenize-side", help=argparse.SUPPRESS)
+    parser.add_argument("--preview-side", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.library_side:
@@ -220,14 +275,27 @@ def main() -> None:
     if args.tokenize_side:
         tokenize_side(args.tokenize_side, args.model)
         return
+    if args.preview_side:
+        preview_side(args.preview_side, args.model)
+        return
     with tempfile.TemporaryDirectory(prefix="tunequeue-bench-") as tmp:
         work = Path(tmp)
-        path = work / "chat-100k.jsonl"
-        make_file(path, args.rows)
+        preview = None
+        if args.max_rows:
+            from common.settings import get_settings
+
+            args.rows = args.max_rows
+            path = work / "max-rows.jsonl"
+            make_max_file(path, args.rows, get_settings().max_row_bytes)
+        else:
+            path = work / "chat-100k.jsonl"
+            make_file(path, args.rows)
         size_mb = path.stat().st_size / 1e6
         lib = run_library(path, args.repeat)
         api = None if args.skip_api else run_api(path, work)
         tok = run_tokenize(path, work) if args.tokenize else None
+        if args.max_rows:
+            preview = run_tokenize(path, work, "--preview-side")
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"file: {args.rows:,} chat rows, {size_mb:.1f} MB; machine: {machine}")
@@ -243,8 +311,12 @@ def main() -> None:
         print(f"validating_files token statistics (tiny-llama tokenizer, one process): {tok['seconds']:.1f} s "
               f"({args.rows / tok['seconds']:,.0f} rows/s), {t['total_tokens']:,} tokens; peak RSS "
               f"+{tok['peak_above_baseline_mb']:.1f} MB above {tok['baseline_mb']:.0f} MB (tokenizer loaded)")
+    if preview is not None:
+        print(f"preview of 20 rows (tiny-llama tokenizer, encode + segments): {preview['seconds']:.1f} s, "
+              f"{preview['tokens']:,} tokens; peak RSS +{preview['peak_above_baseline_mb']:.1f} MB above "
+              f"{preview['baseline_mb']:.0f} MB (tokenizer loaded)")
     print(json.dumps({"rows": args.rows, "megabytes": size_mb, "machine": machine, "library": lib, "api": api,
-                      "tokenize": tok}))
+                      "tokenize": tok, "preview": preview}))
 
 
 if __name__ == "__main__":

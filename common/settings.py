@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     fault_injection: dict[str, Any] | None = Field(default=None, description="Tests only, e.g. {\"oom_at_step\": 2}: "
                                                    "passed to training children to fake a failure.")
     train_python: str | None = Field(default=None, description="Interpreter for training children; default: ours.")
+    # --- bounded inputs and work directories (issue 13) ---
+    max_row_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest dataset row (a JSON line, CSV "
+                               "record, text document, JSON-array element or Parquet row as JSON), in bytes; a "
+                               "larger row is a row_too_large error at upload.")
 
     @field_validator("base_models", mode="before")
     @classmethod

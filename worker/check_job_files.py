@@ -125,7 +125,7 @@ def token_stats(plan: Plan, settings: Settings) -> dict[str, Any]:
     try:
         encoder = Encoder.for_model(load_tokenizer(plan.base_model, entry), model_id=plan.base_model,
                                     stage=plan.stage, template=plan.template, registry_template=entry.template,
-                                    train_on_inputs=plan.train_on_inputs)
+                                    train_on_inputs=plan.train_on_inputs, max_seq_length=plan.max_seq_length)
     except TuneQueueError as exc:  # the model or its template cannot be used: fail with its own code
         raise JobFilesError(exc.code or "internal_error", exc.message, exc.param) from exc
     stats: dict[str, Any] = {

@@ -3,7 +3,7 @@
 Documents: a file that has a blank line between two lines of text is split at blank lines (one document per
 paragraph, its line breaks kept); a file without any blank line has one document per line. Deciding takes one
 extra streaming pass. Line endings become "\\n"; a UTF-8 BOM is dropped; whitespace-only lines are blank. A
-row's `line` is the line its document starts on. A document may be as long as a JSON line (`MAX_LINE_BYTES`).
+row's `line` is the line its document starts on. A document may be as long as any row (`max_row_bytes`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from common.datasets import records
-from common.datasets.records import BOM, Record, file_issue, open_dataset, too_long_text, utf8_issue
+from common.datasets.records import BOM, Record, file_issue, open_dataset, too_large_issue, utf8_issue
 from common.datasets.report import Issue
 
 CHUNK = 1024 * 1024
@@ -49,12 +49,13 @@ def has_paragraphs(f: IO[bytes]) -> bool:
 
 
 def _physical_lines(f: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, its bytes without the line ending), or None for a line over `MAX_LINE_BYTES`."""
+    """(line number, its bytes without the line ending), or None for a line over the row limit."""
     n = 0
-    while raw := f.readline(records.MAX_LINE_BYTES + 1):
+    limit = records.max_row_bytes()
+    while raw := f.readline(limit + 2):  # the line, and its \r\n when it is just under the limit
         n += 1
-        if len(raw) > records.MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            while (rest := f.readline(CHUNK)) and not rest.endswith(b"\n"):
+        if len(raw.rstrip(b"\r\n")) > limit:
+            while not raw.endswith(b"\n") and (raw := f.readline(CHUNK)):
                 pass
             yield n, None
             continue
@@ -73,7 +74,7 @@ def _decode(raw: bytes) -> tuple[str, Issue | None]:
 def _lines(f: IO[bytes]) -> Iterator[Record]:
     for n, raw in _physical_lines(f):
         if raw is None:
-            yield Record(n, f"line {n}", issue=Issue(None, "line_too_long", _too_long("the line")))
+            yield Record(n, f"line {n}", issue=_too_long("the line"))
             continue
         if not raw.strip():
             continue
@@ -86,6 +87,7 @@ def _paragraphs(f: IO[bytes]) -> Iterator[Record]:
     parts: list[str] = []
     size = 0
     problem: tuple[int, Issue] | None = None  # the first bad line of the document, and why
+    limit = records.max_row_bytes()
     for n, raw in _physical_lines(f):
         if raw is not None and not raw.strip():
             if start:
@@ -96,8 +98,8 @@ def _paragraphs(f: IO[bytes]) -> Iterator[Record]:
             start = n
         if problem is not None:
             continue  # the document is already an error; skip the rest of it
-        if raw is None or size + len(raw) > records.MAX_LINE_BYTES:
-            problem, parts = (n, Issue(None, "line_too_long", _too_long(f"the paragraph starting on line {start}"))), []
+        if raw is None or size + len(raw) > limit:
+            problem, parts = (n, _too_long(f"the paragraph starting on line {start}")), []
             continue
         text, issue = _decode(raw)
         if issue is not None:
@@ -116,5 +118,5 @@ def _document(start: int, parts: list[str], problem: tuple[int, Issue] | None) -
     return Record(start, f"line {start}", value={"text": "\n".join(parts)})
 
 
-def _too_long(what: str) -> str:
-    return too_long_text(what, "(separate documents with a blank line)")
+def _too_long(what: str) -> Issue:
+    return too_large_issue(what, "(separate documents with a blank line)")

@@ -31,7 +31,7 @@ from common.datasets.records import (
     Record,
     file_issue,
     open_dataset,
-    too_long_text,
+    too_large_issue,
     utf8_issue,
 )
 from common.datasets.report import Issue
@@ -162,9 +162,10 @@ def _first_line(path: Path) -> bytes:
 
 def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
     n = 0
+    limit = records.max_row_bytes()
     while True:
         try:
-            raw = f.readline(records.MAX_LINE_BYTES + 1)
+            raw = f.readline(limit + 2)  # the row, and its line ending (\r\n) when it is just under the limit
         except (OSError, EOFError, zlib.error):
             yield file_issue(
                 "invalid_gzip",
@@ -175,9 +176,10 @@ def _iter_jsonl(f: IO[bytes]) -> Iterator[Record]:
         if not raw:
             return
         n += 1
-        if len(raw) > records.MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            _skip_rest_of_line(f)
-            yield Record(n, f"line {n}", issue=Issue(None, "line_too_long", too_long_text()))
+        if len(raw.rstrip(b"\r\n")) > limit:
+            if not raw.endswith(b"\n"):
+                _skip_rest_of_line(f)
+            yield Record(n, f"line {n}", issue=too_large_issue())
             continue
         if n == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
@@ -260,7 +262,14 @@ def _iter_array(f: IO[bytes]) -> Iterator[Record]:
     yield from _array_rows(text)
 
 
+def _too_large(text: str, begin: int, end: int, limit: int) -> bool:
+    """Whether text[begin:end] is over `limit` UTF-8 bytes (a character is 1 to 4 bytes)."""
+    chars = end - begin
+    return chars > limit or (4 * chars > limit and len(text[begin:end].encode("utf-8", "surrogatepass")) > limit)
+
+
 def _array_rows(text: str) -> Iterator[Record]:
+    limit = records.max_row_bytes()
     idx = _skip_ws(text, 0) + 1  # just past the "["
     line, counted = 1, 0
     n = 0
@@ -273,6 +282,7 @@ def _array_rows(text: str) -> Iterator[Record]:
         line += text.count("\n", counted, idx)
         counted = idx
         where = f"row {n} (line {line})"
+        begin = idx
         try:
             value, idx = _DECODER.raw_decode(text, idx)
         except json.JSONDecodeError as exc:
@@ -284,7 +294,11 @@ def _array_rows(text: str) -> Iterator[Record]:
         except RecursionError:
             yield Record(n, where, issue=Issue(None, "invalid_json", "the JSON is nested too deeply to read"))
             return
-        yield Record(n, where, value=value)
+        if _too_large(text, begin, idx, limit):
+            yield Record(n, where, issue=too_large_issue("the row", "(each element of the array is one row)"))
+        else:
+            yield Record(n, where, value=value)
+        del value
         idx = _skip_ws(text, idx)
         sep = text[idx : idx + 1]
         if sep == "]":

@@ -6,6 +6,7 @@ of them."""
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from common.datasets.report import Issue
+from common.settings import get_settings
 
-MAX_LINE_BYTES = 32 * 1024 * 1024  # read as `records.MAX_LINE_BYTES`, so that a test can lower it
+ROW_TOO_LARGE = "row_too_large"
+ROW_LIMIT_SETTING = "TUNEQUEUE_MAX_ROW_BYTES"
 BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
 ACCEPTED = "JSON Lines, a JSON array, CSV, TSV, Parquet or plain text (.txt), optionally gzip-compressed"
@@ -49,10 +52,53 @@ def file_issue(code: str, text: str, line: int = 0) -> Record:
     return Record(line=line, where=None, issue=Issue(None, code, text), row=False)
 
 
+def max_row_bytes() -> int:
+    """The largest row a file may hold, in bytes (`TUNEQUEUE_MAX_ROW_BYTES`, read on every call so that a
+    test or an operator's change applies to the next file)."""
+    return get_settings().max_row_bytes
+
+
+def size_text(n: int) -> str:
+    """1 MiB, 512 KiB, 1,000 bytes."""
+    if n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)} MiB"
+    if n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n:,} bytes"
+
+
 def too_long_text(what: str = "the line", advice: str = "(each line must be one JSON object)") -> str:
     return (
-        f"{what} is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB; split the example or shorten it {advice}"
+        f"{what} is longer than {size_text(max_row_bytes())}, the largest row this server accepts "
+        f"({ROW_LIMIT_SETTING}); split the example into shorter ones or shorten it {advice}"
     ).rstrip()
+
+
+def too_large_issue(what: str = "the line", advice: str = "(each line must be one JSON object)") -> Issue:
+    return Issue(None, ROW_TOO_LARGE, too_long_text(what, advice))
+
+
+def value_bytes(value: Any, limit: int) -> int:
+    """The size of a parsed row as a JSON line, in UTF-8 bytes; exact once it may be over `limit` (cheap
+    otherwise: every string counted at 4 bytes a character, its upper bound)."""
+    estimate = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            estimate += 4 * len(item) + 2
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+            estimate += 2 + 2 * len(item)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+            estimate += 2 + len(item)
+        else:
+            estimate += 24  # a number, a boolean, null, a date
+        if estimate > limit:
+            return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+    return estimate
 
 
 def utf8_issue(raw: bytes, exc: UnicodeDecodeError) -> Issue:

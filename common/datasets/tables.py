@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from common.datasets import records
 from common.datasets.formats import SIGNATURE_KEYS
-from common.datasets.records import ACCEPTED, BOM, Record, file_issue, too_long_text, utf8_issue
+from common.datasets.records import ACCEPTED, BOM, Record, file_issue, too_large_issue, utf8_issue, value_bytes
 from common.datasets.report import Issue
 
 PARQUET_BATCH_ROWS = 512
@@ -36,7 +36,8 @@ HEADER_WORDS = frozenset(SIGNATURE_KEYS) | {"input", "system", "history"}
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
-csv.field_size_limit(records.MAX_LINE_BYTES)  # a cell may be as long as a JSON line; also bounds a runaway quote
+# No field limit of csv's own: `_Lines` stops a record (a runaway quote too) at the row limit.
+csv.field_size_limit(2**31 - 1)
 
 
 def sniff_header(line: str) -> str | None:
@@ -61,17 +62,24 @@ class _Lines:
         self.f = f
         self.count = 0
         self.bad: dict[int, Issue] = {}
+        self.limit = records.max_row_bytes()
+        self.record_bytes = 0  # of the record being read, without its last line ending
+        self.record_start = 1
+
+    def start_record(self) -> None:
+        self.record_bytes, self.record_start = 0, self.count + 1
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        raw = self.f.readline(records.MAX_LINE_BYTES + 1)
+        raw = self.f.readline(self.limit + 2)  # a line just under the limit, and its \r\n
         if not raw:
             raise StopIteration
         self.count += 1
-        if len(raw) > records.MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            raise _TooLong(self.count)
+        self.record_bytes += len(raw)
+        if self.record_bytes - (len(raw) - len(raw.rstrip(b"\r\n"))) > self.limit:
+            raise _TooLong(self.record_start)
         if self.count == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
         try:
@@ -95,13 +103,15 @@ def iter_csv(f: IO[bytes], delimiter: str) -> Iterator[Record]:
     header_line = 0
     while True:
         start = lines.count + 1
+        lines.start_record()
         try:
             fields = next(rows)
         except StopIteration:
             return
         except _TooLong as exc:
-            text = f"{too_long_text(advice='')}; the rest of the file is not read"
-            yield Record(exc.line, f"line {exc.line}", issue=Issue(None, "line_too_long", text))
+            issue = too_large_issue(f"the row starting on line {exc.line}", "")
+            text = (f"{issue.text}; if a quote (\") is never closed, close it. The rest of the file is not read")
+            yield Record(exc.line, f"line {exc.line}", issue=issue._replace(text=text))
             return
         except csv.Error as exc:
             issue = Issue(None, "invalid_csv", _csv_error_text(str(exc), what, start, lines.count))
@@ -173,11 +183,6 @@ def _row(header: list[str], fields: list[str]) -> dict[str, Any]:
 
 
 def _csv_error_text(message: str, what: str, start: int, end: int) -> str:
-    if "field larger than field limit" in message:
-        return (
-            f"a field starting on line {start} runs past {records.MAX_LINE_BYTES // (1024 * 1024)} MiB, usually "
-            'because a quote (") is never closed; close it, or double the quotes inside a quoted field ("")'
-        )
     if "unexpected end of data" in message:
         return (
             f"the quoted field starting on line {start} is never closed (the file ends inside it); add the "
@@ -216,6 +221,7 @@ def iter_parquet(path: Path) -> Iterator[Record]:
         )
         return
     n = 0
+    limit = records.max_row_bytes()
     batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
     while True:
         try:
@@ -232,7 +238,11 @@ def iter_parquet(path: Path) -> Iterator[Record]:
             return
         for value in values:
             n += 1
-            yield Record(n, f"row {n}", value=_drop_nulls(value))
+            row = _drop_nulls(value)
+            if value_bytes(row, limit) > limit:
+                yield Record(n, f"row {n}", issue=too_large_issue("the row (as JSON)", ""))
+            else:
+                yield Record(n, f"row {n}", value=row)
 
 
 def _drop_nulls(value: Any) -> Any:

@@ -11,6 +11,15 @@ loads it. Per stage, on rows shaped by `iter_stage_rows`:
 - kto: prompt + completion, as one side of a pair.
 - pt: the tokenizer's encoding of the text (its own special tokens) plus the eos token; every token is trained.
 A row's length is its longest sequence: that is what `max_seq_length` cuts.
+
+Bounded work: before a row is rendered, its texts are cut to what the first `max_tokens` (+ `TOKEN_MARGIN`)
+tokens can use (`Encoder.bounded`), where `max_tokens` is the job's max_seq_length or `MEASURED_TOKENS`, whichever
+is larger (so that the length statistics stay exact up to there; a preview uses `MEASURED_TOKENS`). Texts are read
+in order, and once they hold that many tokens of their own (counted on a prefix, at most about twice the budget),
+the rest of that text and every later text is cut to `STUB_CHARS` characters. The first `max_tokens` tokens, and
+so the trained tokens within max_seq_length, are those of the whole row; the length of a cut row is a little over
+`max_tokens` instead of its full length. Memory and time per row are then O(max_tokens), whatever the row's size
+(the row-size limit, `max_row_bytes`, bounds the rest: tool schemas and tool-call arguments are not cut).
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ PAIR_STAGES = ("dpo", "orpo", "rm")
 LONG_ROWS = "truncated"  # what the trainer does to a row longer than max_seq_length: keeps its first tokens
 NO_TRAINED_TOKEN = "dropped"  # ... and to a row left without a trained token
 USE_LOCK = threading.Lock()  # a fast tokenizer is not safe to share between threads mid-call
+TOKEN_MARGIN = 64  # tokens kept past max_tokens: a cut in the middle of a word changes only the last few
+STUB_CHARS = 16  # what is left of a text that lies wholly past the budget (a template may refuse an empty one)
+MEASURED_TOKENS = 8192  # tokens of a row always measured (a preview's budget; a job's is max_seq_length if larger)
 
 
 @dataclass
@@ -87,6 +99,7 @@ class Encoder:
     template_name: str | None  # a built-in name; None: the tokenizer's own template (or pt)
     train_on_inputs: bool = False
     model_id: str | None = None  # names the base model when a row is refused
+    max_tokens: int = MEASURED_TOKENS  # tokens of a sequence that are measured; texts are cut past them
 
     @classmethod
     def for_model(
@@ -98,26 +111,30 @@ class Encoder:
         template: str | None = None,
         registry_template: str | None = None,
         train_on_inputs: bool = False,
+        max_seq_length: int | None = None,
     ) -> Encoder:
         """Pick the chat template as the job spec describes it (`choose_template`: `template`, a built-in name,
         when given, else the one the base model is registered with, else the tokenizer's own). InvalidRequest
-        invalid_template for an unknown `template`, UnusableTemplate when none fits."""
+        invalid_template for an unknown `template`, UnusableTemplate when none fits. `max_seq_length`: the
+        job's; texts are cut past what max(max_seq_length, MEASURED_TOKENS) tokens can use."""
+        budget = max(max_seq_length or 0, MEASURED_TOKENS)
         if stage == "pt":
-            return cls(tokenizer, stage, None, None, train_on_inputs, model_id)
+            return cls(tokenizer, stage, None, None, train_on_inputs, model_id, budget)
         chosen = choose_template(tokenizer, model_id=model_id, job_template=template,
                                  registry_template=registry_template)
-        return cls(tokenizer, stage, chosen.text, chosen.name, train_on_inputs, model_id)
+        return cls(tokenizer, stage, chosen.text, chosen.name, train_on_inputs, model_id, budget)
 
     def encode(self, row: dict[str, Any]) -> list[EncodedSequence]:
-        """The sequences of one `iter_stage_rows` row. Raises what the template raises for a row it refuses."""
+        """The sequences of one `iter_stage_rows` row, its texts cut past `max_tokens` (`bounded`). Raises what
+        the template raises for a row it refuses."""
         if self.stage == "pt":
-            ids = list(self.tokenizer(row["text"])["input_ids"])
+            ids = list(self.tokenizer(self.bounded([row["text"]])[0])["input_ids"])
             eos = self.tokenizer.eos_token_id
             if eos is not None and (not ids or ids[-1] != eos):
                 ids.append(eos)
             return [EncodedSequence("text", ids, list(ids))]
         if self.stage == "sft":
-            ids, labels = self._chat(row["messages"])
+            ids, labels = self._chat(self._bounded_messages(row["messages"]))
             return [EncodedSequence("text", ids, labels)]
         if self.stage == "kto":
             return [self._completion("completion", row["prompt"], row["completion"])]
@@ -137,8 +154,50 @@ class Encoder:
         self, name: str, prompt: list[dict[str, Any]], answer: list[dict[str, Any]]
     ) -> EncodedSequence:
         assert self.template is not None
+        both = self._bounded_messages([*prompt, *answer])
+        prompt, answer = both[: len(prompt)], both[len(prompt) :]
         ids, mask = encode_completion(self.tokenizer, prompt, answer, self.template, model=self.model_id)
         return EncodedSequence(name, ids, labels_from_mask(ids, mask))
+
+    def _bounded_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        texts = [content if isinstance(content := m.get("content"), str) else "" for m in messages]
+        cut = self.bounded(texts)
+        if all(a is b for a, b in zip(texts, cut, strict=True)):
+            return messages
+        return [m if isinstance(m.get("content"), str) and new is old else {**m, "content": new}
+                for m, old, new in zip(messages, texts, cut, strict=True)]
+
+    def bounded(self, texts: list[str]) -> list[str]:
+        """`texts` (a row's, in the order they are rendered) cut to what the first `max_tokens` + TOKEN_MARGIN
+        tokens can use. A text is returned as the same object when it is not cut."""
+        budget = self.max_tokens + TOKEN_MARGIN
+        chars = 0  # characters so far: up to `budget` of them are kept uncounted (a few tokens each at most)
+        spent = 0  # tokens counted: a lower bound of the tokens of the texts so far (uncounted texts add 0)
+        out: list[str] = []
+        for text in texts:
+            if spent >= budget:
+                out.append(text[:STUB_CHARS] if len(text) > STUB_CHARS else text)
+                continue
+            chars += len(text)
+            if chars <= budget:
+                out.append(text)
+                continue
+            kept, n = self._prefix(text, budget - spent)
+            spent += n
+            out.append(kept)
+        return out
+
+    def _prefix(self, text: str, need: int) -> tuple[str, int]:
+        """The shortest prefix of `text` found (doubling its length) that holds at least `need` tokens of its
+        own, or the whole text; and its token count. The last piece tokenised holds fewer than about 2 × `need`
+        tokens, since the one before held fewer than `need`."""
+        length = max(need, 1)
+        while True:
+            piece = text[:length]
+            n = len(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+            if n >= need or length >= len(text):
+                return (text if length >= len(text) else piece), n
+            length *= 2
 
     def segments(self, sequence: EncodedSequence) -> list[dict[str, Any]]:
         """The sequence as runs of trained / untrained tokens: [{"text", "trained", "tokens"}]."""

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from common.datasets import reader, records
+from common.datasets import reader
 from common.datasets.upload_check import validate_file
+from common.settings import get_settings
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
 BAD_ROLE = {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}
@@ -24,7 +25,10 @@ def codes(path: Path, **kwargs: object) -> list[tuple[str, int]]:
     return [(e.code, e.line) for e in validate_file(path, **kwargs).errors]  # type: ignore[arg-type]
 
 
-def test_ten_megabyte_single_line_is_a_valid_row(tmp_path: Path) -> None:
+def test_ten_megabyte_single_line_is_a_valid_row_when_the_limit_allows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings(), "max_row_bytes", 16 * 1024 * 1024)
     path = tmp_path / "big_line.jsonl"
     big = {
         "messages": [
@@ -40,11 +44,11 @@ def test_ten_megabyte_single_line_is_a_valid_row(tmp_path: Path) -> None:
 
 
 def test_line_over_the_limit_is_skipped_and_counting_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(records, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(get_settings(), "max_row_bytes", 1024)
     path = tmp_path / "long.jsonl"
     long_row = {"messages": [{"role": "user", "content": "y" * 5000}, {"role": "assistant", "content": "ok"}]}
     path.write_text(jsonl(CHAT, long_row, BAD_ROLE))
-    assert codes(path) == [("line_too_long", 2), ("unrecognized_role", 3)]
+    assert codes(path) == [("row_too_large", 2), ("unrecognized_role", 3)]
 
 
 def test_gzip_is_detected_by_magic_bytes_not_name(tmp_path: Path) -> None:

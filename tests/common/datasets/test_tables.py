@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.datasets import records
 from common.datasets.convert import iter_valid_rows
 from common.datasets.upload_check import validate_file
+from common.settings import get_settings
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -114,13 +114,15 @@ def test_csv_preference_strings(tmp_path: Path) -> None:
 
 
 def test_csv_line_over_the_limit_stops_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(records, "MAX_LINE_BYTES", 100)
-    path = write(tmp_path, "long.csv", "text\nshort\n" + "x" * 500 + "\nafter\n")
+    monkeypatch.setattr(get_settings(), "max_row_bytes", 1024)
+    path = write(tmp_path, "long.csv", "text\nshort\n" + "x" * 1500 + "\nafter\n")
     assert errors(path) == [
         (
-            "line_too_long",
+            "row_too_large",
             3,
-            "line 3: the line is longer than 0 MiB; split the example or shorten it; the rest of the file is not read",
+            "line 3: the row starting on line 3 is longer than 1 KiB, the largest row this server accepts "
+            "(TUNEQUEUE_MAX_ROW_BYTES); split the example into shorter ones or shorten it; if a quote (\") is "
+            "never closed, close it. The rest of the file is not read",
         )
     ]
 
@@ -248,13 +250,15 @@ def test_text_invalid_utf8_fails_its_paragraph_on_the_bad_line() -> None:
 
 
 def test_text_paragraph_over_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(records, "MAX_LINE_BYTES", 100)
-    path = write(tmp_path, "long.txt", "ok\n\n" + ("forty characters of text in one line...\n" * 4) + "\nend\n")
+    monkeypatch.setattr(get_settings(), "max_row_bytes", 1024)
+    line = "forty characters of text in one line...\n" * 10  # 400 bytes: the 25th line passes 1 KiB
+    path = write(tmp_path, "long.txt", "ok\n\n" + line * 4 + "\nend\n")
     report = validate_file(path)
-    assert [(e.code, e.line) for e in report.errors] == [("line_too_long", 5)]
+    assert [(e.code, e.line) for e in report.errors] == [("row_too_large", 28)]
     assert report.errors[0].message == (
-        "line 5: the paragraph starting on line 3 is longer than 0 MiB; split the example or shorten it "
-        "(separate documents with a blank line)"
+        "line 28: the paragraph starting on line 3 is longer than 1 KiB, the largest row this server accepts "
+        "(TUNEQUEUE_MAX_ROW_BYTES); split the example into shorter ones or shorten it (separate documents with a "
+        "blank line)"
     )
     assert report.row_count == 3
 
