@@ -12,7 +12,7 @@ trained weights, whether autocast was on, gradient checkpointing, torch threads.
 CONFIG holds model, jsonl, dataset_dir, out, rows, batch, cutoff, lr, rank, logging_steps, device, and
 optionally eval_jsonl (+ the `bench_eval` dataset in dataset_dir), gradient_checkpointing (peers only:
 true/false; absent = the peer's default), base_dtype (TRL only: the dtype its base loads in) and max_steps
-(LLaMA-Factory only: stop after that many steps).
+(peers only: stop after that many steps).
 """
 
 from __future__ import annotations
@@ -148,6 +148,8 @@ def run_trl(cfg: dict[str, Any]) -> dict[str, Any]:
         {"gradient_checkpointing": cfg["gradient_checkpointing"]}
     if cfg.get("base_dtype"):  # TRL loads the base in float32 unless told; its best on a bf16 CPU is bf16
         best["model_init_kwargs"] = {"dtype": cfg["base_dtype"]}
+    if cfg.get("max_steps"):  # a rate over the first steps only (train_throughput.py says when)
+        best["max_steps"] = cfg["max_steps"]
     args = SFTConfig(
         output_dir=cfg["out"], per_device_train_batch_size=cfg["batch"], per_device_eval_batch_size=cfg["batch"],
         num_train_epochs=1, learning_rate=cfg["lr"], lr_scheduler_type="cosine", max_length=cfg["cutoff"],

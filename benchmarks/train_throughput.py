@@ -134,17 +134,20 @@ def cpu_benchmark(args: argparse.Namespace, work: Path) -> dict[str, dict[str, A
 DEFAULTS_STEPS_WITHOUT_BF16 = 1
 
 
-def real_runs(cpu_has_bf16: bool) -> list[tuple[str, str, dict[str, Any]]]:
+def real_runs(cpu_has_bf16: bool, defaults_steps: int | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """`defaults_steps`: time the peers' defaults over their first that many steps only (no eval loss), where a
+    machine cannot give every configuration a whole epoch three times."""
+    partial = {} if not defaults_steps else {"max_steps": defaults_steps, "eval_jsonl": None}
     if cpu_has_bf16:
         return [("both", "tunequeue", {}),
-                ("defaults", "llamafactory", {}),
+                ("defaults", "llamafactory", {**partial}),
                 ("best", "llamafactory", {"gradient_checkpointing": False}),
-                ("defaults", "trl", {}),
+                ("defaults", "trl", {**partial}),
                 ("best", "trl", {"gradient_checkpointing": False, "base_dtype": "bfloat16"})]
     return [("both", "tunequeue", {}),
             ("defaults", "llamafactory", {"max_steps": DEFAULTS_STEPS_WITHOUT_BF16, "eval_jsonl": None}),
             ("best", "llamafactory", {"gradient_checkpointing": False, "checkpoint_dtype": "float32"}),
-            ("defaults", "trl", {}),
+            ("defaults", "trl", {**partial}),
             ("best", "trl", {"gradient_checkpointing": False})]
 
 
@@ -194,7 +197,9 @@ def real_benchmark(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
 
     bf16 = cpu_bf16()
     print(f"this CPU and bf16: {bf16}", flush=True)
-    runs = [run for run in real_runs(bf16.fast) if not args.only or run[1] in args.only]
+    runs = [run for run in real_runs(bf16.fast, args.defaults_steps) if not args.only or run[1] in args.only]
+    if args.runs:
+        runs = [run for run in runs if f"{run[1]}-{run[0]}" in args.runs]
     first = [run for run in runs if run[1] == "tunequeue" or (run[1] == "llamafactory" and run[0] == "best")]
     rest = [run for run in runs if run not in first]
     base_score = score_same_tokens(base, ["-"])["-"]
@@ -342,6 +347,10 @@ def main() -> None:
     parser.add_argument("--lf-python", default=str(default_lf) if default_lf.is_file() else None,
                         help="python of the virtual environment that has llamafactory (default: the one "
                              "benchmarks/install_peers.sh makes, if present)")
+    parser.add_argument("--runs", nargs="*", help="--real-model: only these runs, as system-table "
+                        "(tunequeue-both, llamafactory-defaults, llamafactory-best, trl-defaults, trl-best)")
+    parser.add_argument("--defaults-steps", type=int,
+                        help="--real-model: time the peers' defaults over their first N steps only (no eval loss)")
     parser.add_argument("--only", nargs="*", help="run only these systems (tunequeue, trl, llamafactory)")
     parser.add_argument("--padding-free", action=argparse.BooleanOptionalAction, default=None,
                         help="TuneQueue: one row per batch, no padding (default: the job's own choice)")
