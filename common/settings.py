@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     max_row_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest dataset row (a JSON line, CSV "
                                "record, text document, JSON-array element or Parquet row as JSON), in bytes; a "
                                "larger row is a row_too_large error at upload.")
+    keep_failed_workdirs: bool = Field(default=False, description="Keep a failed job's work directory (under "
+                                       "work_dir, mode 0700) for debugging; by default every job's is removed.")
 
     @field_validator("base_models", mode="before")
     @classmethod

@@ -3,14 +3,18 @@
 The task runs in the worker's main process (solo pool): the training itself is a fresh child interpreter
 (subprocess), so nothing forks after CUDA, and the task can hear the worker's own shutdown signal — on SIGTERM
 the child checkpoints and the job is handed back to the queue instead of waiting for its lease to expire.
-Every worker also runs the reaper/reconciler loop (idempotent; an advisory lock serialises passes)."""
+Every worker also runs the reaper/reconciler loop (idempotent; an advisory lock serialises passes).
+Its files are its own: a 077 umask (a job's work directory holds the tenant's training data; worker/workdirs.py)."""
 
+import os
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 
 from common.queue import make_celery
+from worker.workdirs import UMASK
 
+os.umask(UMASK)
 app = make_celery()
 app.conf.update(
     include=["worker.tasks"],

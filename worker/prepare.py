@@ -5,7 +5,6 @@ needs is in that folder, so the child needs no database or broker."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from common.registry import local_path
 from common.schemas.job_spec import training_spec
 from common.settings import Settings
 from worker.checkpoints import fetch_checkpoint, newest_checkpoint
+from worker.workdirs import make_attempt_dir, private_file
 
 
 class JobSetupError(JobFailure):
@@ -36,7 +36,7 @@ class Prepared:
 
 def _write_rows(store: LocalArtifactStore, row: File, stage: str, dest: Path) -> int:
     count = 0
-    with open(dest, "w", encoding="utf-8") as out:
+    with private_file(dest) as out:
         for item in iter_stage_rows(store.local_path(row.storage_key), row.format or "chat", stage):
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
             count += 1
@@ -97,10 +97,7 @@ def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Setti
     hyperparameters (common/schemas/job_spec.py `training_spec`) with the retry's smaller micro-batch."""
     base_model = _base_model(settings, job)
     retry = f"-oom-retry-{oom_retry}" if oom_retry else ""
-    job_dir = settings.work_path / job.id / f"attempt-{attempt}{retry}"
-    if job_dir.exists():
-        shutil.rmtree(job_dir)
-    job_dir.mkdir(parents=True)
+    job_dir = make_attempt_dir(settings, job.id, f"attempt-{attempt}{retry}")  # 0700; removed when it ends
 
     stage = job.spec.get("stage", "sft")
     train_file = session.get(File, job.training_file_id)
@@ -130,5 +127,6 @@ def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Setti
         "init_adapter_dir": str(init_adapter) if init_adapter else None,
         "fault": settings.fault_injection if oom_retry == 0 else None,  # a retry must not meet the same fake fault
     }
-    (job_dir / "job.json").write_text(json.dumps(config, indent=2))
+    with private_file(job_dir / "job.json") as out:
+        out.write(json.dumps(config, indent=2))
     return Prepared(job_dir=job_dir, resumed_from_step=resumed_step)

@@ -32,6 +32,7 @@ from worker.prepare import JobSetupError, prepare_job_dir
 from worker.publish import PublishError, record_model, upload_adapter
 from worker.relay import CheckpointRelay, ChildReader
 from worker.train.protocol import CUDA_OOM, EXIT_PREEMPTED, TRAINING_ERROR, ResultEvent
+from worker.workdirs import UMASK, private_binary, remove_attempt_dirs
 
 log = logging.getLogger("tunequeue.worker")
 T = TypeVar("T")
@@ -82,13 +83,14 @@ def _die_with_parent() -> None:
 
 def _spawn(job_dir: Path, settings: Settings) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with open(job_dir / "child.log", "ab") as stderr:
+    with private_binary(job_dir / "child.log") as stderr:
         return subprocess.Popen(
             [settings.train_python or sys.executable, "-m", "worker.train", str(job_dir)],
             stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1, env=env,
             start_new_session=True,  # its own process group: cancel kills it and anything it started
             preexec_fn=_die_with_parent,  # noqa: PLW1509 — only prctl, async-signal-safe enough
             cwd=Path(__file__).resolve().parent.parent,
+            umask=UMASK,  # what it writes (checkpoints, the adapter) is its owner's only
         )
 
 
@@ -115,6 +117,15 @@ def run_job(job_id: str, settings: Settings | None = None, store: LocalArtifactS
         log.info("job %s is not claimable (already taken, cancelled or finished); acking", job_id)
         return "not_claimed"
     log.info("claimed %s as attempt %d", job_id, attempt)
+    outcome = "failed"  # if _run_claimed raises
+    try:
+        outcome = _run_claimed(job_id, attempt, settings, store)
+        return outcome
+    finally:
+        remove_attempt_dirs(settings, job_id, attempt, outcome)
+
+
+def _run_claimed(job_id: str, attempt: int, settings: Settings, store: LocalArtifactStore) -> str:
     with session_scope() as session:
         job = session.get_one(Job, job_id)
     hp = training_spec(job.spec).hyperparameters
