@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,3 +80,43 @@ def require_text(value: Any, field: str, issues: list[Issue], *, optional: bool 
         issues.append(Issue(field, "missing_content", f"{field} is empty; give it text"))
         return False
     return True
+
+
+# A NUL (Postgres refuses it in text and jsonb) or a lone UTF-16 surrogate (JSON's "\ud800" escape without its
+# pair: not a character, it cannot be encoded as UTF-8, so tokenizers and Postgres refuse it).
+BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def text_issue(value: Any) -> Issue | None:
+    """The first string of a parsed row (keys too, in document order) holding a NUL or a lone surrogate, as an
+    `invalid_text` issue naming where it is; None when the row is clean."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            found = BAD_CHARACTER.search(item)
+            if found:
+                return _bad_text(where or "the row", found.group(), key=False)
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                in_key = BAD_CHARACTER.search(key) if isinstance(key, str) else None
+                if in_key:
+                    return _bad_text(where or "the row", in_key.group(), key=True)
+                children.append((child, f"{where}.{key}" if where else str(key)))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
+    return None
+
+
+def _bad_text(where: str, char: str, *, key: bool) -> Issue:
+    what = f"a key of {where}" if key else where
+    field = None if where == "the row" else where
+    if char == "\x00":
+        text = (f"{what} contains a NUL character (\\u0000); remove it (it cannot be stored or trained on, and is "
+                "usually left over from a binary or UTF-16 file)")
+    else:
+        text = (f"{what} contains a lone surrogate (\\u{ord(char):04x}), half of a UTF-16 pair and not a "
+                "character; write the character itself, or both halves of the pair (e.g. \\ud83d\\ude00)")
+    return Issue(field, "invalid_text", text)

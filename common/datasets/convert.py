@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.datasets.checks import text_issue
 from common.datasets.formats import CHAT_FORMATS, FORMATS, STAGES, check_row, detect_format
 from common.datasets.reader import iter_records
 
@@ -65,7 +66,7 @@ def iter_valid_records(path: Path, format: str, *, name: str | None = None) -> I
         row = record.value
         if record.issue is not None or not isinstance(row, dict):
             continue
-        if detect_format(row) not in (None, format) or check_row(format, row):
+        if detect_format(row) not in (None, format) or check_row(format, row) or text_issue(row):
             continue
         yield record.line, row
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -69,4 +70,14 @@ class ErrorCollector:
         self.count += 1
         if len(self.errors) < self.max_errors:
             message = f"{where}: {issue.text}" if where else issue.text
-            self.errors.append(RowError(line=line, field=issue.field, code=issue.code, message=message))
+            field = _printable(issue.field) if issue.field is not None else None
+            self.errors.append(RowError(line=line, field=field, code=issue.code, message=_printable(message)))
+
+
+_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """A message or field quoting a row's text must not carry a NUL or a lone surrogate: the errors are stored in
+    Postgres (jsonb), which refuses both. They are written as \\u escapes."""
+    return _BAD_CHARACTER.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.datasets.checks import text_issue
 from common.datasets.formats import (
     FORMATS,
     SIGNATURES,
@@ -19,6 +20,7 @@ from common.datasets.formats import (
     unknown_format_text,
 )
 from common.datasets.reader import Record, open_records
+from common.datasets.records import MISSING
 from common.datasets.report import ErrorCollector, Issue, ValidationReport
 
 DETECT_WINDOW = 100
@@ -67,6 +69,10 @@ class _Run:
 
     def feed(self, record: Record) -> None:
         self.rows += record.row
+        if record.issue is None and record.value is not MISSING:
+            problem = text_issue(record.value)  # a NUL or a lone surrogate: refused before anything quotes it
+            if problem is not None:
+                record.issue, record.value = problem, MISSING
         if self.fmt is None and not self.undetectable:
             self.pending.append(record)
             found = detect_format(record.value) if isinstance(record.value, dict) else None
