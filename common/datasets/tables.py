@@ -43,7 +43,10 @@ csv.field_size_limit(2**31 - 1)
 def sniff_header(line: str) -> str | None:
     """'tsv' or 'csv' when `line` is a header naming at least one dataset column; else None."""
     delimiter = "\t" if "\t" in line else ","
-    names = {name.strip().lower() for name in next(csv.reader([line], delimiter=delimiter), [])}
+    try:
+        names = {name.strip().lower() for name in next(csv.reader([line], delimiter=delimiter), [])}
+    except csv.Error:  # e.g. a bare carriage return (old Mac line endings): not a header we can read
+        return None
     if not names & HEADER_WORDS:
         return None
     return "tsv" if delimiter == "\t" else "csv"
