@@ -1,26 +1,27 @@
-"""Typed dependencies: one session per request (committed here), the caller's tenant from the API key."""
+"""Typed dependencies: the caller's tenant from the API key (async, cached briefly), a database slot for the
+routes that still run synchronous services, settings and the artifact store.
+
+No request path opens a session here. An async route reads on the asyncio engine inside its admission slot
+(`common.db.read`, `common/services/reads.py`); a sync route runs its whole unit of work —
+`common.db.session_scope()`: open, work, commit, close — inside its one thread-pool call, after `DbCaller` has
+given it a slot. So a thread that holds a connection never waits for another thread, and the commit still runs
+before the response is sent (a client never gets an id it cannot read back yet)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Header
-from sqlalchemy.orm import Session
 
+from api.admission import db_slot
 from common.artifacts import LocalArtifactStore, get_store
-from common.auth import lookup_key
-from common.db import session_scope
+from common.auth import KeyCache, find_identity, hash_key
+from common.db import read
 from common.errors import AuthenticationError, PermissionDenied
 from common.settings import Settings, get_settings
-
-
-def get_session() -> Iterator[Session]:
-    """One transaction per request (common.db.session_scope). scope="function" at the use sites: the commit runs
-    before the response is sent, so a client never gets an id it cannot read back yet."""
-    with session_scope() as session:
-        yield session
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,13 @@ class Caller:
         return self.role == "admin"
 
 
-def get_caller(session: Annotated[Session, Depends(get_session, scope="function")],
-               authorization: Annotated[str | None, Header()] = None) -> Caller:
+@lru_cache
+def key_cache() -> KeyCache:
+    """This process's cache of looked-up keys (TUNEQUEUE_KEY_CACHE_SECONDS, read at each insert)."""
+    return KeyCache(lambda: get_settings().key_cache_seconds)
+
+
+async def get_caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
     if not authorization:
         raise AuthenticationError(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
@@ -43,24 +49,53 @@ def get_caller(session: Annotated[Session, Depends(get_session, scope="function"
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("The Authorization header must be 'Bearer <key>'.", code="invalid_api_key")
-    row = lookup_key(session, token.strip())
-    if row is None:
-        raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-    return Caller(tenant_id=row.tenant_id, key_id=row.id, role=row.role)
+    key_hash = hash_key(token.strip())
+    identity = key_cache().get(key_hash)
+    if identity is None:
+        async with db_slot():
+            identity = await read(lambda connection: find_identity(connection, key_hash))
+        if identity is None:
+            raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
+        key_cache().put(key_hash, identity)
+    return Caller(tenant_id=identity.tenant_id, key_id=identity.key_id, role=identity.role)
 
 
-def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     if not caller.is_admin:
         raise PermissionDenied("this endpoint needs an admin key")
     return caller
 
 
-def get_artifact_store() -> LocalArtifactStore:
+async def caller_with_slot(caller: Annotated[Caller, Depends(get_caller)]) -> AsyncIterator[Caller]:
+    """Authenticate first (its own short slot on a cache miss), then hold one admission slot until the sync
+    endpoint returns (scope="function"): never two slots at once, so waiting for one cannot deadlock."""
+    async with db_slot():
+        yield caller
+
+
+async def admin_with_slot(caller: Annotated[Caller, Depends(require_admin)]) -> AsyncIterator[Caller]:
+    async with db_slot():
+        yield caller
+
+
+async def slot_only() -> AsyncIterator[None]:
+    async with db_slot():
+        yield
+
+
+async def settings_dep() -> Settings:
+    return get_settings()
+
+
+async def get_artifact_store() -> LocalArtifactStore:
     return get_store()
 
 
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CurrentCaller = Annotated[Caller, Depends(get_caller)]
 AdminCaller = Annotated[Caller, Depends(require_admin)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# For sync routes that use the database: authenticated, and an admission slot held while the endpoint runs.
+DbCaller = Annotated[Caller, Depends(caller_with_slot, scope="function")]
+AdminDbCaller = Annotated[Caller, Depends(admin_with_slot, scope="function")]
+DbSlot = Annotated[None, Depends(slot_only, scope="function")]
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
 StoreDep = Annotated[LocalArtifactStore, Depends(get_artifact_store)]

@@ -1,42 +1,67 @@
-"""The FastAPI app factory: `uvicorn api.main:app`."""
+"""The FastAPI app factory (`api.main:app`) and the production command:
+
+    python -m api.main --host 0.0.0.0 --port 8000 --proxy-headers
+
+which runs uvicorn with `--workers` from TUNEQUEUE_API_WORKERS (default: the CPU cores this process may use).
+Each worker has its own connection pools and admission limit: docs/operations.md, "Database connections"."""
 
 from __future__ import annotations
 
+import argparse
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import metrics
 from api.routes import files, health, inference, jobs, models, openai_jobs, workers
 from common import http_errors
+from common.db import dispose_async_engine
 from common.errors import TooLarge
-from common.settings import get_settings
+from common.settings import Settings, get_settings
 
 UPLOAD_PATHS = ("/files", "/v1/files")
 MULTIPART_OVERHEAD = 64 * 1024
 
 
+class RefuseOversizedUploads:
+    """Refuse an upload before reading its body when the client declares a size over the limit. Pure ASGI: a
+    BaseHTTPMiddleware would cost every request a task and a stream."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
+            limit = get_settings().max_upload_bytes
+            declared = Headers(scope=scope).get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+                response = http_errors.error_response(TooLarge(
+                    f"the upload is {declared} bytes; this server accepts at most {limit} (TUNEQUEUE_MAX_UPLOAD_BYTES)",
+                    param="file"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield
+    await dispose_async_engine()  # this worker's asyncpg pool belongs to this event loop
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="TuneQueue",
         version="0.1.0",
         description="Self-hosted fine-tuning behind a durable job queue, with an OpenAI-compatible API.",
     )
     http_errors.install(app, logging.getLogger("tunequeue.api"))
-
-    @app.middleware("http")
-    async def refuse_oversized_uploads(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                                       ) -> Response:
-        # Refuse before reading the body when the client declares a size over the limit.
-        if request.method == "POST" and request.url.path in UPLOAD_PATHS:
-            limit = get_settings().max_upload_bytes
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-                return http_errors.error_response(TooLarge(
-                    f"the upload is {declared} bytes; this server accepts at most {limit} (TUNEQUEUE_MAX_UPLOAD_BYTES)",
-                    param="file"))
-        return await call_next(request)
 
     for router in (health.router, files.router, jobs.router, models.router, workers.router, metrics.router):
         app.include_router(router)
@@ -45,8 +70,40 @@ def create_app() -> FastAPI:
     app.include_router(inference.router)
     app.include_router(jobs.router, prefix="/v1/fine_tuning", include_in_schema=False)
     app.include_router(files.router, prefix="/v1", include_in_schema=False)
+    app.add_middleware(RefuseOversizedUploads)
     app.add_middleware(metrics.HttpMetricsMiddleware)
     return app
 
 
 app = create_app()
+
+
+def api_workers(settings: Settings) -> int:
+    """TUNEQUEUE_API_WORKERS, else the CPU cores this process may run on (a container's CPU set included)."""
+    if settings.api_workers is not None:
+        return settings.api_workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m api.main", description="Run the TuneQueue API under uvicorn.")
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: TUNEQUEUE_API_WORKERS, else the CPU cores)")
+    parser.add_argument("--proxy-headers", action="store_true",
+                        help="trust X-Forwarded-* from $FORWARDED_ALLOW_IPS (as uvicorn's flag)")
+    parser.add_argument("--no-access-log", action="store_true", help="no line per request on stdout")
+    args = parser.parse_args(argv)
+    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers or api_workers(settings),
+                proxy_headers=args.proxy_headers, access_log=not args.no_access_log)
+
+
+if __name__ == "__main__":
+    main()

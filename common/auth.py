@@ -1,11 +1,17 @@
-"""API keys: random, shown once, stored as sha256."""
+"""API keys: random, shown once, stored as sha256. The API looks a key up by its hash (`find_identity`, on the
+asyncio engine) and remembers what it found for `TUNEQUEUE_KEY_CACHE_SECONDS` (`KeyCache`), so that a revoked
+key stops working within that many seconds."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, NotFound
@@ -52,3 +58,60 @@ def lookup_key(session: Session, plaintext: str) -> ApiKey | None:
     if row is None or row.revoked_at is not None:
         return None
     return row
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    """What a valid key says about its caller."""
+
+    key_id: str
+    tenant_id: str
+    role: str
+
+
+async def find_identity(connection: AsyncConnection, key_hash: str) -> KeyIdentity | None:
+    """The key with this sha256, unless it does not exist or is revoked: one indexed query."""
+    row = (await connection.execute(
+        select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.revoked_at).where(ApiKey.key_hash == key_hash)
+    )).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    return KeyIdentity(key_id=row.id, tenant_id=row.tenant_id, role=row.role)
+
+
+class KeyCache:
+    """Valid keys this process has looked up, by sha256 (never the key itself), each for `ttl()` seconds from
+    its lookup. Unknown and revoked keys are not remembered: a key made a moment ago works at once."""
+
+    def __init__(self, ttl: Callable[[], float], max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[float, KeyIdentity]] = {}
+
+    def get(self, key_hash: str) -> KeyIdentity | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            self._entries.pop(key_hash, None)
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, identity: KeyIdentity) -> None:
+        ttl = self._ttl()
+        if ttl <= 0:
+            return
+        now = self._clock()
+        if len(self._entries) >= self._max:
+            self._entries = {h: e for h, e in self._entries.items() if e[0] > now}
+            while len(self._entries) >= self._max:  # still full: drop the oldest lookups
+                self._entries.pop(next(iter(self._entries)))
+        self._entries[key_hash] = (now + ttl, identity)
+
+    def hashes(self) -> list[str]:
+        return list(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()

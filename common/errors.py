@@ -88,6 +88,16 @@ class NotReady(TuneQueueError):
     code = "not_ready"
 
 
+class Overloaded(NotReady):
+    """The service is saturated right now: answered at once with `Retry-After` instead of hanging."""
+
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 def model_not_found(model_id: str, reason: str | None = None) -> NotFound:
     """404 model_not_found on `model`: the same answer whether the model never existed, was deleted or belongs to
     another tenant (never 403). `reason` adds what only the server can know (e.g. a missing base model)."""

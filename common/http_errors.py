@@ -18,7 +18,9 @@ _HTTP_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "
 
 
 def error_response(exc: TuneQueueError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content=exc.to_body())
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(status_code=exc.status_code, content=exc.to_body(), headers=headers)
 
 
 def _shape(status: int, message: str, *, type: str, param: str | None, code: str | None) -> JSONResponse:

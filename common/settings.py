@@ -95,6 +95,22 @@ class Settings(BaseSettings):
     fault_injection: dict[str, Any] | None = Field(default=None, description="Tests only, e.g. {\"oom_at_step\": 2}: "
                                                    "passed to training children to fake a failure.")
     train_python: str | None = Field(default=None, description="Interpreter for training children; default: ours.")
+    # --- the API under load (docs/operations.md, "Database connections") ---
+    api_workers: int | None = Field(default=None, ge=1, description="API worker processes (`python -m api.main` "
+                                    "passes it to uvicorn's --workers); default: the CPU cores it may use.")
+    db_pool_size: int = Field(default=5, ge=1, description="Connections each engine of a process keeps open "
+                              "(an API worker has two engines: asyncpg for reads and auth, psycopg for writes).")
+    db_max_overflow: int = Field(default=5, ge=0, description="Connections an engine may open beyond db_pool_size "
+                                 "under load; closed again when returned.")
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0, description="Wait for a pooled connection before "
+                                           "the engine raises.")
+    db_max_concurrency: int | None = Field(default=None, ge=1, description="Requests of one API worker doing "
+                                           "database work at once; default: db_pool_size (connections over it "
+                                           "would be opened and closed for each use).")
+    db_admission_timeout_seconds: float = Field(default=2.0, gt=0, description="How long a request waits for one "
+                                                "of those slots before it gets 503 with Retry-After.")
+    key_cache_seconds: float = Field(default=5.0, ge=0, description="How long an API worker trusts a key it has "
+                                     "looked up (by its sha256); a revoked key stops working within this. 0: off.")
     # --- bounded inputs and work directories (issue 13) ---
     max_row_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest dataset row (a JSON line, CSV "
                                "record, text document, JSON-array element or Parquet row as JSON), in bytes; a "
@@ -119,6 +135,11 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.fault_injection:
             raise ValueError("TUNEQUEUE_FAULT_INJECTION is for tests; unset it in production")
         return self
+
+    @property
+    def db_concurrency(self) -> int:
+        """The admission limit of one API worker: what its pools keep open (at most what they can serve at once)."""
+        return min(self.db_max_concurrency or self.db_pool_size, self.db_pool_size + self.db_max_overflow)
 
     @property
     def artifacts_path(self) -> Path:

@@ -4,22 +4,28 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import SessionDep, StoreDep
+from api.deps import DbSlot, StoreDep
+from common.db import session_scope
 from common.redis_client import get_redis
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(session: SessionDep, store: StoreDep) -> JSONResponse:
+def readyz(_: DbSlot, store: StoreDep) -> JSONResponse:
     checks: dict[str, str] = {}
+
+    def postgres() -> None:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+
     for name, probe in (
-        ("postgres", lambda: session.execute(text("SELECT 1"))),
+        ("postgres", postgres),
         ("redis", lambda: get_redis().ping()),
         ("artifacts", store.check),
     ):

@@ -6,12 +6,12 @@ offer), checks that the tenant may use the model (404 model_not_found otherwise)
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import CurrentCaller, SessionDep, SettingsDep
+from api.admission import db_slot
+from api.deps import CurrentCaller, SettingsDep
+from common.db import session_scope
 from common.proxy import StreamingProxy
 from common.schemas.inference import ChatCompletionRequest, CompletionRequest
 from common.services.models import check_usable
@@ -30,17 +30,15 @@ def _serve(request: Request, settings: Settings) -> StreamingProxy:
     return proxy
 
 
-async def _authorize(session: Any, settings: Settings, tenant_id: str, model: str) -> None:
+async def _authorize(settings: Settings, tenant_id: str, model: str) -> None:
     def check() -> None:
-        try:
+        # One unit of work in one thread-pool call: the connection is back in the pool before the (possibly long)
+        # answer is forwarded, so streams never hold one.
+        with session_scope() as session:
             check_usable(session, settings, tenant_id, model)
-        finally:
-            # Release the connection now: the request-scoped session would otherwise hold one for the whole
-            # stream, and a few dozen streams would exhaust the pool.
-            session.commit()
-            session.close()
 
-    await run_in_threadpool(check)
+    async with db_slot():
+        await run_in_threadpool(check)
 
 
 async def _forward(request: Request, path: str, body: ChatCompletionRequest | CompletionRequest,
@@ -51,17 +49,17 @@ async def _forward(request: Request, path: str, body: ChatCompletionRequest | Co
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, caller: CurrentCaller,
-                           session: SessionDep, settings: SettingsDep) -> Response:
+                           settings: SettingsDep) -> Response:
     """Chat with a base model or one of your fine-tuned models (`model`: `ft:…` or a checkpoint id)."""
     body.check_supported()
-    await _authorize(session, settings, caller.tenant_id, body.model)
+    await _authorize(settings, caller.tenant_id, body.model)
     return await _forward(request, "/v1/chat/completions", body, settings)
 
 
 @router.post("/completions")
-async def completions(body: CompletionRequest, request: Request, caller: CurrentCaller, session: SessionDep,
+async def completions(body: CompletionRequest, request: Request, caller: CurrentCaller,
                       settings: SettingsDep) -> Response:
     """Plain-text completion of one or more prompts."""
     body.check_supported()
-    await _authorize(session, settings, caller.tenant_id, body.model)
+    await _authorize(settings, caller.tenant_id, body.model)
     return await _forward(request, "/v1/completions", body, settings)

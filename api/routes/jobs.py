@@ -15,9 +15,10 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentCaller, SessionDep, SettingsDep
-from common.db import session_scope
-from common.errors import InvalidRequest
+from api.admission import db_slot
+from api.deps import CurrentCaller, DbCaller, SettingsDep
+from common.db import read, session_scope
+from common.errors import InvalidRequest, Overloaded
 from common.models import Job, JobEvent
 from common.progress import ProgressChannel
 from common.schemas.common import ListPage
@@ -25,6 +26,7 @@ from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
 from common.services import events as events_service
 from common.services import jobs as service
+from common.services import reads
 from common.services.events import event_public, progress_view
 from common.services.queries import check_limit, get_owned
 from common.state import TERMINAL
@@ -55,40 +57,53 @@ def live_progress(job: Job) -> dict[str, Any] | None:
     return progress_view(durable)
 
 
+async def live_progress_of(jobs: list[Job]) -> list[dict[str, Any] | None]:
+    """`live_progress` of each job; Redis is asked (in the thread pool, holding no connection) only when one runs."""
+    if not any(job.status == "running" for job in jobs):
+        return [progress_view(job.last_progress) for job in jobs]
+    return await run_in_threadpool(lambda: [live_progress(job) for job in jobs])
+
+
 @router.post("", response_model=JobPublic)
-def create_job(spec: JobSpec, caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
+def create_job(spec: JobSpec, caller: DbCaller, settings: SettingsDep,
                idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
-    job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=spec, idempotency_key=idempotency_key)
-    return JobPublic.of(job, None)
+    with session_scope() as session:
+        job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=spec,
+                             idempotency_key=idempotency_key)
+        return JobPublic.of(job, None)
 
 
 @router.get("", response_model=ListPage[JobPublic])
-def list_jobs(caller: CurrentCaller, session: SessionDep, after: str | None = None, limit: int = 20,
-              status: str | None = None) -> ListPage[JobPublic]:
-    rows, has_more = service.list_jobs(session, caller.tenant_id, after=after, limit=limit, status=status)
-    data = [JobPublic.of(r, live_progress(r)) for r in rows]
+async def list_jobs(caller: CurrentCaller, after: str | None = None, limit: int = 20,
+                    status: str | None = None) -> ListPage[JobPublic]:
+    async with db_slot():
+        rows, has_more = await read(lambda connection: reads.list_jobs(
+            connection, caller.tenant_id, after=after, limit=limit, status=status))
+    data = [JobPublic.of(r, p) for r, p in zip(rows, await live_progress_of(rows), strict=True)]
     return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
                     last_id=data[-1].id if data else None)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, caller: CurrentCaller, session: SessionDep) -> JobPublic:
-    job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
-    return JobPublic.of(job, live_progress(job)).model_copy(
-        update={"queue_position": service.queue_position(session, job)})
+async def get_job(job_id: str, caller: CurrentCaller) -> JobPublic:
+    async with db_slot():
+        job, position = await read(lambda connection: reads.get_job(connection, job_id, caller.tenant_id))
+    (progress,) = await live_progress_of([job])
+    return JobPublic.of(job, progress).model_copy(update={"queue_position": position})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, caller: CurrentCaller, session: SessionDep) -> JobPublic:
-    job = service.cancel_job(session, caller.tenant_id, job_id)
-    return JobPublic.of(job, live_progress(job))
+def cancel_job(job_id: str, caller: DbCaller) -> JobPublic:
+    with session_scope() as session:
+        job = service.cancel_job(session, caller.tenant_id, job_id)
+        return JobPublic.of(job, live_progress(job))
 
 
 @router.get("/{job_id}/events", response_model=ListPage[dict[str, Any]],
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "A page of events; with stream=true, Server-Sent Events"}})
 def list_events(
-    job_id: str, caller: CurrentCaller, session: SessionDep, after: str | None = None, limit: int = 20,
+    job_id: str, caller: DbCaller, after: str | None = None, limit: int = 20,
     stream: Annotated[bool | None, Query(description="Server-Sent Events: replay, then follow live")] = None,
     last_event_id: Annotated[str | None, Query(description="Resume a stream after this event's seq")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -97,11 +112,12 @@ def list_events(
     """Newest first, like OpenAI's; `after` is an event id. With `?stream=true` (or `Accept: text/event-stream`)
     a Server-Sent Events stream instead: every event oldest first (`id:` is its `seq`), then new ones as they
     happen, then `event: done` once the job has ended. A reconnect's `Last-Event-ID` resumes right after it."""
-    job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
-    wants_stream = stream if stream is not None else "text/event-stream" in (accept or "")
-    if wants_stream:
-        return stream_events(session, job, _resume_point(after, last_event_id_header, last_event_id))
-    return event_page(session, job_id, after=after, limit=limit)
+    with session_scope() as session:
+        job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
+        wants_stream = stream if stream is not None else "text/event-stream" in (accept or "")
+        if wants_stream:
+            return stream_events(session, job, _resume_point(after, last_event_id_header, last_event_id))
+        return event_page(session, job_id, after=after, limit=limit)
 
 
 def _resume_point(after: str | None, header: str | None, query: str | None) -> int:
@@ -130,7 +146,8 @@ def stream_events(session: Session, job: Job, last_seq: int) -> Response:
             select(exists().where(JobEvent.job_id == job.id, JobEvent.seq > last_seq))):
         # Nothing will ever follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status_code=204)
-    session.close()  # the stream opens a short session per poll; it holds no connection while it waits
+    # The caller's session_scope ends (commit, connection returned) before the stream starts; the stream opens a
+    # short session per poll, so it holds no connection while it waits.
     return StreamingResponse(_event_stream(job.id, last_seq), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -161,7 +178,13 @@ async def _event_stream(job_id: str, last_seq: int) -> AsyncIterator[str]:
     last_progress_at: Any = None
     last_sent = opened = time.monotonic()
     while True:
-        status, batch, progress = await run_in_threadpool(_poll, job_id, last_seq)
+        try:
+            # Each poll is one unit of work in one thread-pool call, inside an admission slot (api/admission.py).
+            async with db_slot():
+                status, batch, progress = await run_in_threadpool(_poll, job_id, last_seq)
+        except Overloaded:  # saturated: this poll is skipped, the stream stays open
+            await asyncio.sleep(STREAM_POLL_SECONDS)
+            continue
         for seq, data in batch:
             yield _frame(data, id=seq)
             last_seq = seq
@@ -189,21 +212,22 @@ async def _event_stream(job_id: str, last_seq: int) -> AsyncIterator[str]:
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
-def job_metrics(job_id: str, caller: CurrentCaller, session: SessionDep, after_step: int | None = None,
-                limit: int = 1000) -> MetricsPage:
+def job_metrics(job_id: str, caller: DbCaller, after_step: int | None = None, limit: int = 1000) -> MetricsPage:
     """The recorded steps for plotting: loss, eval loss/accuracy, learning rate, tokens/s, GPU memory. One
     point per `metrics_event_every` steps (and every evaluation and the last step), ascending by step."""
-    get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
-    points, has_more = events_service.metrics_series(session, job_id, after_step=after_step, limit=limit)
+    with session_scope() as session:
+        get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
+        points, has_more = events_service.metrics_series(session, job_id, after_step=after_step, limit=limit)
     return MetricsPage(job_id=job_id, data=[MetricPoint(**p) for p in points], has_more=has_more)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
-def list_checkpoints(job_id: str, caller: CurrentCaller, session: SessionDep, after: str | None = None,
+def list_checkpoints(job_id: str, caller: DbCaller, after: str | None = None,
                      limit: int = 10) -> ListPage[CheckpointPublic]:
     """Newest first, like OpenAI's; `after` is a checkpoint id."""
-    job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
-    rows, has_more = events_service.list_checkpoints(session, job, after=after, limit=limit)
-    data = [CheckpointPublic(**events_service.checkpoint_public(c, job)) for c in rows]
+    with session_scope() as session:
+        job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
+        rows, has_more = events_service.list_checkpoints(session, job, after=after, limit=limit)
+        data = [CheckpointPublic(**events_service.checkpoint_public(c, job)) for c in rows]
     return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
                     last_id=data[-1].id if data else None)

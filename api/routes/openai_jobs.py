@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import CurrentCaller, SessionDep, SettingsDep
+from api.deps import DbCaller, SettingsDep
+from common.db import session_scope
 from common.errors import SchemaError
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import JobPublic
@@ -82,8 +83,10 @@ def to_spec(body: OpenAIJobCreate) -> JobSpec:
 
 
 @router.post("", response_model=JobPublic)
-def create_fine_tuning_job(body: OpenAIJobCreate, caller: CurrentCaller, session: SessionDep, settings: SettingsDep,
+def create_fine_tuning_job(body: OpenAIJobCreate, caller: DbCaller, settings: SettingsDep,
                            idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
-    job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=to_spec(body),
-                         idempotency_key=idempotency_key)
-    return JobPublic.of(job, None)
+    spec = to_spec(body)
+    with session_scope() as session:
+        job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=spec,
+                             idempotency_key=idempotency_key)
+        return JobPublic.of(job, None)

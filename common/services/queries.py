@@ -1,4 +1,5 @@
-"""Ownership and pagination: one helper each, used by every resource."""
+"""Ownership and pagination: one helper each, used by every resource. The statements and errors are shared with
+the asyncio read side (common/services/reads.py), so both answer alike."""
 
 from __future__ import annotations
 
@@ -14,15 +15,23 @@ T = TypeVar("T")
 MAX_LIMIT = 100
 
 
+def owned_statement(model: type[T], obj_id: str, tenant_id: str) -> Select[Any]:
+    return select(model).where(model.id == obj_id, model.tenant_id == tenant_id)  # type: ignore[attr-defined]
+
+
+def not_found(what: str, obj_id: str, param: str | None) -> NotFound:
+    return NotFound(f"no {what} with id {obj_id!r}", param=param, code=f"{what.replace(' ', '_')}_not_found")
+
+
 def get_owned(session: Session, model: type[T], obj_id: str, tenant_id: str, *, what: str, param: str | None = None,
               for_update: bool = False) -> T:
     """The row if it exists and belongs to the tenant; otherwise 404 (never 403: no one learns what others have)."""
-    stmt = select(model).where(model.id == obj_id, model.tenant_id == tenant_id)  # type: ignore[attr-defined]
+    stmt = owned_statement(model, obj_id, tenant_id)
     if for_update:
         stmt = stmt.with_for_update()
     row = session.scalar(stmt)
     if row is None:
-        raise NotFound(f"no {what} with id {obj_id!r}", param=param, code=f"{what.replace(' ', '_')}_not_found")
+        raise not_found(what, obj_id, param)
     return row
 
 
@@ -32,18 +41,31 @@ def check_limit(limit: int) -> int:
     return limit
 
 
+def anchor_statement(model: Any, after: str, tenant_id: str) -> Select[Any]:
+    return select(model.created_at, model.id).where(model.id == after, model.tenant_id == tenant_id)
+
+
+def bad_cursor(after: str) -> InvalidRequest:
+    return InvalidRequest(f"`after` names no object of yours: {after!r}", param="after", code="invalid_cursor")
+
+
+def page_statement(stmt: Select[Any], model: Any, anchor: Any, limit: int) -> Select[Any]:
+    """Newest first, after the `anchor` row (created_at, id) when there is one, one row more than a page."""
+    if anchor is not None:
+        stmt = stmt.where(
+            or_(model.created_at < anchor.created_at, and_(model.created_at == anchor.created_at, model.id < anchor.id))
+        )
+    return stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+
+
 def paginate(session: Session, stmt: Select[Any], model: Any, *, after: str | None, limit: int,
              tenant_id: str) -> tuple[list[Any], bool]:
     """Newest first; `after` is the id of the last row of the previous page."""
     check_limit(limit)
+    anchor = None
     if after is not None:
-        anchor = session.execute(
-            select(model.created_at, model.id).where(model.id == after, model.tenant_id == tenant_id)
-        ).one_or_none()
+        anchor = session.execute(anchor_statement(model, after, tenant_id)).one_or_none()
         if anchor is None:
-            raise InvalidRequest(f"`after` names no object of yours: {after!r}", param="after", code="invalid_cursor")
-        stmt = stmt.where(
-            or_(model.created_at < anchor.created_at, and_(model.created_at == anchor.created_at, model.id < anchor.id))
-        )
-    rows = list(session.scalars(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)))
+            raise bad_cursor(after)
+    rows = list(session.scalars(page_statement(stmt, model, anchor, limit)))
     return rows[:limit], len(rows) > limit
