@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.pool import NullPool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -54,6 +55,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     await dispose_async_engine()  # this worker's asyncpg pool belongs to this event loop
 
 
+log = logging.getLogger("tunequeue.api")
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         lifespan=lifespan,
@@ -61,7 +65,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Self-hosted fine-tuning behind a durable job queue, with an OpenAI-compatible API.",
     )
-    http_errors.install(app, logging.getLogger("tunequeue.api"))
+    http_errors.install(app, log)
 
     for router in (health.router, files.router, jobs.router, models.router, workers.router, metrics.router):
         app.include_router(router)
@@ -88,6 +92,32 @@ def api_workers(settings: Settings) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def connections_per_worker(settings: Settings) -> int:
+    """The most connections one API worker opens: two engines (asyncpg reads, psycopg writes), each at most
+    db_pool_size + db_max_overflow (the admission limit keeps each at db_pool_size in practice)."""
+    return 2 * (settings.db_pool_size + settings.db_max_overflow)
+
+
+def check_connection_budget(settings: Settings, workers: int) -> None:
+    """Warn (at start, once) when the API's workers alone could open more connections than Postgres accepts."""
+    from sqlalchemy import create_engine, text
+
+    wanted = workers * connections_per_worker(settings)
+    try:
+        engine = create_engine(settings.database_url, poolclass=NullPool, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            allowed = int(connection.execute(text("SHOW max_connections")).scalar_one())
+        engine.dispose()
+    except Exception as exc:  # Postgres not up yet: the workers will say so themselves
+        log.info("could not read Postgres' max_connections (%s); skipping the connection budget check", exc)
+        return
+    if wanted > allowed:
+        log.warning("%d API workers x %d connections each (2 x (TUNEQUEUE_DB_POOL_SIZE + TUNEQUEUE_DB_MAX_OVERFLOW)) "
+                    "= %d, more than Postgres' max_connections = %d, before the Celery workers' own: lower "
+                    "TUNEQUEUE_API_WORKERS or the pool sizes, or raise max_connections (docs/operations.md)",
+                    workers, connections_per_worker(settings), wanted, allowed)
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -101,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="trust X-Forwarded-* from $FORWARDED_ALLOW_IPS (as uvicorn's flag)")
     parser.add_argument("--no-access-log", action="store_true", help="no line per request on stdout")
     args = parser.parse_args(argv)
-    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers or api_workers(settings),
+    workers = args.workers or api_workers(settings)
+    check_connection_budget(settings, workers)
+    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=workers,
                 proxy_headers=args.proxy_headers, access_log=not args.no_access_log)
 
 

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     keep_failed_workdirs: bool = Field(default=False, description="Keep a failed job's work directory (under "
                                        "work_dir, mode 0700) for debugging; by default every job's is removed.")
 
+    @field_validator("api_workers", "db_max_concurrency", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: Any) -> Any:
+        # docker-compose passes `${TUNEQUEUE_API_WORKERS:-}` through as "" when the operator set nothing.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("base_models", mode="before")
     @classmethod
     def _parse_base_models(cls, value: Any) -> Any:

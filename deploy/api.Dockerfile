@@ -46,5 +46,7 @@ COPY scripts ./scripts
 USER 10001:10001
 EXPOSE 8000
 
+# uvicorn with --workers from TUNEQUEUE_API_WORKERS (default: the CPU cores the container may use), each worker with
+# its own connection pools (TUNEQUEUE_DB_POOL_SIZE...): docs/operations.md, "Database connections".
 # --proxy-headers: honour X-Forwarded-For/-Proto from the proxies named in $FORWARDED_ALLOW_IPS.
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["python", "-m", "api.main", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

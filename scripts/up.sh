@@ -26,7 +26,9 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$BIN/uvicorn" api.main:app --host "$TUNEQUEUE_HOST" --port "$TUNEQUEUE_PORT" --proxy-headers &
+# The production command (deploy/api.Dockerfile's CMD): uvicorn with TUNEQUEUE_API_WORKERS workers (default: the
+# CPU cores), pools per worker from TUNEQUEUE_DB_POOL_SIZE / TUNEQUEUE_DB_MAX_OVERFLOW (docs/operations.md).
+"$BIN/python" -m api.main --host "$TUNEQUEUE_HOST" --port "$TUNEQUEUE_PORT" --proxy-headers &
 pids+=($!)
 "$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "gpu0@%h" \
   -Q "${TUNEQUEUE_CELERY_QUEUE:-tunequeue.jobs}" &
