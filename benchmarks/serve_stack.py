@@ -208,8 +208,8 @@ def open_stack(work: Path, base_id: str, base: Path, template: str | None) -> Ap
 
 def register_adapters(stack: ApiStack, base_id: str, adapters: list[Path]) -> list[str]:
     """Each adapter as the model of a finished job of the stack's tenant: a training file uploaded and checked
-    (`create_file` of common/services/files.py), a LoRA job created (`create_job` of common/services/jobs.py; not enqueued: no
-    worker trains it), queued and claimed (common/state.py), then published as worker/runner.py publishes a
+    (`create_file` of common/services/files.py), a LoRA job created (`create_job` of common/services/jobs.py; not
+    enqueued: no worker trains it), queued and claimed (common/state.py), then published as worker/runner.py publishes a
     finished attempt: upload_adapter + record_model (worker/publish.py: files under the attempt's key, the
     `models` row and `succeeded` in one transaction), and after the commit the `tunequeue:models` message."""
     from common import state
