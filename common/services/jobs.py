@@ -138,15 +138,12 @@ def queue_position(session: Session, job: Job) -> int | None:
 
 
 @lru_cache(maxsize=1)
-def _job_with_queue_position() -> Select[Any]:
-    earlier = aliased(Job)  # building an alias costs ~ms: the statement is built once, with bound parameters
+def job_with_queue_position_statement() -> Select[Any]:
+    """The tenant's job (parameters `job_id`, `tenant_id`) and, when it is queued, its place in the queue (1 =
+    next): `queue_position` in the same round trip. Built once: an alias costs about a millisecond to build, and
+    one statement object keeps SQLAlchemy's cache key memoized (`.params()` would copy it on every call)."""
+    earlier = aliased(Job)
     ahead = (select(func.count()).select_from(earlier)
              .where(earlier.status == "queued", earlier.created_at < Job.created_at).scalar_subquery())
     return (select(Job, case((Job.status == "queued", ahead + 1), else_=None))
             .where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id")))
-
-
-def job_with_queue_position_statement(job_id: str, tenant_id: str) -> Select[Any]:
-    """The tenant's job and, when it is queued, its place in the queue (1 = next): `queue_position` in the same
-    round trip."""
-    return _job_with_queue_position().params(job_id=job_id, tenant_id=tenant_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from common.errors import InvalidRequest, NotFound
@@ -17,6 +17,19 @@ MAX_LIMIT = 100
 
 def owned_statement(model: type[T], obj_id: str, tenant_id: str) -> Select[Any]:
     return select(model).where(model.id == obj_id, model.tenant_id == tenant_id)  # type: ignore[attr-defined]
+
+
+_OWNED_BY_ID: dict[type[Any], Select[Any]] = {}
+
+
+def owned_by_id_statement(model: type[Any]) -> Select[Any]:
+    """`owned_statement` with bound parameters `obj_id`, `tenant_id`: one statement object per model, whose
+    SQLAlchemy cache key is computed once (a new statement per request costs more than its query here)."""
+    stmt = _OWNED_BY_ID.get(model)
+    if stmt is None:
+        stmt = _OWNED_BY_ID[model] = select(model).where(model.id == bindparam("obj_id"),
+                                                         model.tenant_id == bindparam("tenant_id"))
+    return stmt
 
 
 def not_found(what: str, obj_id: str, param: str | None) -> NotFound:

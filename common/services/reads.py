@@ -19,7 +19,7 @@ from common.services.queries import (
     bad_cursor,
     check_limit,
     not_found,
-    owned_statement,
+    owned_by_id_statement,
     page_statement,
 )
 
@@ -35,7 +35,7 @@ def _of(model: type[T], row: Row[Any]) -> T:
 async def get_owned(connection: AsyncConnection, model: type[T], obj_id: str, tenant_id: str, *, what: str,
                     param: str | None = None) -> T:
     """The row if it exists and belongs to the tenant; otherwise 404 (never 403)."""
-    row = (await connection.execute(owned_statement(model, obj_id, tenant_id))).first()
+    row = (await connection.execute(owned_by_id_statement(model), {"obj_id": obj_id, "tenant_id": tenant_id})).first()
     if row is None:
         raise not_found(what, obj_id, param)
     return _of(model, row)
@@ -43,7 +43,8 @@ async def get_owned(connection: AsyncConnection, model: type[T], obj_id: str, te
 
 async def get_job(connection: AsyncConnection, job_id: str, tenant_id: str) -> tuple[Job, int | None]:
     """The tenant's job and its queue position (None unless queued), in one query."""
-    row = (await connection.execute(job_with_queue_position_statement(job_id, tenant_id))).first()
+    row = (await connection.execute(job_with_queue_position_statement(),
+                                    {"job_id": job_id, "tenant_id": tenant_id})).first()
     if row is None:
         raise not_found("job", job_id, "job_id")
     position = row[-1]
