@@ -94,8 +94,12 @@ def production_api(log_dir: Path, extra_env: Mapping[str, str] | None = None, *,
 
 
 def api_log(log_dir: Path, tail: int = 4000) -> str:
+    """The end of the API's log without its access lines (uvicorn's workers starting and dying, tracebacks)."""
     path = log_dir / "api.log"
-    return path.read_text(errors="replace")[-tail:] if path.exists() else "(no api.log)"
+    if not path.exists():
+        return "(no api.log)"
+    lines = [line for line in path.read_text(errors="replace").splitlines() if 'HTTP/1.1" ' not in line]
+    return "\n".join(lines)[-tail:]
 
 
 def broker_job_ids(redis: Any, queue: str) -> list[str]:
