@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 
@@ -69,11 +69,13 @@ class KeyIdentity:
     role: str
 
 
+_BY_HASH = select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.revoked_at).where(
+    ApiKey.key_hash == bindparam("key_hash"))  # one statement object: its SQLAlchemy cache key is computed once
+
+
 async def find_identity(connection: AsyncConnection, key_hash: str) -> KeyIdentity | None:
     """The key with this sha256, unless it does not exist or is revoked: one indexed query."""
-    row = (await connection.execute(
-        select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.revoked_at).where(ApiKey.key_hash == key_hash)
-    )).one_or_none()
+    row = (await connection.execute(_BY_HASH, {"key_hash": key_hash})).one_or_none()
     if row is None or row.revoked_at is not None:
         return None
     return KeyIdentity(key_id=row.id, tenant_id=row.tenant_id, role=row.role)
