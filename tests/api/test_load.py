@@ -39,6 +39,7 @@ SETUP_JOBS = 8
 GET_JOB, LIST_JOBS, POST_JOB, GET_FILE, STREAM = ("GET /jobs/{id}", "GET /jobs", "POST /jobs", "GET /files/{id}",
                                                   "GET /jobs/{id}/events?stream=true")
 CLIENT_LAG = "(the test client's event loop: its longest lag)"
+CLIENT_CPU = "(the test client's CPU time)"
 MIXED = {GET_JOB: 40, LIST_JOBS: 20, GET_FILE: 20, POST_JOB: 20}  # weights of the request routes
 
 
@@ -200,10 +201,13 @@ async def _drive(s: Stack, *, clients: int, requests: int, mix: dict[str, int], 
         holders = [asyncio.create_task(_hold_stream(client, s, s.job_ids[i % len(s.job_ids)], stop))
                    for i in range(streams)]
         lag = asyncio.create_task(_loop_lag(stop))
+        wall, cpu = time.monotonic(), time.process_time()
         await asyncio.gather(*(sender(n) for n in range(clients - streams)))
         stop.set()
         outcomes.extend(await asyncio.gather(*holders))
         outcomes.append(Outcome(CLIENT_LAG, seconds=await lag))
+        outcomes.append(Outcome(CLIENT_CPU, seconds=time.process_time() - cpu,
+                                problem=f"{time.monotonic() - wall:.1f} s wall"))
     return outcomes
 
 
@@ -219,13 +223,14 @@ async def _loop_lag(stop: asyncio.Event) -> float:
 
 
 def _requests(outcomes: list[Outcome]) -> list[Outcome]:
-    return [o for o in outcomes if o.route != CLIENT_LAG]
+    return [o for o in outcomes if o.route not in (CLIENT_LAG, CLIENT_CPU)]
 
 
 def _summary(outcomes: list[Outcome]) -> str:
     by_route: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     slowest: dict[str, float] = collections.defaultdict(float)
-    lag = [f"  {o.route}: {o.seconds:.2f} s" for o in outcomes if o.route == CLIENT_LAG]
+    lag = [f"  {o.route}: {o.seconds:.2f} s" + (f" in {o.problem}" if o.problem else "")
+           for o in outcomes if o.route in (CLIENT_LAG, CLIENT_CPU)]
     for o in _requests(outcomes):
         by_route[o.route][str(o.status) if o.status is not None else "no answer"] += 1
         slowest[o.route] = max(slowest[o.route], o.seconds)
