@@ -1,6 +1,8 @@
-"""A test-owned TuneQueue for the fault-injection suite (tests/faults): its own queues, optionally its own
-redis-server or Postgres cluster on free ports, an API and any number of workers as real processes that a test may
-SIGKILL, SIGTERM or restart. Never touches the shared servers' processes."""
+"""A test-owned TuneQueue for the fault-injection suite (tests/faults): its own queues and its own database
+(its reconciler republishes every stranded job it finds, so on the run's shared database it would take the jobs
+other tests left waiting), optionally its own redis-server or Postgres cluster on free ports, an API and any number
+of workers as real processes that a test may SIGKILL, SIGTERM or restart.
+Never touches the shared servers' processes."""
 
 from __future__ import annotations
 
@@ -134,11 +136,31 @@ class Cluster:
         self.log_dir = log_dir
         tag = secrets.token_hex(4)
         self.queue = f"tunequeue.faults.{tag}"
+        self.database: str | None = None
+        if "TUNEQUEUE_DATABASE_URL" not in env:
+            env = {**env, "TUNEQUEUE_DATABASE_URL": self._own_database(tag)}
         self.env = {**os.environ, **FAST, "TUNEQUEUE_CELERY_QUEUE": self.queue,
                     "TUNEQUEUE_VALIDATE_QUEUE": f"{self.queue}.validate", **env}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def _own_database(self, tag: str) -> str:
+        """A migrated database beside the run's, dropped by close()."""
+        from sqlalchemy import text
+        from sqlalchemy.engine import make_url
+
+        from common.db_setup import upgrade_database
+        from tests.support.environment import DATABASE_URL, admin_engine
+
+        self.database = f"{make_url(DATABASE_URL).database}_faults_{tag}"
+        admin = admin_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.database}"'))
+        admin.dispose()
+        url = make_url(DATABASE_URL).set(database=self.database).render_as_string(hide_password=False)
+        upgrade_database(url)
+        return url
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 — lives as long as the process
@@ -179,6 +201,15 @@ class Cluster:
                 proc.wait()
         with contextlib.suppress(Exception):
             redis.Redis.from_url(self.env["TUNEQUEUE_REDIS_URL"]).delete(self.queue, f"{self.queue}.validate")
+        if self.database is not None:
+            from sqlalchemy import text
+
+            from tests.support.environment import admin_engine
+
+            admin = admin_engine()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
+            admin.dispose()
 
 
 def training_children(job_id: str) -> list[int]:
