@@ -148,7 +148,7 @@ def check(content: bytes, name: str, fmt: str | None = None) -> ValidationReport
     assert len(report.errors) <= 20 and report.error_count >= len(report.errors)
     for error in report.errors:
         assert error.line >= 1 or error.code in FILE_LEVEL, error
-        assert error.message and isinstance(error.message, str)
+        assert error.message.strip(), error  # every error says what is wrong, in words
         stored = json.dumps(error.to_dict(), ensure_ascii=False)
         assert "\x00" not in stored and "\\u0000" not in stored.replace("\\\\u0000", ""), error
         stored.encode("utf-8")  # no lone surrogate either
