@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import metrics
 from api.routes import files, health, inference, jobs, models, openai_jobs, workers
 from common import http_errors
-from common.db import dispose_async_engine
 from common.errors import TooLarge
+from common.read_pool import close_pool
 from common.settings import Settings, get_settings
 
 UPLOAD_PATHS = ("/files", "/v1/files")
@@ -52,7 +52,7 @@ class RefuseOversizedUploads:
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
-    await dispose_async_engine()  # this worker's asyncpg pool belongs to this event loop
+    await close_pool()  # this worker's asyncpg pool belongs to this event loop
 
 
 log = logging.getLogger("tunequeue.api")

@@ -1,5 +1,5 @@
 """API keys: random, shown once, stored as sha256. The API looks a key up by its hash (`find_identity`, on the
-asyncio engine) and remembers what it found for `TUNEQUEUE_KEY_CACHE_SECONDS` (`KeyCache`), so that a revoked
+asyncpg read pool) and remembers what it found for `TUNEQUEUE_KEY_CACHE_SECONDS` (`KeyCache`), so that a revoked
 key stops working within that many seconds."""
 
 from __future__ import annotations
@@ -9,14 +9,17 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 
 from common.errors import Conflict, NotFound
 from common.ids import new_id
 from common.models import ApiKey, Tenant
+
+if TYPE_CHECKING:
+    from common.read_pool import Reader
 
 KEY_PREFIX = "tq-"
 
@@ -73,12 +76,12 @@ _BY_HASH = select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.revoked_at).w
     ApiKey.key_hash == bindparam("key_hash"))  # one statement object: its SQLAlchemy cache key is computed once
 
 
-async def find_identity(connection: AsyncConnection, key_hash: str) -> KeyIdentity | None:
+async def find_identity(reader: Reader, key_hash: str) -> KeyIdentity | None:
     """The key with this sha256, unless it does not exist or is revoked: one indexed query."""
-    row = (await connection.execute(_BY_HASH, {"key_hash": key_hash})).one_or_none()
-    if row is None or row.revoked_at is not None:
+    row = await reader.first(_BY_HASH, {"key_hash": key_hash})
+    if row is None or row["revoked_at"] is not None:
         return None
-    return KeyIdentity(key_id=row.id, tenant_id=row.tenant_id, role=row.role)
+    return KeyIdentity(key_id=row["id"], tenant_id=row["tenant_id"], role=row["role"])
 
 
 class KeyCache:

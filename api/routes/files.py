@@ -3,14 +3,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Header, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 
 from api.admission import db_slot
 from api.deps import CurrentCaller, DbCaller, SettingsDep, StoreDep
-from common.db import read, session_scope
+from api.responses import model_response
+from common.db import session_scope
 from common.errors import InvalidRequest
 from common.models import File
+from common.read_pool import read
 from common.schemas.common import ListPage
 from common.schemas.files import FilePreview, FilePublic
 from common.services import files as service
@@ -35,29 +37,29 @@ def upload_file(caller: DbCaller, store: StoreDep, settings: SettingsDep,
 
 
 @router.get("", response_model=ListPage[FilePublic])
-async def list_files(caller: CurrentCaller, after: str | None = None, limit: int = 20) -> ListPage[FilePublic]:
+async def list_files(caller: CurrentCaller, after: str | None = None, limit: int = 20) -> Response:
     stmt = select(File).where(File.tenant_id == caller.tenant_id)
     async with db_slot():
-        rows, has_more = await read(lambda connection: reads.paginate(
-            connection, stmt, File, after=after, limit=limit, tenant_id=caller.tenant_id))
+        rows, has_more = await read(lambda reader: reads.paginate(
+            reader, stmt, File, after=after, limit=limit, tenant_id=caller.tenant_id))
     data = [FilePublic.of(r) for r in rows]
-    return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
-                    last_id=data[-1].id if data else None)
+    return model_response(ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
+                                   last_id=data[-1].id if data else None))
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-async def get_file(file_id: str, caller: CurrentCaller) -> FilePublic:
+async def get_file(file_id: str, caller: CurrentCaller) -> Response:
     async with db_slot():
-        row = await read(lambda connection: reads.get_owned(
-            connection, File, file_id, caller.tenant_id, what="file", param="file_id"))
-    return FilePublic.of(row)
+        row = await read(lambda reader: reads.get_owned(
+            reader, File, file_id, caller.tenant_id, what="file", param="file_id"))
+    return model_response(FilePublic.of(row))
 
 
 @router.get("/{file_id}/content")
 async def get_file_content(file_id: str, caller: CurrentCaller, store: StoreDep) -> FileResponse:
     async with db_slot():
-        row = await read(lambda connection: reads.get_owned(
-            connection, File, file_id, caller.tenant_id, what="file", param="file_id"))
+        row = await read(lambda reader: reads.get_owned(
+            reader, File, file_id, caller.tenant_id, what="file", param="file_id"))
     return FileResponse(store.local_path(row.storage_key), media_type="application/octet-stream",
                         filename=row.filename)
 

@@ -17,10 +17,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.admission import db_slot
 from api.deps import CurrentCaller, DbCaller, SettingsDep
-from common.db import read, session_scope
+from api.responses import model_response
+from common.db import session_scope
 from common.errors import InvalidRequest, Overloaded
 from common.models import Job, JobEvent
 from common.progress import ProgressChannel
+from common.read_pool import read
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
@@ -75,21 +77,23 @@ def create_job(spec: JobSpec, caller: DbCaller, settings: SettingsDep,
 
 @router.get("", response_model=ListPage[JobPublic])
 async def list_jobs(caller: CurrentCaller, after: str | None = None, limit: int = 20,
-                    status: str | None = None) -> ListPage[JobPublic]:
+                    status: str | None = None) -> Response:
     async with db_slot():
-        rows, has_more = await read(lambda connection: reads.list_jobs(
-            connection, caller.tenant_id, after=after, limit=limit, status=status))
+        rows, has_more = await read(lambda reader: reads.list_jobs(
+            reader, caller.tenant_id, after=after, limit=limit, status=status))
     data = [JobPublic.of(r, p) for r, p in zip(rows, await live_progress_of(rows), strict=True)]
-    return ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
-                    last_id=data[-1].id if data else None)
+    return model_response(ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
+                                   last_id=data[-1].id if data else None))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, caller: CurrentCaller) -> JobPublic:
+async def get_job(job_id: str, caller: CurrentCaller) -> Response:
     async with db_slot():
-        job, position = await read(lambda connection: reads.get_job(connection, job_id, caller.tenant_id))
+        job, position = await read(lambda reader: reads.get_job(reader, job_id, caller.tenant_id))
     (progress,) = await live_progress_of([job])
-    return JobPublic.of(job, progress).model_copy(update={"queue_position": position})
+    public = JobPublic.of(job, progress)
+    public.queue_position = position
+    return model_response(public)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

@@ -65,8 +65,9 @@ def bad_cursor(after: str) -> InvalidRequest:
 def page_statement(stmt: Select[Any], model: Any, anchor: Any, limit: int) -> Select[Any]:
     """Newest first, after the `anchor` row (created_at, id) when there is one, one row more than a page."""
     if anchor is not None:
+        created_at, anchor_id = anchor
         stmt = stmt.where(
-            or_(model.created_at < anchor.created_at, and_(model.created_at == anchor.created_at, model.id < anchor.id))
+            or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < anchor_id))
         )
     return stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
 
