@@ -81,17 +81,19 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
         idempotency_key=idempotency_key, idempotency_hash=spec_hash if idempotency_key else None,
     )
     session.add(job)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        # Another request with the same Idempotency-Key won the race.
-        existing = _by_idempotency_key(session, tenant_id, idempotency_key or "", spec_hash)
-        if existing is None:
-            raise
-        return existing, False
-    state.add_event(session, job, f"Created fine-tuning job: {job.id}")
-    state.add_event(session, job, f"Validating training file: {train.id} ({train.row_count} rows, {train.format})")
+    if idempotency_key:  # without one, the insert cannot collide (NULL keys are distinct): no SAVEPOINT needed
+        try:
+            with session.begin_nested():
+                session.flush()
+        except IntegrityError:
+            # Another request with the same Idempotency-Key won the race.
+            existing = _by_idempotency_key(session, tenant_id, idempotency_key, spec_hash)
+            if existing is None:
+                raise
+            return existing, False
+    state.add_first_events(session, job, [
+        f"Created fine-tuning job: {job.id}",
+        f"Validating training file: {train.id} ({train.row_count} rows, {train.format})"])
     return job, True
 
 
