@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import TuneQueueError, error_body
+from common.schemas.strings import BAD_REQUEST_ERRORS
 
 _HTTP_TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error",
                413: "invalid_request_error", 429: "rate_limit_error"}
@@ -66,7 +67,10 @@ def install(app: FastAPI, log: logging.Logger) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        first = errors[0] if errors else {}
+        # A value the service cannot store (common/schemas/strings.py) is a 400, like any other InvalidRequest;
+        # the rest of schema validation (types, ranges, unknown fields) is a 422.
+        unstorable = [e for e in errors if e.get("type") in BAD_REQUEST_ERRORS]
+        first = unstorable[0] if unstorable else errors[0] if errors else {}
         param = _loc_to_param(tuple(first.get("loc", ())))
         # A union field fails once per branch: say all the branches in one sentence.
         same = [e for e in errors if _loc_to_param(tuple(e.get("loc", ()))) == param]
@@ -78,6 +82,8 @@ def install(app: FastAPI, log: logging.Logger) -> None:
         rest = len(errors) - len(same)
         if rest > 0:
             message += f" (and {rest} more problem{'s' if rest > 1 else ''})"
+        if unstorable:
+            return _shape(400, message, type="invalid_request_error", param=param, code=first["type"])
         return _shape(422, message, type="invalid_request_error", param=param, code=code)
 
     @app.exception_handler(StarletteHTTPException)

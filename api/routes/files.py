@@ -15,6 +15,7 @@ from common.models import File
 from common.read_pool import read
 from common.schemas.common import ListPage
 from common.schemas.files import FilePreview, FilePublic
+from common.schemas.strings import Name
 from common.services import files as service
 from common.services import reads
 
@@ -37,7 +38,7 @@ def upload_file(caller: DbCaller, store: StoreDep, settings: SettingsDep,
 
 
 @router.get("", response_model=ListPage[FilePublic])
-async def list_files(caller: CurrentCaller, after: str | None = None, limit: int = 20) -> Response:
+async def list_files(caller: CurrentCaller, after: Name | None = None, limit: int = 20) -> Response:
     stmt = select(File).where(File.tenant_id == caller.tenant_id)
     async with db_slot():
         rows, has_more = await read(lambda reader: reads.paginate(
@@ -48,7 +49,7 @@ async def list_files(caller: CurrentCaller, after: str | None = None, limit: int
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-async def get_file(file_id: str, caller: CurrentCaller) -> Response:
+async def get_file(file_id: Name, caller: CurrentCaller) -> Response:
     async with db_slot():
         row = await read(lambda reader: reads.get_owned(
             reader, File, file_id, caller.tenant_id, what="file", param="file_id"))
@@ -56,7 +57,7 @@ async def get_file(file_id: str, caller: CurrentCaller) -> Response:
 
 
 @router.get("/{file_id}/content")
-async def get_file_content(file_id: str, caller: CurrentCaller, store: StoreDep) -> FileResponse:
+async def get_file_content(file_id: Name, caller: CurrentCaller, store: StoreDep) -> FileResponse:
     async with db_slot():
         row = await read(lambda reader: reads.get_owned(
             reader, File, file_id, caller.tenant_id, what="file", param="file_id"))
@@ -65,9 +66,9 @@ async def get_file_content(file_id: str, caller: CurrentCaller, store: StoreDep)
 
 
 @router.get("/{file_id}/preview", response_model=FilePreview)
-def preview_file(file_id: str, caller: DbCaller, store: StoreDep, settings: SettingsDep,
-                 limit: int = 5, base_model: str | None = None, template: str | None = None,
-                 stage: str | None = None, train_on_inputs: bool = False) -> FilePreview:
+def preview_file(file_id: Name, caller: DbCaller, store: StoreDep, settings: SettingsDep,
+                 limit: int = 5, base_model: Name | None = None, template: Name | None = None,
+                 stage: Name | None = None, train_on_inputs: bool = False) -> FilePreview:
     """The first `limit` rows (≤ 20) converted for `stage` (default: the file's first), rendered with the chat
     template of `base_model` (default: the first registered) or `template`, as trained / untrained token runs."""
     with session_scope() as session:

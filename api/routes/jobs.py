@@ -26,6 +26,7 @@ from common.read_pool import read
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
+from common.schemas.strings import Name
 from common.services import events as events_service
 from common.services import jobs as service
 from common.services import reads
@@ -76,8 +77,8 @@ def create_job(spec: JobSpec, caller: DbCaller, settings: SettingsDep,
 
 
 @router.get("", response_model=ListPage[JobPublic])
-async def list_jobs(caller: CurrentCaller, after: str | None = None, limit: int = 20,
-                    status: str | None = None) -> Response:
+async def list_jobs(caller: CurrentCaller, after: Name | None = None, limit: int = 20,
+                    status: Name | None = None) -> Response:
     async with db_slot():
         rows, has_more = await read(lambda reader: reads.list_jobs(
             reader, caller.tenant_id, after=after, limit=limit, status=status))
@@ -87,7 +88,7 @@ async def list_jobs(caller: CurrentCaller, after: str | None = None, limit: int 
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, caller: CurrentCaller) -> Response:
+async def get_job(job_id: Name, caller: CurrentCaller) -> Response:
     async with db_slot():
         job, position = await read(lambda reader: reads.get_job(reader, job_id, caller.tenant_id))
     (progress,) = await live_progress_of([job])
@@ -97,7 +98,7 @@ async def get_job(job_id: str, caller: CurrentCaller) -> Response:
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, caller: DbCaller) -> JobPublic:
+def cancel_job(job_id: Name, caller: DbCaller) -> JobPublic:
     with session_scope() as session:
         job = service.cancel_job(session, caller.tenant_id, job_id)
         return JobPublic.of(job, live_progress(job))
@@ -107,7 +108,7 @@ def cancel_job(job_id: str, caller: DbCaller) -> JobPublic:
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "A page of events; with stream=true, Server-Sent Events"}})
 def list_events(
-    job_id: str, caller: DbCaller, after: str | None = None, limit: int = 20,
+    job_id: Name, caller: DbCaller, after: Name | None = None, limit: int = 20,
     stream: Annotated[bool | None, Query(description="Server-Sent Events: replay, then follow live")] = None,
     last_event_id: Annotated[str | None, Query(description="Resume a stream after this event's seq")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -216,7 +217,7 @@ async def _event_stream(job_id: str, last_seq: int) -> AsyncIterator[str]:
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)
-def job_metrics(job_id: str, caller: DbCaller, after_step: int | None = None, limit: int = 1000) -> MetricsPage:
+def job_metrics(job_id: Name, caller: DbCaller, after_step: int | None = None, limit: int = 1000) -> MetricsPage:
     """The recorded steps for plotting: loss, eval loss/accuracy, learning rate, tokens/s, GPU memory. One
     point per `metrics_event_every` steps (and every evaluation and the last step), ascending by step."""
     with session_scope() as session:
@@ -226,7 +227,7 @@ def job_metrics(job_id: str, caller: DbCaller, after_step: int | None = None, li
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
-def list_checkpoints(job_id: str, caller: DbCaller, after: str | None = None,
+def list_checkpoints(job_id: Name, caller: DbCaller, after: Name | None = None,
                      limit: int = 10) -> ListPage[CheckpointPublic]:
     """Newest first, like OpenAI's; `after` is a checkpoint id."""
     with session_scope() as session:

@@ -11,6 +11,7 @@ from common.db import session_scope
 from common.model_events import announce
 from common.schemas.common import ListPage
 from common.schemas.models import ModelPublic
+from common.schemas.strings import Name
 from common.services import models as service
 
 router = APIRouter(tags=["models"])
@@ -32,7 +33,7 @@ def list_models(caller: DbCaller, settings: SettingsDep, store: StoreDep) -> Lis
 
 
 @router.get("/models/{model_id}/content")
-def download_adapter(model_id: str, caller: DbCaller, store: StoreDep) -> StreamingResponse:
+def download_adapter(model_id: Name, caller: DbCaller, store: StoreDep) -> StreamingResponse:
     """A tar of adapter_config.json, adapter_model.safetensors and manifest.json (sha256 of each file)."""
     with session_scope() as session:
         row = service.get_adapter(session, caller.tenant_id, model_id)
@@ -50,7 +51,7 @@ def download_adapter(model_id: str, caller: DbCaller, store: StoreDep) -> Stream
 
 @router.get("/v1/models/{model_id}", response_model=ModelPublic)
 @router.get("/models/{model_id}", response_model=ModelPublic, include_in_schema=False)
-def get_model(model_id: str, caller: DbCaller, settings: SettingsDep, store: StoreDep) -> ModelPublic:
+def get_model(model_id: Name, caller: DbCaller, settings: SettingsDep, store: StoreDep) -> ModelPublic:
     for base in service.base_models(settings):
         if base.id == model_id:
             return base
@@ -60,7 +61,7 @@ def get_model(model_id: str, caller: DbCaller, settings: SettingsDep, store: Sto
 
 @router.delete("/v1/models/{model_id}", response_model=ModelDeleted)
 @router.delete("/models/{model_id}", response_model=ModelDeleted, include_in_schema=False)
-def delete_model(model_id: str, caller: DbCaller, settings: SettingsDep) -> ModelDeleted:
+def delete_model(model_id: Name, caller: DbCaller, settings: SettingsDep) -> ModelDeleted:
     """Delete one of your fine-tuned models: it leaves /v1/models and `serve` unloads it at once. The job keeps
     its record; the files stay in the artifact store."""
     with session_scope() as session:  # committed at its end: tell serve only what is durable

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import DbCaller, SettingsDep
 from common.db import session_scope
-from common.errors import SchemaError
+from common.errors import InvalidRequest, SchemaError
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import JobPublic
+from common.schemas.strings import BAD_REQUEST_ERRORS, Metadata, Name
 from common.services import jobs as service
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai-compatible"])
@@ -44,14 +45,14 @@ class OpenAIMethod(_Strict):
 
 
 class OpenAIJobCreate(_Strict):
-    model: str = Field(description="A registered base model id.")
-    training_file: str
-    validation_file: str | None = None
+    model: Name = Field(description="A registered base model id.")
+    training_file: Name
+    validation_file: Name | None = None
     hyperparameters: OpenAIHyperparameters | None = None
     method: OpenAIMethod | None = None
-    suffix: str | None = None
+    suffix: Name | None = None
     seed: int | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     integrations: list[Any] | None = None
 
 
@@ -79,7 +80,10 @@ def to_spec(body: OpenAIJobCreate) -> JobSpec:
         loc = ".".join(str(p) for p in err["loc"])
         param = {"base_model": "model", "hyperparameters.learning_rate": "hyperparameters.learning_rate_multiplier",
                  }.get(loc, loc)
-        raise SchemaError(f"`{param}`: {err['msg'].removeprefix('Value error, ')}", param=param) from None
+        message = f"`{param}`: {err['msg'].removeprefix('Value error, ')}"
+        if err["type"] in BAD_REQUEST_ERRORS:  # a value the service cannot store: 400, as on the native route
+            raise InvalidRequest(message, param=param, code=err["type"]) from None
+        raise SchemaError(message, param=param) from None
 
 
 @router.post("", response_model=JobPublic)

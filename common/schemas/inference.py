@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.errors import InvalidRequest
+from common.schemas.strings import Name
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
@@ -58,7 +59,7 @@ class StreamOptions(_Strict):
 
 
 class _Sampling(_Strict):
-    model: str = Field(min_length=1, max_length=512)
+    model: Name = Field(min_length=1)  # looked up in Postgres (common/services/models.py `check_usable`)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int | None = Field(default=None, ge=1, le=MAX_N)

@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.schemas.strings import Metadata, Name
+
 Stage = Literal["sft", "dpo", "orpo", "kto", "pt", "rm"]
 MethodType = Literal["lora", "qlora", "dora", "full", "freeze"]
 Auto = Literal["auto"]
@@ -48,7 +50,7 @@ class LoraOptions(StrictModel):
     alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator; the update is scaled by alpha/r "
                        "(alpha/sqrt(r) with use_rslora).")
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: str | list[str] = Field(
+    target_modules: Name | list[Name] = Field(
         default="all-linear", description="'all-linear' or a list of module names such as ['q_proj', 'v_proj']."
     )
     use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA: scale by alpha/sqrt(r).")
@@ -59,7 +61,7 @@ class LoraOptions(StrictModel):
     loraplus_lr_ratio: float | None = Field(
         default=None, ge=1.0, le=64.0, description="LoRA+: the B matrices learn this many times faster than A "
         "(the paper suggests 16). None: one learning rate.")
-    modules_to_save: list[str] | None = Field(
+    modules_to_save: list[Name] | None = Field(
         default=None, description="Modules trained in full and saved beside the adapter, e.g. ['lm_head']. "
         "Warning: vLLM and most serving engines refuse adapters that carry them.")
 
@@ -90,10 +92,10 @@ class QuantizationOptions(StrictModel):
 class FreezeOptions(StrictModel):
     trainable_layers: int = Field(default=2, ge=1, le=1000,
                                   description="Train the last N decoder layers; everything else stays frozen.")
-    trainable_modules: list[str] | None = Field(
+    trainable_modules: list[Name] | None = Field(
         default=None, description="Within those layers, train only parameters whose name contains one of these, "
         "e.g. ['mlp'] or ['self_attn.o_proj']. None: the whole layer.")
-    extra_modules: list[str] = Field(
+    extra_modules: list[Name] = Field(
         default_factory=list, description="Modules outside the decoder layers to train too, e.g. ['lm_head', "
         "'norm', 'embed_tokens'].")
 
@@ -255,12 +257,12 @@ class Hyperparameters(StrictModel):
 
 
 class JobSpec(StrictModel):
-    base_model: str = Field(description="A registered base model id; GET /v1/models lists them.")
-    training_file: str = Field(description="A processed file id (file-…).")
-    validation_file: str | None = Field(default=None, description="Optional processed file id for evaluation.")
+    base_model: Name = Field(description="A registered base model id; GET /v1/models lists them.")
+    training_file: Name = Field(description="A processed file id (file-…).")
+    validation_file: Name | None = Field(default=None, description="Optional processed file id for evaluation.")
     validation_split: float | None = Field(default=None, gt=0, lt=0.5,
                                            description="Hold out this fraction of training_file for evaluation.")
-    template: str | None = Field(default=None, description="A built-in chat template name (chatml, qwen2.5, smollm2, "
+    template: Name | None = Field(default=None, description="A built-in chat template name (chatml, qwen2.5, smollm2, "
                                  "llama3, mistral, gemma, phi3, zephyr; docs/datasets.md). None: the one the base "
                                  "model is registered with, else the tokenizer's own.")
     train_on_inputs: bool = Field(default=False, description="Also train on system/user tokens (default: "
@@ -271,14 +273,15 @@ class JobSpec(StrictModel):
     dpo: DpoOptions | None = Field(default=None, description="stage dpo only (defaults filled in for it).")
     orpo: OrpoOptions | None = Field(default=None, description="stage orpo only (defaults filled in for it).")
     kto: KtoOptions | None = Field(default=None, description="stage kto only (defaults filled in for it).")
-    resume_from: str | None = Field(default=None, description="A checkpoint id (ftckpt-…) to continue from: "
+    resume_from: Name | None = Field(default=None, description="A checkpoint id (ftckpt-…) to continue from: "
                                     "weights, optimizer, scheduler and step.")
-    from_model: str | None = Field(default=None, description="A fine-tuned model id (ft:…) of the same base "
+    from_model: Name | None = Field(default=None, description="A fine-tuned model id (ft:…) of the same base "
                                    "model whose adapter this job continues to train.")
     publish: Publish = Field(default_factory=Publish, description="What is published besides the adapter.")
-    suffix: str | None = Field(default=None, description="Up to 40 of [a-z0-9-]; part of the model name.")
+    suffix: Name | None = Field(default=None, description="Up to 40 of [a-z0-9-]; part of the model name.")
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seeds weights init, shuffling and dropout.")
-    metadata: dict[str, str] | None = Field(default=None, description="Up to 16 string pairs for your own use.")
+    metadata: Metadata | None = Field(default=None, description="Up to 16 string pairs for your own use: keys of "
+                                      "at most 64 characters, values of at most 512.")
 
     @field_validator("suffix")
     @classmethod
@@ -286,13 +289,6 @@ class JobSpec(StrictModel):
         if value is not None and not _SUFFIX_RE.match(value):
             raise ValueError(
                 f"must be 1-40 characters of a-z, 0-9 and '-', starting with a letter or digit; got {value!r}")
-        return value
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is not None and len(value) > 16:
-            raise ValueError(f"may hold at most 16 pairs; got {len(value)}")
         return value
 
     @field_validator("resume_from")

@@ -22,6 +22,7 @@ from common.errors import InvalidRequest, TooLarge
 from common.ids import new_id
 from common.models import File
 from common.registry import resolve
+from common.schemas.strings import MAX_IDEMPOTENCY_KEY_LENGTH, check_string
 from common.services.queries import get_owned
 from common.settings import Settings
 
@@ -67,7 +68,10 @@ def create_file(session: Session, store: LocalArtifactStore, settings: Settings,
     if purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}", param="purpose")
     format = check_format(format)
+    # Checked before a byte is stored: what the files row cannot hold must not leave bytes behind either.
+    check_string(idempotency_key, param="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     filename = Path(filename or "upload.jsonl").name[:512]
+    check_string(filename, param="file", what="the filename of `file`")
     file_id = new_id("file")
     key = storage_key(tenant_id, file_id, filename)
     digest = hashlib.sha256()
@@ -117,6 +121,9 @@ def create_file(session: Session, store: LocalArtifactStore, settings: Settings,
         if winner is None:
             raise
         return winner
+    except BaseException:  # any other refusal of the row: no bytes without a row
+        store.delete(key)
+        raise
     return row
 
 

@@ -19,6 +19,7 @@ from common.models import File, Job
 from common.queue import enqueue_job
 from common.registry import resolve
 from common.schemas.job_spec import JobSpec, stored_spec
+from common.schemas.strings import MAX_IDEMPOTENCY_KEY_LENGTH, check_string
 from common.services.queries import get_owned, paginate
 from common.settings import Settings
 
@@ -65,6 +66,7 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
                idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Validate against what the server has, insert `validating_files`. Returns (job, created). Nothing is
     committed or enqueued: `submit` does both, in that order."""
+    check_string(idempotency_key, param="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     spec_hash = _spec_hash(spec)
     if idempotency_key:
         existing = _by_idempotency_key(session, tenant_id, idempotency_key, spec_hash)

@@ -1,0 +1,103 @@
+"""The one check of every string a request hands to Postgres: ids and names in a path, a query or a body, the
+job spec's strings (stored as JSONB), an upload's filename, an Idempotency-Key, job `metadata`.
+
+Postgres refuses a NUL character in `text`, `varchar` and `jsonb` alike, a lone surrogate (JSON's "\\ud800")
+cannot be encoded to UTF-8 at all, and a `varchar(n)` refuses a longer value: each of these reached the database
+and came back as a 500 (and an upload's bytes stayed in the artifact store with no row). They are refused here
+with a 400 that names the field instead.
+
+Two doors, one rule (`string_problem`):
+- pydantic fields, path and query parameters use the `Name` type (or `metadata_field`): the error is the custom
+  pydantic error `invalid_string` (`invalid_metadata`), which common/http_errors.py answers with 400 and the
+  field's location as `param`;
+- values that arrive outside pydantic (a header a service checks, a multipart filename) go through
+  `check_string`, which raises `InvalidRequest` naming the `param`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from common.errors import InvalidRequest
+
+MAX_NAME_LENGTH = 512  # ids, names, cursors: the longest id column (models.id, files.filename) is varchar(512)
+MAX_IDEMPOTENCY_KEY_LENGTH = 255  # jobs.idempotency_key and files.idempotency_key are varchar(255)
+
+# OpenAI's bounds on `metadata`.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_LENGTH = 64
+MAX_METADATA_VALUE_LENGTH = 512
+
+INVALID_STRING = "invalid_string"
+INVALID_METADATA = "invalid_metadata"
+# The pydantic error types that are a 400 (a value the service cannot store), not a 422 (common/http_errors.py).
+BAD_REQUEST_ERRORS = frozenset({INVALID_STRING, INVALID_METADATA})
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def string_problem(value: str, max_length: int = MAX_NAME_LENGTH) -> str | None:
+    """What is wrong with `value` as a string the database stores or compares, in words that say the fix; None
+    when nothing is."""
+    if len(value) > max_length:
+        return f"must be at most {max_length} characters; got {len(value)}"
+    bad = _UNSTORABLE.search(value)
+    if bad is None:
+        return None
+    if bad.group() == "\x00":
+        return f"must not contain a NUL character (\\x00); got one at position {bad.start()}: remove it"
+    return (f"must be valid Unicode; got a lone surrogate (\\u{ord(bad.group()):04x}) at position {bad.start()}: "
+            "send the character itself or its UTF-16 pair")
+
+
+def check_string(value: str | None, *, param: str, max_length: int = MAX_NAME_LENGTH, what: str | None = None
+                 ) -> str | None:
+    """`value` unchanged, or 400 `invalid_string` on `param` (`what` names it in the message if not `param`)."""
+    if value is not None and (problem := string_problem(value, max_length)) is not None:
+        raise InvalidRequest(f"{what or f'`{param}`'} {problem}", param=param, code=INVALID_STRING)
+    return value
+
+
+def _name(value: str) -> str:
+    problem = string_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(INVALID_STRING, problem)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+"""A string of at most MAX_NAME_LENGTH characters that Postgres can store: for ids, names and short values in a
+body, a path or a query."""
+
+
+def _metadata(value: Any) -> Any:
+    """OpenAI's metadata: an object of at most 16 string pairs, keys ≤ 64 and values ≤ 512 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise PydanticCustomError(INVALID_METADATA, "must be an object of string keys and string values; got "
+                                  "{kind}", {"kind": type(value).__name__})
+    if len(value) > MAX_METADATA_PAIRS:
+        raise PydanticCustomError(INVALID_METADATA, "may hold at most {limit} pairs; got {count}: remove some",
+                                  {"limit": MAX_METADATA_PAIRS, "count": len(value)})
+    for key, item in value.items():
+        problem = string_problem(key, MAX_METADATA_KEY_LENGTH)
+        if problem is not None:
+            raise PydanticCustomError(INVALID_METADATA, "key {key}: {problem}",
+                                      {"key": repr(key[:MAX_METADATA_KEY_LENGTH]), "problem": problem})
+        if not isinstance(item, str):
+            raise PydanticCustomError(INVALID_METADATA, "the value of {key} must be a string; got {kind}",
+                                      {"key": repr(key), "kind": type(item).__name__})
+        problem = string_problem(item, MAX_METADATA_VALUE_LENGTH)
+        if problem is not None:
+            raise PydanticCustomError(INVALID_METADATA, "the value of {key} {problem}",
+                                      {"key": repr(key), "problem": problem})
+    return value
+
+
+Metadata = Annotated[dict[str, str], BeforeValidator(_metadata)]
+"""Job `metadata`: checked whole (`_metadata`), so that every error names `metadata` itself."""
