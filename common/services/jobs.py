@@ -13,15 +13,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from common import state
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, model_not_found
 from common.ids import new_id
 from common.models import File, Job
 from common.queue import enqueue_job
 from common.registry import resolve
 from common.schemas.job_spec import JobSpec, stored_spec
 from common.schemas.strings import MAX_IDEMPOTENCY_KEY_LENGTH, check_string
-from common.services.queries import get_owned, paginate
+from common.services.models import own_adapter, own_checkpoint
+from common.services.queries import get_owned, not_found, paginate
 from common.settings import Settings
+from common.text.templates import check_template_name
 
 log = logging.getLogger("tunequeue.api")
 
@@ -45,6 +47,32 @@ def _check_file(session: Session, tenant_id: str, file_id: str, *, param: str, s
             param=param, code="invalid_training_file",
         )
     return row
+
+
+def _check_starting_point(session: Session, tenant_id: str, spec: JobSpec) -> None:
+    """`template`, `from_model` and `resume_from` name things the worker looks up only when the job runs: check
+    them now, exactly as the worker will (worker/prepare.py), so that a job never fails on them after queueing.
+    Another tenant's model or checkpoint is answered exactly like a missing one."""
+    check_template_name(spec.template)
+    if spec.from_model:
+        adapter = own_adapter(session, tenant_id, spec.from_model)
+        if adapter is None:
+            missing = model_not_found(spec.from_model)
+            missing.param = "from_model"
+            raise missing
+        _same_base(spec, adapter.base_model, what=f"model {adapter.id!r}", param="from_model")
+    if spec.resume_from:
+        found = own_checkpoint(session, tenant_id, spec.resume_from)
+        if found is None:
+            raise not_found("checkpoint", spec.resume_from, "resume_from")
+        _same_base(spec, found[1], what=f"checkpoint {found[0].id!r}", param="resume_from")
+
+
+def _same_base(spec: JobSpec, base_model: str, *, what: str, param: str) -> None:
+    if base_model != spec.base_model:
+        raise InvalidRequest(f"{param}: {what} was trained on base model {base_model!r}, and this job trains "
+                             f"{spec.base_model!r}; set base_model to {base_model!r}", param=param,
+                             code="base_model_mismatch")
 
 
 def submit(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
@@ -76,6 +104,7 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
     train = _check_file(session, tenant_id, spec.training_file, param="training_file", stage=spec.stage)
     if spec.validation_file:
         _check_file(session, tenant_id, spec.validation_file, param="validation_file", stage=spec.stage)
+    _check_starting_point(session, tenant_id, spec)
     stored = stored_spec(spec, train.row_count)
     job = Job(
         id=new_id("ftjob"), tenant_id=tenant_id, base_model=spec.base_model, training_file_id=spec.training_file,

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from common.adapter_support import vllm_compatibility
 from common.artifacts import ArtifactStore, LocalArtifactStore
 from common.errors import PermissionDenied, model_not_found
-from common.models import Checkpoint, Model
+from common.models import Checkpoint, Job, Model
 from common.models.base import utcnow
 from common.registry import local_path
 from common.schemas.common import unix
@@ -65,10 +65,26 @@ def list_models(session: Session, settings: Settings, tenant_id: str,
     return base_models(settings) + [adapter_public(row, store) for row in adapters]
 
 
-def get_adapter(session: Session, tenant_id: str, model_id: str) -> Model:
-    row = session.scalar(
+def own_adapter(session: Session, tenant_id: str, model_id: str) -> Model | None:
+    """The tenant's published, non-deleted adapter `model_id`; None for a missing, deleted or other tenant's one
+    (the caller answers all three alike). What a job's `from_model` may name: worker/prepare.py `_init_adapter`
+    loads the same row."""
+    return session.scalar(
         select(Model).where(Model.id == model_id, Model.tenant_id == tenant_id, Model.deleted_at.is_(None))
     )
+
+
+def own_checkpoint(session: Session, tenant_id: str, checkpoint_id: str) -> tuple[Checkpoint, str] | None:
+    """The tenant's checkpoint `checkpoint_id` and the base model of the job that saved it; None for a missing
+    or other tenant's one. What a job's `resume_from` may name: worker/prepare.py `_resume_point` loads the same
+    row."""
+    row = session.execute(select(Checkpoint, Job.base_model).join(Job, Job.id == Checkpoint.job_id)
+                          .where(Checkpoint.id == checkpoint_id, Checkpoint.tenant_id == tenant_id)).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def get_adapter(session: Session, tenant_id: str, model_id: str) -> Model:
+    row = own_adapter(session, tenant_id, model_id)
     if row is None:
         raise model_not_found(model_id)
     return row

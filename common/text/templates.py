@@ -51,18 +51,24 @@ class ChosenTemplate:
     name: str | None  # the built-in name; None: the tokenizer's own
 
 
+def check_template_name(name: str | None) -> None:
+    """A job's `template` must be a built-in name (or None): InvalidRequest invalid_template otherwise. POST /jobs
+    checks it (common/services/jobs.py) so that a job never fails on it after queueing."""
+    if name is not None and name not in TEMPLATES:
+        raise InvalidRequest(
+            f"template {name!r} is not a built-in chat template; use one of {', '.join(TEMPLATES)}, "
+            "or leave it out to use the base model's own",
+            param="template", code="invalid_template",
+        )
+
+
 def choose_template(
     tokenizer: Any, *, model_id: str, job_template: str | None = None, registry_template: str | None = None
 ) -> ChosenTemplate:
     """The template of a job: `job_template` (a built-in name) when given, else `registry_template`, else the
     tokenizer's own. InvalidRequest invalid_template (param "template") for an unknown `job_template`;
     UnusableTemplate when none fits — param "template" when the job named it, else "base_model"."""
-    if job_template is not None and job_template not in TEMPLATES:
-        raise InvalidRequest(
-            f"template {job_template!r} is not a built-in chat template; use one of {', '.join(TEMPLATES)}, "
-            "or leave it out to use the base model's own",
-            param="template", code="invalid_template",
-        )
+    check_template_name(job_template)
     if not getattr(tokenizer, "is_fast", False):
         raise UnusableTemplate(
             f"the tokenizer of base model {model_id!r} has no fast (tokenizers) version, which marking the "
