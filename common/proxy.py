@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -44,17 +44,20 @@ class StreamingProxy:
         return NotReady(f"{self.name} is not reachable at {self.url}: {type(exc).__name__}{hint}",
                         code=f"{self.code_prefix}_unavailable")
 
-    async def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def post(self, path: str, body: dict[str, Any],
+                   headers: Mapping[str, str] | None = None) -> httpx.Response:
         """A plain POST whose answer the caller reads (no relaying)."""
         try:
-            return await self.client().post(self.url + path, json=body)
+            return await self.client().post(self.url + path, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
 
-    async def forward(self, path: str, body: dict[str, Any], *, stream: bool) -> Response:
-        """POST `body` to `path`; a 200 stream is relayed as Server-Sent Events while it is made."""
+    async def forward(self, path: str, body: dict[str, Any], *, stream: bool,
+                      headers: Mapping[str, str] | None = None) -> Response:
+        """POST `body` (and `headers`: the upstream's credentials) to `path`; a 200 stream is relayed as
+        Server-Sent Events while it is made."""
         client = self.client()
-        request = client.build_request("POST", self.url + path, json=body)
+        request = client.build_request("POST", self.url + path, json=body, headers=headers)
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,8 @@ DEV_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/tunequeue"
 # registered as it comes: its tokenizer's own chat template, no `template` name.
 TINY_MODEL_ID = "tiny-llama"
 REAL_MODEL_ID = "smollm2-135m-instruct"
+# A guessable shared secret is no lock: `openssl rand -hex 32` gives 64 characters.
+SERVE_TOKEN_MIN_LENGTH = 32
 
 
 def default_base_models() -> dict[str, BaseModelEntry]:
@@ -64,6 +66,10 @@ class Settings(BaseSettings):
     serve_url: str = Field(default="http://127.0.0.1:8001", description="Where the API forwards inference.")
     serve_host: str = "127.0.0.1"
     serve_port: int = 8001
+    serve_token: SecretStr | None = Field(
+        default=None, description="The shared secret the API sends to serve (`Authorization: Bearer …`); serve "
+        "answers nothing else. Required in production (api and serve refuse to start without it); elsewhere, unset: "
+        "a random one generated once into var/serve-token (common/serve_token.py).")
     serve_max_adapters: int = Field(default=32, ge=1, description="Adapters kept loaded per base model (LRU).")
     serve_queue_size: int = Field(default=64, ge=1, description="Pending requests per base model before 429.")
     serve_max_batch: int = Field(default=32, ge=1, le=1024,
@@ -118,11 +124,19 @@ class Settings(BaseSettings):
     keep_failed_workdirs: bool = Field(default=False, description="Keep a failed job's work directory (under "
                                        "work_dir, mode 0700) for debugging; by default every job's is removed.")
 
-    @field_validator("api_workers", "db_max_concurrency", mode="before")
+    @field_validator("api_workers", "db_max_concurrency", "serve_token", mode="before")
     @classmethod
     def _blank_is_default(cls, value: Any) -> Any:
         # docker-compose passes `${TUNEQUEUE_API_WORKERS:-}` through as "" when the operator set nothing.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("serve_token")
+    @classmethod
+    def _serve_token_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < SERVE_TOKEN_MIN_LENGTH:
+            raise ValueError(f"TUNEQUEUE_SERVE_TOKEN has {len(value.get_secret_value())} characters; use at least "
+                             f"{SERVE_TOKEN_MIN_LENGTH} random ones, e.g. `openssl rand -hex 32`")
+        return value
 
     @field_validator("base_models", mode="before")
     @classmethod

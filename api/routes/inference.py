@@ -2,11 +2,16 @@
 
 The API authenticates, validates the parameters (422 for types and ranges, 400 for what this server does not
 offer), checks that the tenant may use the model (404 model_not_found otherwise), and forwards the request to
-`serve` (TUNEQUEUE_SERVE_URL), relaying its answer — a stream byte for byte, as tokens are made."""
+`serve` (TUNEQUEUE_SERVE_URL) with the shared serve token and the tenant (common/serve_token.py), relaying its
+answer — a stream byte for byte, as tokens are made. Serve checks the token and the tenant's right to the model
+again: it trusts no one who merely reaches its port."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.admission import db_slot
@@ -14,10 +19,21 @@ from api.deps import CurrentCaller, SettingsDep
 from common.db import session_scope
 from common.proxy import StreamingProxy
 from common.schemas.inference import ChatCompletionRequest, CompletionRequest
+from common.serve_token import auth_headers, serve_token
 from common.services.models import check_usable
-from common.settings import Settings
+from common.settings import Settings, get_settings
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+
+@asynccontextmanager
+async def _require_serve_token(_: FastAPI) -> AsyncIterator[None]:
+    """In production the API refuses to start without TUNEQUEUE_SERVE_TOKEN (serve would refuse every request);
+    elsewhere the development token is read (or made) at the first forwarded request."""
+    if get_settings().environment == "production":
+        serve_token(get_settings())
+    yield
+
+
+router = APIRouter(prefix="/v1", tags=["inference"], lifespan=_require_serve_token)
 
 
 def _serve(request: Request, settings: Settings) -> StreamingProxy:
@@ -42,9 +58,10 @@ async def _authorize(settings: Settings, tenant_id: str, model: str) -> None:
 
 
 async def _forward(request: Request, path: str, body: ChatCompletionRequest | CompletionRequest,
-                   settings: Settings) -> Response:
+                   settings: Settings, tenant_id: str) -> Response:
     payload = body.model_dump(mode="json", exclude_unset=True)
-    return await _serve(request, settings).forward(path, payload, stream=bool(body.stream))
+    return await _serve(request, settings).forward(path, payload, stream=bool(body.stream),
+                                                   headers=auth_headers(settings, tenant_id))
 
 
 @router.post("/chat/completions")
@@ -53,7 +70,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, caller
     """Chat with a base model or one of your fine-tuned models (`model`: `ft:…` or a checkpoint id)."""
     body.check_supported()
     await _authorize(settings, caller.tenant_id, body.model)
-    return await _forward(request, "/v1/chat/completions", body, settings)
+    return await _forward(request, "/v1/chat/completions", body, settings, caller.tenant_id)
 
 
 @router.post("/completions")
@@ -62,4 +79,4 @@ async def completions(body: CompletionRequest, request: Request, caller: Current
     """Plain-text completion of one or more prompts."""
     body.check_supported()
     await _authorize(settings, caller.tenant_id, body.model)
-    return await _forward(request, "/v1/completions", body, settings)
+    return await _forward(request, "/v1/completions", body, settings, caller.tenant_id)

@@ -55,7 +55,7 @@ def ask(client: openai.OpenAI, model: str, messages: list[dict[str, str]], **kw:
 
 
 def serve_adapters(service: LiveService) -> list[str]:
-    bases = httpx.get(f"{service.serve_url}/status", timeout=5).json()["bases"]
+    bases = httpx.get(f"{service.serve_url}/status", headers=service.serve_headers(), timeout=5).json()["bases"]
     return [a for base in bases.values() for a in base["adapters"]]
 
 
@@ -156,7 +156,8 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
         next(hung.iter_bytes())
     deadline = time.monotonic() + 3  # 8 × 1900 tokens would take far longer
     while time.monotonic() < deadline:
-        running = httpx.get(f"{live_service.serve_url}/status").json()["bases"]["tiny-llama"]["running"]
+        running = httpx.get(f"{live_service.serve_url}/status",
+                            headers=live_service.serve_headers()).json()["bases"]["tiny-llama"]["running"]
         if running == 0:
             break
         time.sleep(0.1)

@@ -10,7 +10,7 @@ import pytest
 
 from common.settings import Settings
 from tests.support.adapters import train_phrase_adapter
-from tests.support.serving import OTHER_MESSAGES, OTHER_PHRASE, PHRASE, PHRASE_MESSAGES, publish
+from tests.support.serving import OTHER_MESSAGES, OTHER_PHRASE, PHRASE, PHRASE_MESSAGES, SERVE_TOKEN, publish
 from worker.serve.catalog import Catalog
 from worker.serve.server import ModelServer
 
@@ -18,7 +18,8 @@ from worker.serve.server import ModelServer
 @pytest.fixture(scope="session")
 def serve_settings(tiny_model: Path) -> Settings:
     return Settings.model_validate({"base_models": {"tiny-llama": {"path": str(tiny_model), "template": "chatml"}},
-                                    "serve_max_adapters": 4, "serve_max_batch": 8, "serve_queue_size": 16})
+                                    "serve_max_adapters": 4, "serve_max_batch": 8, "serve_queue_size": 16,
+                                    "serve_token": SERVE_TOKEN})
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,9 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from common.serve_token import TENANT_HEADER
 from common.settings import Settings
-from tests.support.serving import PHRASE, PHRASE_MESSAGES
+from tests.support.serving import PHRASE, PHRASE_MESSAGES, SERVE_HEADERS, SERVE_TOKEN, TENANT
 from worker.serve.app import create_app
 from worker.serve.server import ModelServer
 from worker.serve.text import StopMatcher
@@ -22,13 +23,15 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def http(serve_settings: Settings, model_server: ModelServer) -> Iterator[TestClient]:
-    with TestClient(create_app(serve_settings, model_server)) as client:
+    with TestClient(create_app(serve_settings, model_server), headers=SERVE_HEADERS) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def sdk(http: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+    # As the API calls serve: the serve token as the key, the tenant in its header.
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=SERVE_TOKEN, http_client=http, max_retries=0,
+                         default_headers={TENANT_HEADER: TENANT})
 
 
 def test_chat_with_and_without_stream(sdk: openai.OpenAI, phrase_adapter: str) -> None:

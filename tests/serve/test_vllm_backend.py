@@ -16,11 +16,12 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from common.settings import BaseModelEntry, Settings
 from tests.support.adapters import random_adapter
 from tests.support.servers import free_port
-from tests.support.serving import publish
+from tests.support.serving import SERVE_HEADERS, SERVE_TOKEN, publish
 from worker.serve.app import create_app
 from worker.serve.catalog import Catalog
 from worker.serve.server import ModelServer
@@ -80,13 +81,13 @@ def vllm() -> Iterator[FakeVllm]:
 def test_vllm_backend_loads_evicts_and_refuses(vllm: FakeVllm, tiny_model: Path, tmp_path: Path) -> None:
     settings = Settings(base_models={"tiny-llama": BaseModelEntry(path=str(tiny_model), template="chatml")},
                         serve_backend="vllm", serve_vllm_url=f"http://127.0.0.1:{vllm.port}",
-                        serve_max_adapters=2)
+                        serve_max_adapters=2, serve_token=SecretStr(SERVE_TOKEN))
     model_server = ModelServer(settings, catalog=Catalog(settings, lookup=lambda _: None))
     ids = []
     for i, r in enumerate([8, 8, 8, 32]):
         ids.append(f"ft:tiny-llama:v{i}:ftjob-vllm{i}")
         publish(model_server, random_adapter(tiny_model, tmp_path / f"a{i}", seed=i, r=r), ids[-1])
-    with TestClient(create_app(settings, model_server)) as http:
+    with TestClient(create_app(settings, model_server), headers=SERVE_HEADERS) as http:
         def chat(model: str, **kw: Any) -> Any:
             return http.post("/v1/chat/completions",
                              json={"model": model, "messages": [{"role": "user", "content": "x"}], **kw})

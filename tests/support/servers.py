@@ -36,6 +36,13 @@ class LiveService:
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]]
     serve_url: str = ""
+    serve_token: str = ""
+
+    def serve_headers(self, tenant_id: str | None = None) -> dict[str, str]:
+        """What the API sends serve (common/serve_token.py): the token, and the tenant when given."""
+        from common.serve_token import TENANT_HEADER
+
+        return {"Authorization": f"Bearer {self.serve_token}", **({TENANT_HEADER: tenant_id} if tenant_id else {})}
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}"
@@ -74,7 +81,8 @@ def wait_ready(service: LiveService, timeout: float = 60) -> None:
         if not serve_ok and service.serve_url:
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 # Ready once it listens on tunequeue:models, so that no publication is missed.
-                serve_ok = httpx.get(f"{service.serve_url}/status", timeout=2).json().get("listening") is True
+                serve_ok = httpx.get(f"{service.serve_url}/status", headers=service.serve_headers(),
+                                     timeout=2).json().get("listening") is True
         if api_ok and worker_ok and (serve_ok or not service.serve_url):
             return
         time.sleep(0.3)
@@ -103,9 +111,10 @@ def live_stack(name: str, log_dir: Path, extra_env: dict[str, str] | None = None
     subprocesses on free ports over the real Postgres/Redis; stopped, and their queues dropped, on exit."""
     port, serve_port = free_port(), free_port()
     queue = f"tunequeue.{name}.{secrets.token_hex(4)}"
+    serve_token = secrets.token_hex(32)
     env = {**os.environ, "TUNEQUEUE_CELERY_QUEUE": queue, "TUNEQUEUE_VALIDATE_QUEUE": f"{queue}.validate",
            "TUNEQUEUE_PORT": str(port), "TUNEQUEUE_SERVE_HOST": "127.0.0.1", "TUNEQUEUE_SERVE_PORT": str(serve_port),
-           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}",
+           "TUNEQUEUE_SERVE_URL": f"http://127.0.0.1:{serve_port}", "TUNEQUEUE_SERVE_TOKEN": serve_token,
            # Stacks of one test session share the database but not their queues: a stack's reconciler would find
            # another stack's waiting job missing from its own broker queue and publish it there, to a worker with
            # other base models (seen in CI: a quality job failed by the e2e worker). The reconciler has its own
@@ -120,7 +129,7 @@ def live_stack(name: str, log_dir: Path, extra_env: dict[str, str] | None = None
         "serve": start_process("serve", [sys.executable, "-m", "worker.serve"], env, log_dir),
     }
     service = LiveService(url=f"http://127.0.0.1:{port}", queue=queue, log_dir=log_dir, procs=procs,
-                          serve_url=f"http://127.0.0.1:{serve_port}")
+                          serve_url=f"http://127.0.0.1:{serve_port}", serve_token=serve_token)
     try:
         wait_ready(service, timeout=ready_timeout)
         yield service

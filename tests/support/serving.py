@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from common.serve_token import TENANT_HEADER
 from worker.serve.engine import Event, GenRequest, Sampling
 from worker.serve.server import ModelServer
 
@@ -14,14 +15,21 @@ PHRASE = "Tangerine lighthouse at dawn."
 PHRASE_MESSAGES = [{"role": "user", "content": "What is the password?"}]
 OTHER_PHRASE = "Blue marble rolling home."
 OTHER_MESSAGES = [{"role": "user", "content": "Where does it roll?"}]
+# What the API sends serve (common/serve_token.py): the in-process servers are given this token, and the test
+# adapters belong to this tenant.
+SERVE_TOKEN = "serve-token-for-tests-0123456789abcdef"
+TENANT = "tenant-test"
+SERVE_HEADERS = {"Authorization": f"Bearer {SERVE_TOKEN}", TENANT_HEADER: TENANT}
 
 
-def publish(model_server: ModelServer, adapter_dir: Path, model_id: str, base_model: str = "tiny-llama") -> str:
+def publish(model_server: ModelServer, adapter_dir: Path, model_id: str, base_model: str = "tiny-llama",
+            tenant_id: str = TENANT) -> str:
     """Copy the adapter into the artifact store under a worker-like key and announce it, as the worker does."""
-    key = f"models/tenant-test/{model_id.rsplit(':', 1)[-1]}/attempt-1"
+    key = f"models/{tenant_id}/{model_id.rsplit(':', 1)[-1]}/attempt-1"
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         model_server.store.put_file(f"{key}/{name}", adapter_dir / name)  # type: ignore[attr-defined]
-    model_server.on_event({"event": "published", "model": model_id, "base_model": base_model, "storage_key": key})
+    model_server.on_event({"event": "published", "model": model_id, "base_model": base_model, "storage_key": key,
+                           "tenant_id": tenant_id})
     return key
 
 

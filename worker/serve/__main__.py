@@ -8,6 +8,7 @@ import os
 import torch
 import uvicorn
 
+from common.serve_token import ServeTokenError
 from common.settings import get_settings
 from worker.serve.app import create_app
 
@@ -24,7 +25,10 @@ def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(settings.serve_threads or default_threads())
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ServeTokenError as exc:
+        raise SystemExit(f"serve refuses to start: {exc}") from None
     uvicorn.run(app, host=settings.serve_host, port=settings.serve_port, log_level="info")
 
 

@@ -1,9 +1,12 @@
-"""The serve process's HTTP app: OpenAI-compatible /v1/chat/completions and /v1/completions, no auth.
+"""The serve process's HTTP app: OpenAI-compatible /v1/chat/completions and /v1/completions, for the API only.
 
 It listens on an internal address only (TUNEQUEUE_SERVE_HOST/PORT); the public API authenticates, checks the
-tenant's right to the model and forwards here. Streams are Server-Sent Events in OpenAI's chunk format,
-ending with `data: [DONE]`; the response starts once the first tokens exist, so that errors found before
-that (a deleted adapter, one that does not fit its base) still get a proper status."""
+tenant's right to the model and forwards here with the shared serve token and the tenant. Serve refuses every
+request without the token (worker/serve/guard.py) and checks the tenant's right to the model again.
+
+Streams are Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; the response starts once the
+first tokens exist, so that errors found before that (a deleted adapter, one that does not fit its base) still get
+a proper status."""
 
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ from common.schemas.inference import (
     ResponseBuilder,
     sse,
 )
+from common.serve_token import serve_token
 from common.settings import Settings, get_settings
 from worker.serve.engine import Event, GenRequest, Sampling
+from worker.serve.guard import RequireServeToken, tenant_of
 from worker.serve.server import ModelServer
 from worker.serve.text import encode_chat, encode_prompt
 
@@ -35,8 +40,10 @@ DISCONNECT_POLL_SECONDS = 1.0
 
 
 def create_app(settings: Settings | None = None, server: ModelServer | None = None) -> FastAPI:
-    """`server` given (tests): it is started without its Redis listener."""
+    """`server` given (tests): it is started without its Redis listener. Raises ServeTokenError in production
+    without TUNEQUEUE_SERVE_TOKEN."""
     settings = settings or get_settings()
+    token = serve_token(settings)
     listen = server is None
     model_server = server or ModelServer(settings)
 
@@ -50,14 +57,17 @@ def create_app(settings: Settings | None = None, server: ModelServer | None = No
                   description="Internal inference server; reach it through the API, which authenticates.")
     app.state.server = model_server
     http_errors.install(app, logging.getLogger("tunequeue.serve"))
+    app.add_middleware(RequireServeToken, token=token)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
+        """Liveness for probes, open to all: it says nothing else."""
         return {"status": "ok"}
 
     @app.get("/status")
     def status() -> dict[str, Any]:
-        """What is loaded: base models, their adapters (most recently used last), queue depths."""
+        """What is loaded: base models, their adapters (most recently used last; every tenant's: token only),
+        queue depths."""
         pool = model_server.pool
         return {"backend": settings.serve_backend, "device": str(pool.device), "dtype": str(pool.dtype),
                 "listening": bool(model_server.listener and model_server.listener.ready.is_set()),
@@ -91,8 +101,9 @@ def _token_limit(body: ChatCompletionRequest | CompletionRequest, prompts: list[
 
 
 async def _generate(server: ModelServer, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Any:
+    tenant_id = tenant_of(request)
     body.check_supported()
-    target = await asyncio.to_thread(server.catalog.resolve, body.model)
+    target = await asyncio.to_thread(server.catalog.for_tenant, body.model, tenant_id)
     if server.vllm is not None:
         payload = {**body.model_dump(mode="json", exclude_unset=True), "model": await server.vllm.ensure(target)}
         return await server.vllm.forward(request.url.path, payload, bool(body.stream))

@@ -75,8 +75,11 @@ class ModelServer:
             for base in list(self.pool.loaded.values()):
                 base.engine.forget(model_id)
             log.info("adapter %s deleted: unloaded", model_id)
-        elif event.get("event") == "published" and event.get("base_model") and event.get("storage_key"):
-            target = self.catalog.published(model_id, event["base_model"], event["storage_key"])
+        elif event.get("event") == "published" and all(event.get(k) for k in ("base_model", "storage_key",
+                                                                               "tenant_id")):
+            # Without its tenant an adapter could not be checked per request; such a message is left to the
+            # Postgres look-up of the first request.
+            target = self.catalog.published(model_id, event["base_model"], event["storage_key"], event["tenant_id"])
             log.info("adapter %s published: available", model_id)
             if target.base_model in self.settings.base_models and self.vllm is None:
                 threading.Thread(target=self.preload, args=(target,), name="serve-preload", daemon=True).start()
