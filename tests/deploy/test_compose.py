@@ -19,6 +19,7 @@ import yaml
 from tests.support.deploy import (
     COMPOSE_FILE,
     NGINX_CONF,
+    REQUIRED_VARIABLES,
     build_context_of,
     compose,
     compose_run,
@@ -60,11 +61,29 @@ def settings_default(field: str) -> Any:
 # --- what compose itself checks --------------------------------------------------------------------------
 
 
-def test_compose_accepts_the_file_with_no_variables_set() -> None:
-    # Every ${VAR} has a default: `docker compose up` works on a host with no .env file.
+def test_compose_accepts_the_file_with_only_the_required_secrets_set() -> None:
+    # Every other ${VAR} has a default: `docker compose up` works on a host with no .env file but the secrets.
     run = compose_run()
     assert run.returncode == 0, run.stderr
     assert "is not set" not in run.stderr, run.stderr
+
+
+def test_compose_refuses_to_run_without_the_serve_token_and_says_how_to_set_it() -> None:
+    # A stack without it would have an API that serve refuses (and both refuse to start in production).
+    run = run_compose_config(COMPOSE_FILE, required={})
+    assert run.returncode != 0
+    assert "TUNEQUEUE_SERVE_TOKEN" in run.stderr and "openssl rand -hex 32" in run.stderr, run.stderr
+
+
+def test_api_and_serve_share_the_serve_token_and_no_other_service_gets_it() -> None:
+    token = REQUIRED_VARIABLES["TUNEQUEUE_SERVE_TOKEN"]
+    assert env_of("api")["TUNEQUEUE_SERVE_TOKEN"] == env_of("serve")["TUNEQUEUE_SERVE_TOKEN"] == token
+    assert sorted(name for name in services() if "TUNEQUEUE_SERVE_TOKEN" in env_of(name)) == ["api", "serve"]
+
+
+def test_serve_is_not_published_on_the_host() -> None:
+    # Only the compose network reaches it (the API forwards to http://serve:8001).
+    assert not service("serve").get("ports"), service("serve").get("ports")
 
 
 def test_compose_reports_what_these_tests_rely_on_it_for(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 NGINX_CONF = REPO / "deploy" / "nginx.conf"
 # Every service, the optional proxy included.
 PROFILES = ("proxy",)
+# The variables docker-compose.yml requires (`${VAR:?…}`: secrets with no safe default), as an operator sets them.
+REQUIRED_VARIABLES = {"TUNEQUEUE_SERVE_TOKEN": "compose-config-serve-token-0123456789abcdef"}
 
 
 def require_tool(name: str, package: str) -> str:
@@ -74,12 +76,14 @@ class ComposeRun:
         return doc
 
 
-def run_compose_config(*files: Path) -> ComposeRun:
-    """`compose -f FILE... config` in the repository, with no variables but PATH/HOME set: what a host with no .env
-    file gets. Compose 1.x is given the files without their top-level `name`."""
+def run_compose_config(*files: Path, required: dict[str, str] | None = None) -> ComposeRun:
+    """`compose -f FILE... config` in the repository, with no variables but PATH/HOME and the `required` ones
+    (default REQUIRED_VARIABLES) set: what a host with no .env file gets once the secrets are given. Compose 1.x is
+    given the files without their top-level `name`."""
     argv, reads_name = compose_command()
     paths = [file if reads_name else without_name(file) for file in files]
     base_env = {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
+    base_env.update(REQUIRED_VARIABLES if required is None else required)
     command = [*argv, *(arg for f in paths for arg in ("-f", str(f))), "--project-directory", str(REPO)]
     command += [arg for profile in PROFILES for arg in ("--profile", profile)]
     done = subprocess.run([*command, "config"], cwd=REPO, env=base_env, capture_output=True,
