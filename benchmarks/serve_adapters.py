@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.serve_stack import (  # noqa: E402
     REAL_BASE_ID,
     REAL_QUESTION,
+    SERVE_TOKEN,
     ApiStack,
     Server,
     build_real_adapters,
@@ -60,10 +61,13 @@ from benchmarks.serve_stack import (  # noqa: E402
     llamafactory_dtype,
     open_stack,
     register_adapters,
+    serve_headers,
     thread_env,
 )
 
 TOY_BASE_ID = "bench-llama"
+# The tenant the toy adapters are announced for (no models row: serve knows them, and their tenant, from the message).
+BENCH_TENANT = "tenant-bench"
 TOY_QUESTION = [{"role": "user", "content": "Tell me what the worker does with the next batch."}]
 
 
@@ -113,7 +117,7 @@ def start_serve(setup: Setup, threads: int | None, dtype: str) -> Server:
            "TUNEQUEUE_BASE_MODELS": json.dumps({setup.base_id: entry}), "TUNEQUEUE_ARTIFACTS": str(setup.store),
            "TUNEQUEUE_SERVE_HOST": "127.0.0.1",
            "TUNEQUEUE_SERVE_PORT": str(port), "TUNEQUEUE_SERVE_MAX_ADAPTERS": "32", "TOKENIZERS_PARALLELISM": "false",
-           "TUNEQUEUE_SERVE_DTYPE": dtype}
+           "TUNEQUEUE_SERVE_DTYPE": dtype, "TUNEQUEUE_SERVE_TOKEN": SERVE_TOKEN}
     if threads:
         env["TUNEQUEUE_SERVE_THREADS"] = str(threads)
     server = Server("serve", [sys.executable, "-m", "worker.serve"], env, port, setup.work / "serve.log")
@@ -121,7 +125,8 @@ def start_serve(setup: Setup, threads: int | None, dtype: str) -> Server:
     import httpx
 
     deadline = time.monotonic() + 30
-    while not httpx.get(server.url + "/status").json()["listening"] and time.monotonic() < deadline:
+    while not httpx.get(server.url + "/status", headers=serve_headers(BENCH_TENANT)).json()["listening"] \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
     return server
 
@@ -133,11 +138,11 @@ def publish(setup: Setup, adapter: Path, model_id: str) -> None:
 
     from common.model_events import announce
 
-    key = f"models/tenant-bench/{model_id.rsplit(':', 1)[-1]}/attempt-1"
+    key = f"models/{BENCH_TENANT}/{model_id.rsplit(':', 1)[-1]}/attempt-1"
     (setup.store / key).mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(adapter / name, setup.store / key / name)
-    announce("published", model_id=model_id, tenant_id="tenant-bench", base_model=setup.base_id, storage_key=key)
+    announce("published", model_id=model_id, tenant_id=BENCH_TENANT, base_model=setup.base_id, storage_key=key)
 
 
 def naive_server(port: int, base: Path, adapters: Path) -> None:
@@ -208,15 +213,15 @@ def start_llamafactory(cli: str, setup: Setup, threads: int | None, dtype: str,
 
 # ---- load --------------------------------------------------------------------------------------------------
 async def load(url: str, models: list[str], clients: int, requests: int, max_tokens: int,
-               question: list[dict[str, str]], key: str | None = None) -> dict[str, Any]:
+               question: list[dict[str, str]], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """`headers`: the API key for the API, the serve token and tenant for serve direct."""
     import httpx
 
     body = {"messages": question, "max_tokens": max_tokens, "temperature": 0}
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     counter = iter(range(requests))
     tokens: list[int] = []
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers or {}) as http:
         for model in models:  # warm-up: each adapter once (a cache's steady state), not timed
             (await http.post("/v1/chat/completions", json={**body, "model": model, "max_tokens": 4})).raise_for_status()
 
@@ -238,11 +243,11 @@ async def load(url: str, models: list[str], clients: int, requests: int, max_tok
 
 
 async def time_to_first_token(url: str, model: str, started: float, question: list[dict[str, str]],
-                              max_tokens: int = 8) -> float:
+                              max_tokens: int = 8, headers: dict[str, str] | None = None) -> float:
     """Seconds from `started` (a perf_counter reading) to the first content chunk of a streamed answer."""
     import httpx
 
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http, http.stream(
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers or {}) as http, http.stream(
             "POST", "/v1/chat/completions",
             json={"model": model, "messages": question, "max_tokens": max_tokens, "stream": True}) as resp:
         resp.raise_for_status()
@@ -259,7 +264,8 @@ def publish_to_first_token(setup: Setup, url: str, tag: str, times: int) -> list
         started = time.perf_counter()
         publish(setup, setup.adapters[i % len(setup.adapters)], model_id)
         # The client learns of `succeeded` and asks at once: Redis delivery and the preload race the request.
-        out.append(asyncio.run(time_to_first_token(url, model_id, started, setup.question)))
+        out.append(asyncio.run(time_to_first_token(url, model_id, started, setup.question,
+                                                   headers=serve_headers(BENCH_TENANT))))
     return out
 
 
@@ -318,24 +324,27 @@ def measure_serve(args: argparse.Namespace, setup: Setup, counts: list[int], dty
             names = [f"ft:{setup.base_id}:bench:a{i:02d}" for i in range(max(counts))]
             for name, path in zip(names, setup.adapters, strict=True):
                 publish(setup, path, name)
-        targets: list[tuple[str, str, str | None]] = [("serve direct", serve.url, None)]
+        # serve direct is asked as the API asks it: the serve token, and the tenant the adapters belong to.
+        direct = serve_headers(setup.stack.tenant_id if setup.stack else BENCH_TENANT)
+        targets: list[tuple[str, str, dict[str, str]]] = [("serve direct", serve.url, direct)]
         if setup.stack:
             setup.stack.start_api(setup.work, serve.url)
             assert setup.stack.api is not None
-            targets.append(("serve via API", setup.stack.api.url, setup.stack.key))
+            targets.append(("serve via API", setup.stack.api.url, {"Authorization": f"Bearer {setup.stack.key}"}))
         try:
-            for system, url, key in targets:
+            for system, url, headers in targets:
                 record(f"{system}, 1 client, 1 adapter", dtype, asyncio.run(
-                    load(url, names[:1], 1, args.requests, args.max_tokens, setup.question, key)))
+                    load(url, names[:1], 1, args.requests, args.max_tokens, setup.question, headers)))
                 for n in counts:
                     record(f"{system}, {args.clients} clients, {n} adapter{'s' * (n > 1)}", dtype, asyncio.run(
-                        load(url, names[:n], args.clients, args.requests, args.max_tokens, setup.question, key)))
+                        load(url, names[:n], args.clients, args.requests, args.max_tokens, setup.question, headers)))
         finally:
             if setup.stack:
                 setup.stack.stop_api()
         import httpx
 
-        results["dtypes"][f"serve, --dtype {dtype}"] = httpx.get(serve.url + "/status").json()["dtype"]
+        results["dtypes"][f"serve, --dtype {dtype}"] = httpx.get(serve.url + "/status",
+                                                                 headers=direct).json()["dtype"]
         if not args.skip_ttft:
             ttft = publish_to_first_token(setup, serve.url, f"{tag}x", 5)
             results.setdefault("publish_to_first_token_s", []).extend(ttft)

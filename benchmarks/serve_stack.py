@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +30,17 @@ REAL_BASE_ID = "bench-smollm2-135m"
 REAL_QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
                  {"role": "user", "content": "Explain step by step how a job queue decides which fine-tuning job "
                                              "runs next on a shared GPU, and why."}]
+
+
+# serve answers only requests with the API's token (common/serve_token.py): one per run, given to every serve and
+# API this script starts, and sent by the "serve direct" requests as the API sends it, with the tenant.
+SERVE_TOKEN = secrets.token_hex(32)
+
+
+def serve_headers(tenant_id: str) -> dict[str, str]:
+    from common.serve_token import TENANT_HEADER
+
+    return {"Authorization": f"Bearer {SERVE_TOKEN}", TENANT_HEADER: tenant_id}
 
 
 def free_port() -> int:
@@ -152,7 +164,8 @@ class ApiStack:
         port = free_port()
         cmd = [str(Path(sys.executable).parent / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
                "--port", str(port), "--proxy-headers"]
-        self.api = Server("api", cmd, {**self.env, "TUNEQUEUE_SERVE_URL": serve_url}, port, work / "api.log")
+        env = {**self.env, "TUNEQUEUE_SERVE_URL": serve_url, "TUNEQUEUE_SERVE_TOKEN": SERVE_TOKEN}
+        self.api = Server("api", cmd, env, port, work / "api.log")
         self.api.wait("/healthz", timeout=120)
         return self.api
 
@@ -173,8 +186,6 @@ class ApiStack:
 def open_stack(work: Path, base_id: str, base: Path, template: str | None) -> ApiStack:
     """A scratch database (benchmarks/scratch_db.py) migrated as `tunequeue dev setup` does, this process's
     environment pointed at it (the services below read it), and a tenant with a member key."""
-    import secrets
-
     from benchmarks.scratch_db import scratch_database
 
     url, handle = scratch_database()

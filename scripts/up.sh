@@ -37,7 +37,8 @@ pids+=($!)
 "$BIN/celery" -A worker.celery_app worker --loglevel INFO --concurrency 1 -n "validate@%h" \
   -Q "${TUNEQUEUE_VALIDATE_QUEUE:-tunequeue.validate}" &
 pids+=($!)
-# Inference: base models loaded once, adapters hot-loaded; the API forwards /v1/chat/completions to it.
+# Inference: base models loaded once, adapters hot-loaded; the API forwards /v1/chat/completions to it. It answers
+# only the API's token: TUNEQUEUE_SERVE_TOKEN, or (unset) the one api and serve generate once into var/serve-token.
 "$BIN/python" -m worker.serve &
 pids+=($!)
 
@@ -47,7 +48,7 @@ TuneQueue is starting on http://$TUNEQUEUE_HOST:$TUNEQUEUE_PORT  (docs: /docs)
   API key: $(cat "$KEY_FILE")   (saved in $KEY_FILE)
   base models: smollm2-135m-instruct (var/models/smollm2-135m-instruct, SmolLM2-135M-Instruct in bf16, when built)
                tiny-llama (var/models/tiny-llama, a tiny random Llama for fast tests)
-  inference: $TUNEQUEUE_SERVE_URL (internal; chat through the API's /v1/chat/completions)
+  inference: $TUNEQUEUE_SERVE_URL (internal, answers only the API; chat through the API's /v1/chat/completions)
 Ctrl-C stops the API, the workers and the inference server.
 
 MSG
