@@ -9,6 +9,7 @@ before the response is sent (a client never gets an id it cannot read back yet).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,7 +21,7 @@ from starlette.requests import HTTPConnection
 
 from api.admission import db_slot
 from common.artifacts import LocalArtifactStore, get_store
-from common.auth import KeyCache, find_identity, hash_key
+from common.auth import KeyCache, KeyIdentity, find_identity, hash_key
 from common.errors import AuthenticationError, PermissionDenied
 from common.read_pool import read
 from common.settings import Settings, get_settings
@@ -34,7 +35,13 @@ class Caller:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        """May manage its tenant's keys (an operator may too, for its own tenant)."""
+        return self.role in ("admin", "operator")
+
+    @property
+    def is_operator(self) -> bool:
+        """The platform's operator: sees every tenant's jobs on /workers and the service's /metrics."""
+        return self.role == "operator"
 
 
 @lru_cache
@@ -65,19 +72,51 @@ async def get_caller(authorization: Annotated[str | None, Depends(api_key_header
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("The Authorization header must be 'Bearer <key>'.", code="invalid_api_key")
     key_hash = hash_key(token.strip())
-    identity = key_cache().get(key_hash)
+    identity = key_cache().get(key_hash) or await _look_up(key_hash)
     if identity is None:
-        async with db_slot():
-            identity = await read(lambda reader: find_identity(reader, key_hash))
-        if identity is None:
-            raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-        key_cache().put(key_hash, identity)
+        raise AuthenticationError("Incorrect API key provided (or it was revoked, or it has expired).",
+                                  code="invalid_api_key")
     return Caller(tenant_id=identity.tenant_id, key_id=identity.key_id, role=identity.role)
+
+
+_lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[KeyIdentity | None]] = {}
+
+
+async def _look_up(key_hash: str) -> KeyIdentity | None:
+    """One lookup per key at a time in this worker: when the cache entry of a busy key ends, the requests that
+    arrive meanwhile wait for the one lookup instead of each taking a slot and a connection for the same row."""
+    loop = asyncio.get_running_loop()
+    task = _lookups.get((loop, key_hash))
+    if task is None:
+        task = _lookups[(loop, key_hash)] = loop.create_task(_look_up_now(key_hash))
+        task.add_done_callback(lambda done: _forget_lookup(loop, key_hash, done))
+    return await asyncio.shield(task)  # a caller that goes away leaves the lookup to the others
+
+
+def _forget_lookup(loop: asyncio.AbstractEventLoop, key_hash: str, done: asyncio.Task[KeyIdentity | None]) -> None:
+    _lookups.pop((loop, key_hash), None)
+    if not done.cancelled():
+        done.exception()  # retrieved: its waiters got it; a lookup whose callers all left logs no warning
+
+
+async def _look_up_now(key_hash: str) -> KeyIdentity | None:
+    async with db_slot():
+        identity = await read(lambda reader: find_identity(reader, key_hash))
+    if identity is not None:
+        key_cache().put(key_hash, identity)
+    return identity
 
 
 async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     if not caller.is_admin:
         raise PermissionDenied("this endpoint needs an admin key")
+    return caller
+
+
+async def require_operator(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if not caller.is_operator:
+        raise PermissionDenied("this endpoint is the platform operator's (a key made with "
+                               "`tunequeue admin create-key --role operator`)")
     return caller
 
 
@@ -89,6 +128,11 @@ async def caller_with_slot(caller: Annotated[Caller, Depends(get_caller)]) -> As
 
 
 async def admin_with_slot(caller: Annotated[Caller, Depends(require_admin)]) -> AsyncIterator[Caller]:
+    async with db_slot():
+        yield caller
+
+
+async def operator_with_slot(caller: Annotated[Caller, Depends(require_operator)]) -> AsyncIterator[Caller]:
     async with db_slot():
         yield caller
 
@@ -111,6 +155,7 @@ AdminCaller = Annotated[Caller, Depends(require_admin)]
 # For sync routes that use the database: authenticated, and an admission slot held while the endpoint runs.
 DbCaller = Annotated[Caller, Depends(caller_with_slot, scope="function")]
 AdminDbCaller = Annotated[Caller, Depends(admin_with_slot, scope="function")]
+OperatorDbCaller = Annotated[Caller, Depends(operator_with_slot, scope="function")]
 DbSlot = Annotated[None, Depends(slot_only, scope="function")]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 StoreDep = Annotated[LocalArtifactStore, Depends(get_artifact_store)]

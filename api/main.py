@@ -19,7 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import metrics
-from api.routes import files, health, inference, jobs, models, openai_jobs, workers
+from api.routes import files, health, inference, jobs, keys, models, openai_jobs, workers
 from common import http_errors
 from common.errors import TooLarge
 from common.read_pool import close_pool
@@ -67,7 +67,8 @@ def create_app() -> FastAPI:
     )
     http_errors.install(app, log)
 
-    for router in (health.router, files.router, jobs.router, models.router, workers.router, metrics.router):
+    for router in (health.router, files.router, jobs.router, models.router, workers.router, keys.router,
+                   metrics.router):
         app.include_router(router)
     # The OpenAI-compatible surface: the same routers under /v1, and OpenAI's own job-create body first.
     app.include_router(openai_jobs.router)

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import AdminDbCaller
+from api.deps import OperatorDbCaller
 from common.db import session_scope
 from common.models import Job
 from common.state import STATUSES
@@ -169,5 +169,5 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
-def metrics(_: AdminDbCaller) -> Response:
+def metrics(_: OperatorDbCaller) -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

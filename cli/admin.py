@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
 from common import auth
 from common.db import session_scope
-from common.errors import NotFound
+from common.errors import InvalidRequest, NotFound
+from common.models import ApiKey
 
 
 def create_tenant(name: str) -> str:
@@ -14,8 +19,12 @@ def create_tenant(name: str) -> str:
         return f"created tenant {tenant.name} ({tenant.id})"
 
 
-def create_key(tenant_name: str, role: str, label: str, *, create_tenant: bool = False) -> str:
+def create_key(tenant_name: str, role: str, label: str, *, create_tenant: bool = False,
+               expires_in_days: float | None = None) -> str:
     """A new API key for the tenant (created first when `create_tenant`); the only time it is shown in clear."""
+    if expires_in_days is not None and expires_in_days <= 0:
+        raise InvalidRequest("--expires-in-days must be more than 0", param="expires_in_days")
+    expires_at = None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
     with session_scope() as session:
         try:
             tenant = auth.get_tenant_by_name(session, tenant_name)
@@ -23,5 +32,36 @@ def create_key(tenant_name: str, role: str, label: str, *, create_tenant: bool =
             if not create_tenant:
                 raise
             tenant = auth.create_tenant(session, tenant_name)
-        _, plaintext = auth.create_key(session, tenant, role=role, name=label)
+        _, plaintext = auth.create_key(session, tenant, role=role, name=label, expires_at=expires_at)
     return plaintext
+
+
+def list_keys(tenant_name: str) -> str:
+    """One line per key of the tenant, newest first: id, role, state, prefix, name and dates."""
+    with session_scope() as session:
+        tenant = auth.get_tenant_by_name(session, tenant_name)
+        keys = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)
+                               .order_by(ApiKey.created_at.desc())).all()
+        now = datetime.now(UTC)
+        lines = [f"{'id':18} {'role':8} {'state':8} {'prefix':11} {'created':20} {'last used':20} {'expires':20} name"]
+        for k in keys:
+            state = "revoked" if k.revoked_at else "expired" if not auth.is_usable(k, now) else "active"
+            lines.append(f"{k.id:18} {k.role:8} {state:8} {k.prefix:11} {_when(k.created_at):20} "
+                         f"{_when(k.last_used_at):20} {_when(k.expires_at):20} {k.name}")
+        return "\n".join(lines)
+
+
+def revoke_key(key_id: str) -> str:
+    """Revoke a key of any tenant by its id (the operator's way; a tenant admin uses DELETE /keys/{id})."""
+    with session_scope() as session:
+        key = session.get(ApiKey, key_id, with_for_update=True)
+        if key is None:
+            raise NotFound(f"no key with id {key_id!r}", param="key_id")
+        if key.revoked_at is None:
+            key.revoked_at = datetime.now(UTC)
+        return f"revoked {key.id} ({key.role}, {key.name or 'no name'}); API workers refuse it within " \
+               "TUNEQUEUE_KEY_CACHE_SECONDS"
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"

@@ -3,6 +3,7 @@ two demo base models it registers (worker/tiny_model.py, worker/gguf_convert.py)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -70,8 +71,10 @@ def ensure_demo_models(settings: Settings) -> None:
     build_real_model(path)
 
 
-def dev_setup(key_file: Path) -> str:
-    """Create + migrate the database, build the demo models if absent, ensure a dev key. Returns the key."""
+def dev_setup(key_file: Path) -> tuple[str, bool]:
+    """Create + migrate the database, build the demo models if absent, ensure a dev key. Returns the key and
+    whether it was made now. The key is the operator's (whoever runs `make up` runs the service: `/metrics`
+    too), of the tenant `dev`."""
     settings = get_settings()
     if create_database(settings.database_url):
         print(f"created database {make_url(settings.database_url).database}")
@@ -81,9 +84,17 @@ def dev_setup(key_file: Path) -> str:
         existing = key_file.read_text().strip()
         with session_scope() as session:
             if auth.lookup_key(session, existing) is not None:
-                return existing
-    key = create_key(DEV_TENANT, "admin", "make up", create_tenant=True)
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
-    return key
+                return existing, False
+    key = create_key(DEV_TENANT, "operator", "make up", create_tenant=True)
+    write_secret(key_file, key)
+    return key, True
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """`secret` into a new file that only its owner may read, from its creation on (a chmod after the write would
+    leave it readable by everyone for a moment under the usual 022 umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")

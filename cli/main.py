@@ -1,7 +1,10 @@
 """`tunequeue` — admin and developer commands.
 
   tunequeue admin create-tenant NAME
-  tunequeue admin create-key --tenant NAME [--role member|admin] [--name LABEL]   (prints the key once)
+  tunequeue admin create-key --tenant NAME [--role member|admin|operator] [--name LABEL] [--expires-in-days N]
+                                                                                  (prints the key once)
+  tunequeue admin list-keys --tenant NAME
+  tunequeue admin revoke-key KEY_ID
   tunequeue db create | db upgrade
   tunequeue dev tiny-model PATH
   tunequeue dev real-model [--out var/models/smollm2-135m-instruct] [--gguf FILE]   (SmolLM2-135M-Instruct from GGUF)
@@ -14,8 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.admin import create_key, create_tenant
+from cli.admin import create_key, create_tenant, list_keys, revoke_key
 from cli.dev import build_real_model, dev_setup
+from common.auth import ROLES
 from common.db_setup import create_database, upgrade_database
 from common.errors import TuneQueueError
 from common.settings import get_settings
@@ -31,8 +35,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = admin.add_parser("create-key", help="create an API key for a tenant; printed once, stored hashed")
     p.add_argument("--tenant", required=True)
-    p.add_argument("--role", choices=["member", "admin"], default="member")
+    p.add_argument("--role", choices=list(ROLES), default="member",
+                   help="operator: the platform's (every tenant's jobs on /workers, /metrics); only made here")
     p.add_argument("--name", default="", help="a label for the key")
+    p.add_argument("--expires-in-days", type=float, default=None, help="the key stops working after this long")
+    p = admin.add_parser("list-keys", help="a tenant's keys: id, role, name, dates (never the keys)")
+    p.add_argument("--tenant", required=True)
+    p = admin.add_parser("revoke-key", help="revoke a key by its id (key-…)")
+    p.add_argument("key_id")
 
     db = groups.add_parser("db", help="database").add_subparsers(dest="cmd", required=True)
     db.add_parser("create", help="create the database if it is missing")
@@ -56,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == ("admin", "create-tenant"):
         print(create_tenant(args.name))
     elif command == ("admin", "create-key"):
-        print(create_key(args.tenant, args.role, args.name))
+        print(create_key(args.tenant, args.role, args.name, expires_in_days=args.expires_in_days))
+    elif command == ("admin", "list-keys"):
+        print(list_keys(args.tenant))
+    elif command == ("admin", "revoke-key"):
+        print(revoke_key(args.key_id))
     elif command == ("db", "create"):
         create_database(get_settings().database_url)
     elif command == ("db", "upgrade"):
@@ -68,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     elif command == ("dev", "real-model"):
         print(build_real_model(args.out, args.gguf))
     elif command == ("dev", "setup"):
-        key = dev_setup(args.key_file)
-        print(f"development API key (also in {args.key_file}):\n  {key}")
+        key, made = dev_setup(args.key_file)
+        # Printed once, when it is made; later runs only say where it is (their logs never hold it again).
+        print(f"development API key (also in {args.key_file}):\n  {key}" if made
+              else f"development API key: in {args.key_file}")
     return 0
 
 

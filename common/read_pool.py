@@ -1,4 +1,5 @@
-"""The API's hot reads: SQLAlchemy statements run straight on a pool of asyncpg connections.
+"""The API's hot reads (and the key lookup's `last_used_at` stamp): SQLAlchemy statements run straight on a pool
+of asyncpg connections.
 
 The statements are the same ones the synchronous side runs (common/services/queries.py, jobs.py): SQLAlchemy
 compiles each shape once for asyncpg and this module keeps the SQL, so a statement has one definition. What it
@@ -69,6 +70,12 @@ class Reader:
     async def first(self, statement: ClauseElement, params: Mapping[str, Any] | None = None) -> Record | None:
         sql, args = _sql(statement, params)
         return await self._connection.fetchrow(sql, *args)
+
+    async def execute(self, statement: ClauseElement, params: Mapping[str, Any] | None = None) -> None:
+        """A statement that returns nothing; autocommit, so it is committed when this returns. Only idempotent
+        writes belong here (a read is run again on a fresh connection when the first one died)."""
+        sql, args = _sql(statement, params)
+        await self._connection.execute(sql, *args)
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:

@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from api.admission import db_slot
 from api.deps import CurrentCaller, DbCaller, SettingsDep
 from api.responses import model_response
+from common.auth import is_usable
 from common.db import session_scope
-from common.errors import InvalidRequest, Overloaded
-from common.models import Job, JobEvent
+from common.errors import InvalidRequest, Overloaded, error_body
+from common.models import ApiKey, Job, JobEvent
 from common.progress import ProgressChannel
 from common.read_pool import read
 from common.schemas.common import ListPage
@@ -42,6 +43,10 @@ STREAM_RETRY_MS = 2000  # what EventSource waits before it reconnects
 # A stream ends after this long even while the job runs (no `done` event); the client reconnects with
 # Last-Event-ID and loses nothing. It bounds how long a graceful shutdown of the API waits for open streams.
 STREAM_MAX_SECONDS = 300.0
+# How often an open stream checks that the key that opened it still works: a revoked or expired key's streams end
+# within this long (and its reconnect is refused).
+STREAM_KEY_CHECK_SECONDS = 30.0
+KEY_REVOKED = "key_revoked"  # what `_poll` says instead of a status when the stream's key no longer works
 
 
 def live_progress(job: Job) -> dict[str, Any] | None:
@@ -121,7 +126,8 @@ def list_events(
         job = get_owned(session, Job, job_id, caller.tenant_id, what="job", param="job_id")
         wants_stream = stream if stream is not None else "text/event-stream" in (accept or "")
         if wants_stream:
-            return stream_events(session, job, _resume_point(after, last_event_id_header, last_event_id))
+            return stream_events(session, job, _resume_point(after, last_event_id_header, last_event_id),
+                                 key_id=caller.key_id)
         return event_page(session, job_id, after=after, limit=limit)
 
 
@@ -145,7 +151,7 @@ def event_page(session: Session, job_id: str, *, after: str | None, limit: int) 
                     last_id=data[-1]["id"] if data else None)
 
 
-def stream_events(session: Session, job: Job, last_seq: int) -> Response:
+def stream_events(session: Session, job: Job, last_seq: int, *, key_id: str) -> Response:
     """The job's events after `last_seq` as Server-Sent Events, then live ones until it ends (`_event_stream`)."""
     if job.status in TERMINAL and not session.scalar(
             select(exists().where(JobEvent.job_id == job.id, JobEvent.seq > last_seq))):
@@ -153,7 +159,7 @@ def stream_events(session: Session, job: Job, last_seq: int) -> Response:
         return Response(status_code=204)
     # The caller's session_scope ends (commit, connection returned) before the stream starts; the stream opens a
     # short session per poll, so it holds no connection while it waits.
-    return StreamingResponse(_event_stream(job.id, last_seq), media_type="text/event-stream",
+    return StreamingResponse(_event_stream(job.id, last_seq, key_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -162,11 +168,16 @@ def _frame(data: dict[str, Any], *, id: int | None = None, event: str | None = N
     return f"{head}data: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
 
 
-def _poll(job_id: str, last_seq: int) -> tuple[str | None, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
+def _poll(job_id: str, last_seq: int, key_id: str | None = None
+          ) -> tuple[str | None, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
     """The job's status, the events after `last_seq` and, while it runs, its live progress. The status is read
     first: when it is terminal, the events read after it include the terminal state event (one transaction
-    wrote both)."""
+    wrote both). With `key_id`, first whether that key still works: status "key_revoked" when it does not."""
     with session_scope() as session:
+        if key_id is not None:
+            key = session.get(ApiKey, key_id)
+            if key is None or not is_usable(key):
+                return KEY_REVOKED, [], None
         job = session.get(Job, job_id)
         if job is None:
             return None, [], None
@@ -176,20 +187,27 @@ def _poll(job_id: str, last_seq: int) -> tuple[str | None, list[tuple[int, dict[
         return job.status, batch, progress
 
 
-async def _event_stream(job_id: str, last_seq: int) -> AsyncIterator[str]:
+async def _event_stream(job_id: str, last_seq: int, key_id: str | None = None) -> AsyncIterator[str]:
     """An async generator, so that a waiting stream holds no thread: each poll runs in the thread pool for a
     few milliseconds. Events without `id:` (progress, done) leave the client's Last-Event-ID where it was."""
     yield f"retry: {STREAM_RETRY_MS}\n\n"
     last_progress_at: Any = None
-    last_sent = opened = time.monotonic()
+    last_sent = opened = key_checked = time.monotonic()
     while True:
+        check_key = key_id if time.monotonic() - key_checked >= STREAM_KEY_CHECK_SECONDS else None
         try:
             # Each poll is one unit of work in one thread-pool call, inside an admission slot (api/admission.py).
             async with db_slot():
-                status, batch, progress = await run_in_threadpool(_poll, job_id, last_seq)
+                status, batch, progress = await run_in_threadpool(_poll, job_id, last_seq, check_key)
         except Overloaded:  # saturated: this poll is skipped, the stream stays open
             await asyncio.sleep(STREAM_POLL_SECONDS)
             continue
+        if check_key is not None:
+            key_checked = time.monotonic()
+        if status == KEY_REVOKED:
+            yield _frame(error_body("the API key of this stream was revoked or has expired",
+                                    type="authentication_error", param=None, code="invalid_api_key"), event="error")
+            return
         for seq, data in batch:
             yield _frame(data, id=seq)
             last_seq = seq

@@ -7,7 +7,8 @@ from common.models.base import Base, TimestampMixin
 
 
 class ApiKey(TimestampMixin, Base):
-    """A key is shown once; only its sha256 is kept. `role` is 'member' or 'admin'."""
+    """A key is shown once; only its sha256 is kept. `role`: 'member', 'admin' (manages its tenant's keys) or
+    'operator' (the platform's: every tenant's jobs on /workers, /metrics; made by the CLI only)."""
 
     __tablename__ = "api_keys"
 
@@ -18,3 +19,5 @@ class ApiKey(TimestampMixin, Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16), default="member")
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -289,10 +289,11 @@ def test_checkpoints_are_openai_checkpoint_objects(client, tenant) -> None:  # t
 # --- workers --------------------------------------------------------------------------------------------
 
 
-def test_workers_show_gpus_to_all_and_jobs_to_their_owner_or_an_admin(client, tenant) -> None:  # type: ignore[no-untyped-def]
+def test_workers_show_gpus_to_all_and_jobs_to_their_owner_or_the_operator(client, tenant) -> None:  # type: ignore[no-untyped-def]
     tenant_id, key = tenant
     _, other = make_tenant()
-    _, admin = make_tenant(role="admin")
+    _, other_admin = make_tenant(role="admin")
+    _, operator = make_tenant(role="operator")
     host = f"test-host-{new_id('h')[-8:]}"
     registry = WorkerRegistry()
     gpu = {"index": 0, "name": "Stand-in GPU", "memory_used_mb": 1024.0, "memory_total_mb": 81559.0,
@@ -314,7 +315,8 @@ def test_workers_show_gpus_to_all_and_jobs_to_their_owner_or_an_admin(client, te
         assert not own[1]["busy"] and own[1]["job"] is None
         theirs = mine(other)
         assert theirs[0]["busy"] and theirs[0]["job"] is None, "another tenant's job stays hidden"
-        assert mine(admin)[0]["job"]["organization_id"] == tenant_id
+        assert mine(other_admin)[0]["job"] is None, "from another tenant's admin too"
+        assert mine(operator)[0]["job"]["organization_id"] == tenant_id
         assert_error(client.get("/workers"), 401)
     finally:
         registry.unregister(host, "0")

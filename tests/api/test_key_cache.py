@@ -67,3 +67,36 @@ def test_unknown_key_is_not_remembered_so_a_new_key_works_at_once(client, cache_
 
     assert_error(client.get("/jobs", headers=auth("tq-not-a-key")), 401, "invalid_api_key")
     assert hash_key("tq-not-a-key") not in key_cache().hashes()
+
+
+def test_concurrent_requests_with_an_uncached_key_share_one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a busy key's cache entry ends, the requests arriving meanwhile wait for one lookup (api/deps.py
+    `_look_up`) instead of each taking an admission slot and a connection for the same row."""
+    import asyncio
+
+    import httpx
+
+    from api import deps
+    from api.main import create_app
+
+    calls: list[str] = []
+    real = deps.find_identity
+
+    async def counted(reader, key_hash):  # type: ignore[no-untyped-def]
+        calls.append(key_hash)
+        return await real(reader, key_hash)
+
+    monkeypatch.setattr(deps, "find_identity", counted)
+    _, key = make_tenant()
+
+    async def burst() -> list[int]:
+        transport = httpx.ASGITransport(app=create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            answers = await asyncio.gather(*(client.get("/files", headers=auth(key)) for _ in range(40)))
+        from common.read_pool import close_pool
+
+        await close_pool()
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(burst()) == [200] * 40
+    assert calls == [hash_key(key)], f"{len(calls)} lookups for one key"

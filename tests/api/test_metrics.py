@@ -31,13 +31,15 @@ def value(metrics: dict[str, Any], family: str, sample: str | None = None, **lab
     return float(metrics[family].get((sample or family, frozenset(labels.items())), 0.0))
 
 
-def test_metrics_need_an_admin_key(client, tenant) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_need_an_operator_key_and_a_tenant_admin_is_refused(client, tenant) -> None:  # type: ignore[no-untyped-def]
+    _, tenant_admin = make_tenant(role="admin")
     assert_error(client.get("/metrics"), 401)
     assert_error(client.get("/metrics", headers=auth(tenant[1])), 403, "permission_denied")
+    assert_error(client.get("/metrics", headers=auth(tenant_admin)), 403, "permission_denied")
 
 
 def test_metrics_parse_and_move_with_jobs(client, tenant) -> None:  # type: ignore[no-untyped-def]
-    _, admin = make_tenant(role="admin")
+    _, admin = make_tenant(role="operator")
     tenant_id, key = tenant
     before = scrape(client, admin)
     for family in ("tunequeue_jobs", "tunequeue_queue_depth", "tunequeue_trained_tokens",
@@ -75,7 +77,7 @@ def test_metrics_parse_and_move_with_jobs(client, tenant) -> None:  # type: igno
 
 
 def test_worker_gpus_are_gauges(client) -> None:  # type: ignore[no-untyped-def]
-    _, admin = make_tenant(role="admin")
+    _, admin = make_tenant(role="operator")
     host = f"test-host-{new_id('h')[-8:]}"
     registry = WorkerRegistry()
     gpu = {"index": 0, "memory_used_mb": 2048.0, "memory_total_mb": 81559.0, "process_memory_mb": 1500.0,

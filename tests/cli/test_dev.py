@@ -33,3 +33,21 @@ def test_a_complete_conversion_is_not_touched(tmp_path: Path, capsys: pytest.Cap
     ensure_demo_models(_settings(built))
     assert (built / MANIFEST).stat().st_mtime_ns == manifest_before
     assert capsys.readouterr().out == ""
+
+
+def test_the_dev_key_file_is_created_owner_only_even_under_a_permissive_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from cli.dev import write_secret
+
+    path = tmp_path / "var" / "dev-api-key"
+    path.parent.mkdir()
+    path.write_text("an older key\n")
+    old = os.umask(0)
+    try:
+        write_secret(path, "tq-secret")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "tq-secret\n"

@@ -40,7 +40,7 @@ def all_events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
 
 def test_follow_a_real_job_live(live_service: LiveService, tiny_model: Any) -> None:
     _, key = make_tenant()
-    _, admin = make_tenant(role="admin")
+    _, admin = make_tenant(role="operator")
     client = httpx.Client(base_url=live_service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     file = client.post("/files", files={"file": ("train.jsonl", io.BytesIO(jsonl(chat_rows(24))))},
                        data={"purpose": "fine-tune"}).json()
