@@ -3,7 +3,6 @@ two demo base models it registers (worker/tiny_model.py, worker/gguf_convert.py)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -13,6 +12,7 @@ from common import auth
 from common.db import session_scope
 from common.db_setup import create_database, upgrade_database
 from common.errors import TuneQueueError
+from common.private_files import write_private
 from common.registry import local_path
 from common.settings import REAL_MODEL_ID, TINY_MODEL_ID, Settings, get_settings
 from worker.gguf_convert import MANIFEST, find_smollm2_gguf, is_complete
@@ -86,15 +86,5 @@ def dev_setup(key_file: Path) -> tuple[str, bool]:
             if auth.lookup_key(session, existing) is not None:
                 return existing, False
     key = create_key(DEV_TENANT, "operator", "make up", create_tenant=True)
-    write_secret(key_file, key)
+    write_private(key_file, key + "\n", replace=True)  # 0600 from its creation on
     return key, True
-
-
-def write_secret(path: Path, secret: str) -> None:
-    """`secret` into a new file that only its owner may read, from its creation on (a chmod after the write would
-    leave it readable by everyone for a moment under the usual 022 umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")

@@ -10,12 +10,12 @@ machine needs no manual step, and the file is as private as the development API 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import stat
 from pathlib import Path
 
+from common.private_files import write_private
 from common.settings import SERVE_TOKEN_MIN_LENGTH, Settings
 
 TENANT_HEADER = "X-TuneQueue-Tenant"
@@ -52,17 +52,8 @@ def _read_or_create(path: Path) -> str:
     """The token in `path`, made first if missing. api and serve start together: the loser of the race reads the
     winner's token. The file appears whole (written under another name, then hard-linked into place), so nobody
     reads half a token."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32) + "\n")
-            with contextlib.suppress(FileExistsError):
-                os.link(scratch, path)
-        finally:
-            scratch.unlink(missing_ok=True)
+        write_private(path, secrets.token_hex(32) + "\n", replace=False)
     info = path.stat()
     if stat.S_IMODE(info.st_mode) & 0o077 or info.st_uid != os.getuid():
         raise ServeTokenError(f"{path} (the development serve token) must be yours and private (mode 0600); "

@@ -39,14 +39,14 @@ def test_the_dev_key_file_is_created_owner_only_even_under_a_permissive_umask(tm
     import os
     import stat
 
-    from cli.dev import write_secret
+    from common.private_files import write_private
 
     path = tmp_path / "var" / "dev-api-key"
     path.parent.mkdir()
     path.write_text("an older key\n")
     old = os.umask(0)
     try:
-        write_secret(path, "tq-secret")
+        assert write_private(path, "tq-secret\n", replace=True)
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
