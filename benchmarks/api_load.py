@@ -107,7 +107,9 @@ class Stack:
         self.work = work
         self.queue = f"tunequeue.bench.{secrets.token_hex(4)}"
         self.url_db, self.handle = scratch_database()
+        # Production, as deployed: it needs a serve token to start (no serve runs: no inference is measured).
         self.env = {**os.environ, "TUNEQUEUE_DATABASE_URL": self.url_db, "TUNEQUEUE_ENVIRONMENT": "production",
+                    "TUNEQUEUE_SERVE_TOKEN": secrets.token_hex(32),
                     "TUNEQUEUE_ARTIFACTS": str(work / "artifacts"), "TUNEQUEUE_WORK_DIR": str(work / "work"),
                     "TUNEQUEUE_CELERY_QUEUE": self.queue, "TUNEQUEUE_VALIDATE_QUEUE": f"{self.queue}.validate",
                     "TUNEQUEUE_BASE_MODELS": json.dumps({"tiny-llama": {"path": str(work / "tiny-llama"),
