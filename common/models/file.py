@@ -1,6 +1,6 @@
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -11,10 +11,13 @@ class File(TimestampMixin, Base):
     """An uploaded dataset. `status`: uploaded → processed | error (with `errors`)."""
 
     __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+    # A tenant's page, newest first (common/services/queries.py `page_statement`), is a range of this index: it
+    # reads the page's rows and no other tenant's, however many those are.
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),
+                      Index("ix_files_tenant_id_created_at", "tenant_id", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     filename: Mapped[str] = mapped_column(String(512))
     purpose: Mapped[str] = mapped_column(String(32), default="fine-tune")
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
