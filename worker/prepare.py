@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.artifacts import LocalArtifactStore
 from common.datasets.convert import iter_stage_rows
 from common.errors import JobFailure
-from common.models import Checkpoint, File, Job, Model
+from common.models import File, Job
 from common.registry import local_path
 from common.schemas.job_spec import training_spec
+from common.services.models import own_adapter, own_checkpoint
 from common.settings import Settings
 from worker.checkpoints import fetch_checkpoint, newest_checkpoint
 from worker.workdirs import make_attempt_dir, private_file
@@ -64,11 +64,11 @@ def _resume_point(session: Session, store: LocalArtifactStore, job: Job, dest: P
     """The newest checkpoint of this job; else the spec's `resume_from` checkpoint (the tenant's own)."""
     row = newest_checkpoint(session, job.id)
     if row is None and job.spec.get("resume_from"):
-        row = session.scalar(select(Checkpoint).where(Checkpoint.id == job.spec["resume_from"],
-                                                      Checkpoint.tenant_id == job.tenant_id))
-        if row is None:
+        found = own_checkpoint(session, job.tenant_id, job.spec["resume_from"])  # what POST /jobs checked
+        if found is None:
             raise JobSetupError("invalid_request", f"checkpoint {job.spec['resume_from']} does not exist",
                                 "resume_from")
+        row = found[0]
     if row is None:
         return None, None
     path = fetch_checkpoint(store, row, dest)
@@ -82,8 +82,7 @@ def _init_adapter(session: Session, store: LocalArtifactStore, job: Job, dest: P
     model_id = job.spec.get("from_model")
     if not model_id:
         return None
-    row = session.scalar(select(Model).where(Model.id == model_id, Model.tenant_id == job.tenant_id,
-                                             Model.deleted_at.is_(None)))
+    row = own_adapter(session, job.tenant_id, model_id)  # what POST /jobs checked
     if row is None:
         raise JobSetupError("invalid_request", f"model {model_id!r} does not exist or was deleted", "from_model")
     for entry in row.manifest["files"]:
