@@ -13,40 +13,16 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.pool import NullPool
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import metrics
+from api.rate_limits import rate_limit
 from api.routes import files, health, inference, jobs, keys, models, openai_jobs, workers
+from api.upload_limits import LimitUploadSize
 from common import http_errors
-from common.errors import TooLarge
 from common.read_pool import close_pool
 from common.settings import Settings, get_settings
-
-UPLOAD_PATHS = ("/files", "/v1/files")
-MULTIPART_OVERHEAD = 64 * 1024
-
-
-class RefuseOversizedUploads:
-    """Refuse an upload before reading its body when the client declares a size over the limit. Pure ASGI: a
-    BaseHTTPMiddleware would cost every request a task and a stream."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
-            limit = get_settings().max_upload_bytes
-            declared = Headers(scope=scope).get("content-length")
-            if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-                response = http_errors.error_response(TooLarge(
-                    f"the upload is {declared} bytes; this server accepts at most {limit} (TUNEQUEUE_MAX_UPLOAD_BYTES)",
-                    param="file"))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 @asynccontextmanager
@@ -64,6 +40,7 @@ def create_app() -> FastAPI:
         title="TuneQueue",
         version="0.1.0",
         description="Self-hosted fine-tuning behind a durable job queue, with an OpenAI-compatible API.",
+        dependencies=[Depends(rate_limit)],  # requests per minute per key (api/rate_limits.py)
     )
     http_errors.install(app, log)
 
@@ -75,7 +52,7 @@ def create_app() -> FastAPI:
     app.include_router(inference.router)
     app.include_router(jobs.router, prefix="/v1/fine_tuning", include_in_schema=False)
     app.include_router(files.router, prefix="/v1", include_in_schema=False)
-    app.add_middleware(RefuseOversizedUploads)
+    app.add_middleware(LimitUploadSize)
     app.add_middleware(metrics.HttpMetricsMiddleware)
     return app
 
