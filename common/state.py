@@ -24,7 +24,8 @@ requeued and claimed again) changes nothing.
 Event order: `job_events.seq` is an identity, so its values are handed out at INSERT time, not at COMMIT time.
 A reader that follows `seq > last_seen` (the SSE stream of api/routes/jobs.py) could skip an event whose
 transaction committed after a later one. `add_event` therefore takes the job's row lock before it inserts:
-serialised per job, a job's events commit in `seq` order.
+serialised per job, a job's events commit in `seq` order. Once they have, the streams waiting on the job are
+woken (common/job_events_channel.py): `add_event` notes the job, and the session announces it after its commit.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import InvalidRequest
 from common.ids import new_id
+from common.job_events_channel import note_new_events
 from common.models import Job, JobEvent
 
 STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
@@ -107,13 +109,15 @@ def add_event(
     )
     session.add(event)
     session.flush()
+    note_new_events(session, job_id)  # announced after the commit, never before the event is durable
     return event
 
 
 def add_first_events(session: Session, job: Job, messages: Sequence[str]) -> None:
     """The first events of a job that this transaction inserted, in one INSERT. No other transaction can see the
     job before this one commits, let alone write its events, so these need not take its row lock (`add_event`'s
-    SELECT … FOR UPDATE, a round trip each): `POST /jobs` answers sooner."""
+    SELECT … FOR UPDATE, a round trip each): `POST /jobs` answers sooner. Nor are they announced (no stream can
+    be waiting on a job that nobody can see yet), so `POST /jobs` costs no Redis round trip."""
     session.add_all([JobEvent(id=new_id("ftevent"), job_id=job.id, tenant_id=job.tenant_id, level="info",
                               type="message", message=message, data=None, attempt=job.attempt)
                      for message in messages])
