@@ -28,6 +28,7 @@ from common.datasets.records import (
     BOM,
     GZIP_MAGIC,
     MISSING,
+    ExpandsTooMuch,
     Record,
     file_issue,
     open_dataset,
@@ -78,8 +79,23 @@ def container_of(name: str) -> tuple[str | None, bool]:
 
 def open_records(path: Path, name: str | None = None) -> tuple[str | None, Iterator[Record]]:
     """(the container, its records). The container is decided here, from the first bytes and the name; the
-    records are read lazily. The container is None when the file cannot be read at all."""
-    path = Path(path)
+    records are read lazily. The container is None when the file cannot be read at all. A compressed file that
+    expands past `records.expansion_budget` ends its records with a `file_too_large` problem."""
+    try:
+        container, rows = _open_records(Path(path), name)
+    except ExpandsTooMuch as exc:  # the first line alone passed the budget (a gzip of blank lines)
+        return None, iter([file_issue("file_too_large", str(exc))])
+    return container, _until_too_expanded(rows)
+
+
+def _until_too_expanded(rows: Iterator[Record]) -> Iterator[Record]:
+    try:
+        yield from rows
+    except ExpandsTooMuch as exc:
+        yield file_issue("file_too_large", f"{exc}. The rows before were checked; the rest were not read")
+
+
+def _open_records(path: Path, name: str | None) -> tuple[str | None, Iterator[Record]]:
     named, _ = container_of(name or path.name)
     with open(path, "rb") as raw:
         head = raw.read(8)

@@ -11,7 +11,12 @@ CSV/TSV
   (`messages`, `conversations`, conversational preference rows) need JSON or Parquet.
 
 Parquet
-- Read in batches of `PARQUET_BATCH_ROWS` rows; a row's `line` is its index + 1 ("row 12"). Nested columns
+- Bounded before a page is decompressed: the row groups' uncompressed size (from the footer) must fit in
+  `records.expansion_budget` of the file's size, else the file is `file_too_large` and no row is read. While
+  reading, the Arrow bytes of the batches read so far are held to the same budget (a footer can understate them,
+  and a dictionary-encoded column expands past it), and a batch holds at most `PARQUET_BATCH_BYTES` of rows at the
+  row limit, so one batch of maximal rows stays small.
+- Read in batches of at most `PARQUET_BATCH_ROWS` rows; a row's `line` is its index + 1 ("row 12"). Nested columns
   (a `messages` list of structs) work as in JSON; a null field inside a struct counts as absent (Parquet gives
   every struct every field of the schema).
 """
@@ -28,10 +33,21 @@ from typing import IO, Any
 
 from common.datasets import records
 from common.datasets.formats import SIGNATURE_KEYS
-from common.datasets.records import ACCEPTED, BOM, Record, file_issue, too_large_issue, utf8_issue, value_bytes
+from common.datasets.records import (
+    ACCEPTED,
+    BOM,
+    Record,
+    expansion_budget,
+    expansion_text,
+    file_issue,
+    too_large_issue,
+    utf8_issue,
+    value_bytes,
+)
 from common.datasets.report import Issue
 
 PARQUET_BATCH_ROWS = 512
+PARQUET_BATCH_BYTES = 32 * 1024 * 1024
 HEADER_WORDS = frozenset(SIGNATURE_KEYS) | {"input", "system", "history"}
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -225,10 +241,23 @@ def iter_parquet(path: Path) -> Iterator[Record]:
         return
     n = 0
     limit = records.max_row_bytes()
-    batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+    size = path.stat().st_size
+    budget = expansion_budget(size)
+    declared = sum(parquet.metadata.row_group(i).total_byte_size for i in range(parquet.metadata.num_row_groups))
+    if declared > budget:
+        yield file_issue("file_too_large", expansion_text("the Parquet file", size, budget))
+        return
+    expanded = 0
+    batch_rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES // limit))
+    batches = parquet.iter_batches(batch_size=batch_rows)
     while True:
         try:
             batch = next(batches, None)
+            expanded += batch.nbytes if batch is not None else 0
+            if expanded > budget:
+                yield file_issue("file_too_large", f"{expansion_text('the Parquet file', size, budget)}. Rows 1-{n} "
+                                 "were checked; the rest were not read", n + 1)
+                return
             values = batch.to_pylist() if batch is not None else None
         except (pa.ArrowException, OSError, ValueError) as exc:
             yield file_issue(
