@@ -13,12 +13,16 @@ from common.schemas.common import PublicModel, unix
 from common.schemas.strings import INVALID_STRING, Name
 
 
+MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment a timestamp column holds
+
+
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name = Field(default="", max_length=128, description="A label, e.g. who or what uses the key")
     role: Literal["member", "admin"] = Field(default="member", description="admin: may also manage keys")
-    expires_at: int | None = Field(default=None, gt=0, description="Unix seconds after which the key stops working")
+    expires_at: int | None = Field(default=None, gt=0, le=MAX_UNIX_SECONDS,
+                                   description="Unix seconds after which the key stops working")
 
     @field_validator("name")
     @classmethod

@@ -112,6 +112,7 @@ def test_rotating_with_grace_keeps_the_old_key_working_until_its_new_expiry(clie
     ({"name": "two\nlines"}, 400, "name"),
     ({"name": "x" * 129}, 422, "name"),
     ({"expires_at": 0}, 422, "expires_at"),
+    ({"expires_at": 41095485 * 31_557_600}, 422, "expires_at"),  # year 41 million: no datetime holds it
     ({"scopes": ["all"]}, 422, "scopes"),
     ({"expires_at": 1}, 400, "expires_at"),  # a valid time, in 1970: in the past
 ])
