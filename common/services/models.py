@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
-import tempfile
-from typing import IO, Any
+from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -120,20 +119,52 @@ def delete_adapter(session: Session, settings: Settings, tenant_id: str, model_i
     return row
 
 
-def adapter_archive(store: LocalArtifactStore, row: Model) -> IO[bytes]:
-    """A tar of the adapter's files and manifest.json, spooled (to disk past 64 MiB), positioned at 0."""
-    spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024)  # noqa: SIM115 — the caller streams and closes it
-    with tarfile.open(fileobj=spool, mode="w") as tar:
-        for entry in row.manifest["files"]:
-            with store.open(f"{row.storage_key}/{entry['path']}") as fh:
-                info = tarfile.TarInfo(entry["path"])
-                info.size = entry["bytes"]
-                info.mtime = int(row.created_at.timestamp())
-                tar.addfile(info, fh)
-        manifest = json.dumps(row.manifest, indent=2).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(manifest)
-        info.mtime = int(row.created_at.timestamp())
-        tar.addfile(info, io.BytesIO(manifest))
-    spool.seek(0)
-    return spool
+ARCHIVE_CHUNK = 1024 * 1024
+
+
+def adapter_archive(store: LocalArtifactStore, row: Model) -> Iterator[bytes]:
+    """A tar of the adapter's files and manifest.json, generated piece by piece while it is sent: the bytes
+    `tarfile.open(mode="w")` writes for the same members (PAX headers, 512-byte blocks, a 10 KiB record at the
+    end), but no copy of the model on disk or in memory first (it used to be spooled whole, to a temporary file
+    of the model's size). At most ARCHIVE_CHUNK bytes are held at a time. Every member's size is checked here,
+    before the response starts: a missing or shortened file is an error, not a truncated download."""
+    for entry in row.manifest["files"]:
+        key = f"{row.storage_key}/{entry['path']}"
+        if store.size(key) != entry["bytes"]:
+            raise OSError(f"{key} has {store.size(key)} bytes, its manifest says {entry['bytes']}")
+    return _archive_chunks(store, row)
+
+
+def _archive_chunks(store: LocalArtifactStore, row: Model) -> Iterator[bytes]:
+    mtime = int(row.created_at.timestamp())
+    written = 0
+    for entry in row.manifest["files"]:
+        header = _member(entry["path"], entry["bytes"], mtime)
+        yield header
+        with store.open(f"{row.storage_key}/{entry['path']}") as fh:
+            left = entry["bytes"]
+            while left:
+                chunk = fh.read(min(ARCHIVE_CHUNK, left))
+                if not chunk:  # as tarfile's copy would: shorter than the manifest says is a broken archive
+                    raise OSError(f"{row.storage_key}/{entry['path']} ended {left} bytes early")
+                left -= len(chunk)
+                yield chunk
+        pad = _padding(entry["bytes"])
+        yield pad
+        written += len(header) + entry["bytes"] + len(pad)
+    manifest = json.dumps(row.manifest, indent=2).encode()
+    end = (_member("manifest.json", len(manifest), mtime) + manifest + _padding(len(manifest))
+           + bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
+    written += len(end)
+    yield end + bytes(-written % tarfile.RECORDSIZE)  # tarfile fills the last record
+
+
+def _member(name: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
+    return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+def _padding(size: int) -> bytes:
+    return bytes(-size % tarfile.BLOCKSIZE)
