@@ -40,11 +40,12 @@ def _publish(tenant_id: str, files: dict[str, bytes]) -> Model:
     job_id = make_job_row(tenant_id, status="succeeded")
     storage_key = f"models/{tenant_id}/{job_id}/attempt-1"
     store = get_store()
-    manifest = {"files": []} | {"base_model": "tiny-llama"}
+    entries: list[dict[str, Any]] = []
+    manifest = {"files": entries, "base_model": "tiny-llama"}
     for path, content in files.items():
         with store.writer(f"{storage_key}/{path}") as out:
             out.write(content)
-        manifest["files"].append({"path": path, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()})
+        entries.append({"path": path, "bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()})
     with session_scope() as session:
         row = Model(id=f"ft:tiny-llama:{job_id}", tenant_id=tenant_id, job_id=job_id, base_model="tiny-llama",
                     storage_key=storage_key, manifest=manifest, bytes=sum(map(len, files.values())))
