@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.pool import NullPool
 
 from api import metrics
+from api.forwarded import BehindProxy, trusted_proxies
 from api.rate_limits import rate_limit
 from api.routes import files, health, inference, jobs, keys, models, openai_jobs, workers
 from api.upload_limits import LimitUploadSize
@@ -41,6 +42,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Self-hosted fine-tuning behind a durable job queue, with an OpenAI-compatible API.",
         dependencies=[Depends(rate_limit)],  # requests per minute per key (api/rate_limits.py)
+        # No trailing-slash redirects: Starlette builds their Location from the Host header, which the client
+        # chooses (docs/security.md, "Behind the reverse proxy"). `/jobs/` is a 404.
+        redirect_slashes=False,
     )
     http_errors.install(app, log)
 
@@ -58,6 +62,8 @@ def create_app() -> FastAPI:
 
 
 app = create_app()
+# What `--proxy-headers` serves: X-Forwarded-For/-Proto/-Prefix from FORWARDED_ALLOW_IPS only (api/forwarded.py).
+proxied_app = BehindProxy(app, trusted_proxies())
 
 
 def api_workers(settings: Settings) -> int:
@@ -106,13 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: TUNEQUEUE_API_WORKERS, else the CPU cores)")
     parser.add_argument("--proxy-headers", action="store_true",
-                        help="trust X-Forwarded-* from $FORWARDED_ALLOW_IPS (as uvicorn's flag)")
+                        help="trust X-Forwarded-For, -Proto and -Prefix from $FORWARDED_ALLOW_IPS (uvicorn's flag, "
+                             "plus the prefix)")
     parser.add_argument("--no-access-log", action="store_true", help="no line per request on stdout")
     args = parser.parse_args(argv)
     workers = args.workers or api_workers(settings)
     check_connection_budget(settings, workers)
-    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=workers,
-                proxy_headers=args.proxy_headers, access_log=not args.no_access_log)
+    uvicorn.run("api.main:proxied_app" if args.proxy_headers else "api.main:app", host=args.host, port=args.port,
+                workers=workers, proxy_headers=False, access_log=not args.no_access_log)
 
 
 if __name__ == "__main__":

@@ -20,32 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.deploy import NGINX_CONF, effective_command, require_tool
+from tests.support.deploy import NGINX_CONF, nginx_conf, require_tool, running_nginx
 from tests.support.servers import free_port
 from tests.support.waiting import wait_until
 
 STREAM_BYTES = 64 * 1024 * 1024  # what the stand-in streams to a client that reads nothing
 UPLOAD_PEEK = 1024 * 1024  # how much of an upload the stand-in reads before it answers
-
-
-def nginx_conf(conf_dir: Path, listen: int, upstream: int) -> Path:
-    """A main nginx.conf for an unprivileged run in `conf_dir`, whose http{} includes the project's server block
-    with its upstream moved to `upstream` and its listener to `listen`. gzip is on in http{}, as in Debian's
-    default nginx.conf, so that the block must turn it off where it streams."""
-    text = NGINX_CONF.read_text()
-    api_port = effective_command("api")[effective_command("api").index("--port") + 1]
-    assert f"server api:{api_port};" in text, "deploy/nginx.conf no longer proxies to the compose `api` service"
-    assert "listen 80;" in text
-    text = text.replace(f"server api:{api_port};", f"server 127.0.0.1:{upstream};")
-    (conf_dir / "default.conf").write_text(text.replace("listen 80;", f"listen 127.0.0.1:{listen};"))
-    temp_paths = "".join(f"{kind}_temp_path {conf_dir}/{kind};\n"
-                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    main = conf_dir / "nginx.conf"
-    main.write_text(
-        f"daemon off;\nmaster_process off;\nerror_log {conf_dir}/error.log;\npid {conf_dir}/nginx.pid;\n"
-        f"events {{}}\nhttp {{\naccess_log off;\ngzip on;\ngzip_types text/event-stream application/json;\n"
-        f"{temp_paths}include {conf_dir}/default.conf;\n}}\n")
-    return main
 
 
 @dataclass
@@ -126,28 +106,15 @@ class Proxy:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    nginx = require_tool("nginx", "nginx")
     api = StandInApi()
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), api.handler())
     upstream.daemon_threads = True
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    conf_dir = tmp_path_factory.mktemp("nginx")
-    port = free_port()
-    conf = nginx_conf(conf_dir, port, upstream.server_address[1])
-    proc = subprocess.Popen([nginx, "-p", f"{conf_dir}/", "-c", str(conf), "-e", str(conf_dir / "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: listening(port), 10, "nginx to listen", tolerate=(OSError,))
-        yield Proxy(f"http://127.0.0.1:{port}", port, api)
+        with running_nginx(tmp_path_factory.mktemp("nginx"), upstream.server_address[1]) as port:
+            yield Proxy(f"http://127.0.0.1:{port}", port, api)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         upstream.shutdown()
-
-
-def listening(port: int) -> bool:
-    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    return True
 
 
 def test_nginx_t_accepts_the_config(tmp_path: Path) -> None:
@@ -158,8 +125,9 @@ def test_nginx_t_accepts_the_config(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("path", ["/", "/healthz", "/files", "/v1/files", "/jobs/ftjob-abc", "/v1/fine_tuning/jobs",
-                                  "/v1/models", "/v1/chat/completions", "/v1/completions", "/metrics"])
+@pytest.mark.parametrize("path", ["/", "/healthz", "/files", "/v1/files", "/jobs", "/jobs/ftjob-abc",
+                                  "/v1/fine_tuning/jobs", "/v1/models", "/v1/chat/completions", "/v1/completions",
+                                  "/metrics"])
 def test_every_path_reaches_the_api_over_kept_alive_http_1_1_with_the_client_headers(proxy: Proxy,
                                                                                     path: str) -> None:
     resp = httpx.get(f"{proxy.url}{path}", headers={"Host": "tunequeue.example"}, timeout=10)
@@ -232,8 +200,8 @@ def test_long_requests_and_streams_are_not_timed_out() -> None:
     assert server is not None
     top_level = re.sub(r"location [^{]*\{[^}]*\}", "", server.group(1))
     assert seconds(directive(top_level, "proxy_read_timeout")) >= 300
-    events = re.search(r"location /jobs/ \{([^}]*)\}", text)
-    assert events is not None, "no `location /jobs/` block"
+    events = re.search(r"location /jobs \{([^}]*)\}", text)
+    assert events is not None, "no `location /jobs` block"
     assert seconds(directive(events.group(1), "proxy_read_timeout")) >= 3600
 
 

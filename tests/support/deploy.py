@@ -6,13 +6,16 @@ A tool that is missing fails the test that needs it, saying how to install it; .
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -240,3 +243,67 @@ def build_context_files(context: Path) -> set[str]:
     from docker.utils.build import exclude_paths
 
     return set(exclude_paths(str(context), dockerignore_patterns(context)))
+
+
+# --- nginx ---------------------------------------------------------------------------------------------------
+
+# deploy/nginx.conf's commented sub-path example starts after this line; `nginx_conf(..., sub_path=True)` enables it.
+SUB_PATH_EXAMPLE = "# Under a sub-path"
+SUB_PATH = "/tuneq"
+
+
+def with_sub_path_example(text: str) -> str:
+    """The server block with its commented sub-path example (the `location` blocks after SUB_PATH_EXAMPLE)
+    uncommented, as an operator would."""
+    head, marker, tail = text.partition(SUB_PATH_EXAMPLE)
+    assert marker, f"deploy/nginx.conf has no {SUB_PATH_EXAMPLE!r} example"
+    uncommented = re.sub(r"^(\s*)# ((?:location |    |\}).*)$", r"\1\2", tail, flags=re.M)
+    assert uncommented != tail and f"location {SUB_PATH}/ {{" in uncommented, "the sub-path example changed shape"
+    return head + marker + uncommented
+
+
+def nginx_conf(conf_dir: Path, listen: int, upstream: int, *, sub_path: bool = False) -> Path:
+    """A main nginx.conf for an unprivileged run in `conf_dir`, whose http{} includes the project's server block
+    with its upstream moved to `upstream` and its listener to `listen` (and its sub-path example enabled when
+    asked). gzip is on in http{}, as in Debian's default nginx.conf, so that the block must turn it off where it
+    streams."""
+    text = NGINX_CONF.read_text()
+    api_port = effective_command("api")[effective_command("api").index("--port") + 1]
+    assert f"server api:{api_port};" in text, "deploy/nginx.conf no longer proxies to the compose `api` service"
+    assert "listen 80;" in text
+    text = text.replace(f"server api:{api_port};", f"server 127.0.0.1:{upstream};")
+    if sub_path:
+        text = with_sub_path_example(text)
+    (conf_dir / "default.conf").write_text(text.replace("listen 80;", f"listen 127.0.0.1:{listen};"))
+    temp_paths = "".join(f"{kind}_temp_path {conf_dir}/{kind};\n"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = conf_dir / "nginx.conf"
+    main.write_text(
+        f"daemon off;\nmaster_process off;\nerror_log {conf_dir}/error.log;\npid {conf_dir}/nginx.pid;\n"
+        f"events {{}}\nhttp {{\naccess_log off;\ngzip on;\ngzip_types text/event-stream application/json;\n"
+        f"{temp_paths}include {conf_dir}/default.conf;\n}}\n")
+    return main
+
+
+@contextlib.contextmanager
+def running_nginx(conf_dir: Path, upstream: int, *, sub_path: bool = False) -> Iterator[int]:
+    """The real nginx with the project's server block in front of 127.0.0.1:`upstream`; yields its port."""
+    from tests.support.servers import free_port
+    from tests.support.waiting import wait_until
+
+    nginx = require_tool("nginx", "nginx")
+    port = free_port()
+    conf = nginx_conf(conf_dir, port, upstream, sub_path=sub_path)
+    proc = subprocess.Popen([nginx, "-p", f"{conf_dir}/", "-c", str(conf), "-e", str(conf_dir / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _listening(port), 10, "nginx to listen", tolerate=(OSError,))
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
