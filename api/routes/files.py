@@ -70,8 +70,11 @@ def preview_file(file_id: Name, caller: DbCaller, store: StoreDep, settings: Set
                  limit: int = 5, base_model: Name | None = None, template: Name | None = None,
                  stage: Name | None = None, train_on_inputs: bool = False) -> FilePreview:
     """The first `limit` rows (≤ 20) converted for `stage` (default: the file's first), rendered with the chat
-    template of `base_model` (default: the first registered) or `template`, as trained / untrained token runs."""
+    template of `base_model` (default: the first registered) or `template`, as trained / untrained token runs.
+    A sync route: all of it runs in one thread-pool call, inside the admission slot, off the event loop; the
+    database session is closed before the rows are tokenised."""
     with session_scope() as session:
-        return FilePreview.model_validate(service.preview_file(
-            session, store, settings, tenant_id=caller.tenant_id, file_id=file_id, limit=limit,
-            base_model=base_model, template=template, stage=stage, train_on_inputs=train_on_inputs))
+        plan = service.plan_preview(session, settings, tenant_id=caller.tenant_id, file_id=file_id, limit=limit,
+                                    base_model=base_model, stage=stage)
+    return FilePreview.model_validate(service.render_preview(store, plan, template=template,
+                                                             train_on_inputs=train_on_inputs))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,7 +25,7 @@ from common.models import File
 from common.registry import resolve
 from common.schemas.strings import MAX_IDEMPOTENCY_KEY_LENGTH, check_string
 from common.services.queries import get_owned
-from common.settings import Settings
+from common.settings import BaseModelEntry, Settings
 
 PURPOSES = ("fine-tune", "fine-tune-validation", "training", "validation")
 CHUNK = 1024 * 1024
@@ -127,12 +128,22 @@ def create_file(session: Session, store: LocalArtifactStore, settings: Settings,
     return row
 
 
-def preview_file(session: Session, store: LocalArtifactStore, settings: Settings, *, tenant_id: str, file_id: str,
-                 limit: int = 5, base_model: str | None = None, template: str | None = None,
-                 stage: str | None = None, train_on_inputs: bool = False) -> dict[str, Any]:
-    """The first `limit` rows of a processed file as the trainer will see them: converted for `stage`, rendered
-    with the chat template of `base_model` (default: the first registered), split into trained / untrained
-    token runs. Errors: 400 for a bad argument or an unprocessed file, 503 when the tokenizer cannot load."""
+@dataclass(frozen=True)
+class PreviewPlan:
+    """What a preview reads and how it renders it, decided with the database; the tokenising needs none."""
+
+    file_id: str
+    format: str
+    storage_key: str
+    stage: str
+    model_id: str
+    entry: BaseModelEntry
+    limit: int
+
+
+def plan_preview(session: Session, settings: Settings, *, tenant_id: str, file_id: str, limit: int = 5,
+                 base_model: str | None = None, stage: str | None = None) -> PreviewPlan:
+    """The checks of a preview: 400 for a bad argument or an unprocessed file, 404 for another tenant's file."""
     if not 1 <= limit <= PREVIEW_MAX_ROWS:
         raise InvalidRequest(f"limit must be between 1 and {PREVIEW_MAX_ROWS}; got {limit}", param="limit")
     row = get_owned(session, File, file_id, tenant_id, what="file", param="file_id")
@@ -150,14 +161,23 @@ def preview_file(session: Session, store: LocalArtifactStore, settings: Settings
     if model_id is None:
         raise InvalidRequest("no base model is registered on this server (TUNEQUEUE_BASE_MODELS)",
                              param="base_model", code="model_not_found")
-    entry = resolve(settings, model_id)
-    encoder = Encoder.for_model(load_tokenizer(model_id, entry), model_id=model_id, stage=stage,
-                                template=template or None, registry_template=entry.template,
+    return PreviewPlan(file_id=row.id, format=row.format, storage_key=row.storage_key, stage=stage,
+                       model_id=model_id, entry=resolve(settings, model_id), limit=limit)
+
+
+def render_preview(store: LocalArtifactStore, plan: PreviewPlan, *, template: str | None = None,
+                   train_on_inputs: bool = False) -> dict[str, Any]:
+    """The first `plan.limit` rows of the file as the trainer will see them: converted for the stage, rendered
+    with the chat template of the base model (or `template`), split into trained / untrained token runs. 503
+    when the tokenizer cannot load. CPU work with no connection held: the route runs it in its thread-pool call,
+    off the event loop; its memory is bounded by the row limit, the token cut and PREVIEW_MAX_ROWS."""
+    encoder = Encoder.for_model(load_tokenizer(plan.model_id, plan.entry), model_id=plan.model_id,
+                                stage=plan.stage, template=template or None, registry_template=plan.entry.template,
                                 train_on_inputs=train_on_inputs)
-    rows = iter_stage_records(store.local_path(row.storage_key), row.format, stage)
-    data = [_preview_row(encoder, line, item) for line, item in itertools.islice(rows, limit)]
-    return {"object": "file.preview", "file_id": row.id, "format": row.format, "stage": stage,
-            "base_model": model_id, "template": template_label(encoder), "train_on_inputs": train_on_inputs,
+    rows = iter_stage_records(store.local_path(plan.storage_key), plan.format, plan.stage)
+    data = [_preview_row(encoder, line, item) for line, item in itertools.islice(rows, plan.limit)]
+    return {"object": "file.preview", "file_id": plan.file_id, "format": plan.format, "stage": plan.stage,
+            "base_model": plan.model_id, "template": template_label(encoder), "train_on_inputs": train_on_inputs,
             "data": data}
 
 
