@@ -7,6 +7,7 @@ Docker does not run where the tests run: `config` needs no daemon."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -68,9 +69,14 @@ def test_compose_accepts_the_file_with_only_the_required_secrets_set() -> None:
     assert "is not set" not in run.stderr, run.stderr
 
 
+def without(name: str) -> dict[str, str]:
+    """The required variables but one."""
+    return {key: value for key, value in REQUIRED_VARIABLES.items() if key != name}
+
+
 def test_compose_refuses_to_run_without_the_serve_token_and_says_how_to_set_it() -> None:
     # A stack without it would have an API that serve refuses (and both refuse to start in production).
-    run = run_compose_config(COMPOSE_FILE, required={})
+    run = run_compose_config(COMPOSE_FILE, required=without("TUNEQUEUE_SERVE_TOKEN"))
     assert run.returncode != 0
     assert "TUNEQUEUE_SERVE_TOKEN" in run.stderr and "openssl rand -hex 32" in run.stderr, run.stderr
 
@@ -84,6 +90,51 @@ def test_api_and_serve_share_the_serve_token_and_no_other_service_gets_it() -> N
 def test_serve_is_not_published_on_the_host() -> None:
     # Only the compose network reaches it (the API forwards to http://serve:8001).
     assert not service("serve").get("ports"), service("serve").get("ports")
+
+
+def test_compose_refuses_to_run_without_a_database_password_and_says_how_to_set_it() -> None:
+    # Its former default (`tunequeue`) was in every copy of this file: a password anyone could look up.
+    run = run_compose_config(COMPOSE_FILE, required=without("POSTGRES_PASSWORD"))
+    assert run.returncode != 0
+    assert "POSTGRES_PASSWORD" in run.stderr and "openssl rand -hex 24" in run.stderr, run.stderr
+
+
+def test_only_nginx_is_published_on_the_host() -> None:
+    # Anything else published would be a way in around nginx's body limits (and, for the API, its trust in
+    # X-Forwarded-For): the API is reached through nginx alone.
+    published = {name: spec["ports"] for name, spec in services().items() if spec.get("ports")}
+    assert list(published) == ["nginx"], published
+    assert not service("nginx").get("profiles"), "nginx must run by default: nothing else is published"
+
+
+def proxy_network(doc: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(the proxy network's name, nginx's fixed address on it): the one network nginx joins."""
+    networks = (doc or compose())["services"]["nginx"].get("networks") or {}
+    assert isinstance(networks, dict) and len(networks) == 1, f"nginx should join one network: {networks}"
+    ((name, spec),) = networks.items()
+    assert spec and spec.get("ipv4_address"), f"nginx has no fixed address on {name}: {spec}"
+    return name, str(spec["ipv4_address"])
+
+
+@pytest.mark.parametrize("proxy_net", [None, "10.99.7"])
+def test_the_api_trusts_forwarded_headers_from_nginx_s_address_alone(proxy_net: str | None) -> None:
+    # Before, FORWARDED_ALLOW_IPS was 127.0.0.1, which nginx (another container) never is: every client looked
+    # like nginx. "*" would trust any container on any network the API joins. Now: nginx's fixed address, on a
+    # network of its own subnet (TUNEQUEUE_PROXY_NET moves both together).
+    doc = (compose() if proxy_net is None else
+           run_compose_config(COMPOSE_FILE, required={**REQUIRED_VARIABLES, "TUNEQUEUE_PROXY_NET": proxy_net}).config())
+    name, address = proxy_network(doc)
+    subnets = [entry["subnet"] for entry in doc["networks"][name]["ipam"]["config"]]
+    assert len(subnets) == 1 and ipaddress.ip_address(address) in ipaddress.ip_network(subnets[0]), (address, subnets)
+    if proxy_net:
+        assert address.startswith(proxy_net + ".")
+    api = doc["services"]["api"]
+    assert env_of("api", doc)["FORWARDED_ALLOW_IPS"] == address
+    assert name in (api.get("networks") or {}), f"the API is not on nginx's network {name}"
+    assert "--proxy-headers" in effective_command("api")
+    # Nothing else joins the proxy network, so nginx reaches the API and nothing else.
+    on_it = sorted(n for n, spec in doc["services"].items() if name in (spec.get("networks") or {}))
+    assert on_it == ["api", "nginx"], on_it
 
 
 def test_compose_reports_what_these_tests_rely_on_it_for(tmp_path: Path) -> None:
@@ -219,8 +270,8 @@ def test_api_port_healthcheck_and_command_agree() -> None:
     port = argv[argv.index("--port") + 1]
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
     assert "--proxy-headers" in argv
-    published = [str(p["target"]) for p in service("api").get("ports", [])]
-    assert port in published, f"api listens on {port}, compose publishes {published}"
+    exposed = [str(p).split("/")[0] for p in service("api").get("expose", [])]
+    assert port in exposed, f"api listens on {port}, compose exposes {exposed}"
     probe = " ".join(service("api")["healthcheck"]["test"])
     assert f":{port}/healthz" in probe
 

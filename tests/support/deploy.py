@@ -1,6 +1,7 @@
 """The deployment files as the real tools read them: docker-compose.yml through `docker compose config` (or
-Debian's `docker-compose config`), deploy/*.Dockerfile instructions, and the build context that .dockerignore
-leaves (docker-py's matcher, the one Docker's Python client builds contexts with).
+Debian's `docker-compose config`), deploy/*.Dockerfile instructions, the build context that .dockerignore
+leaves (docker-py's matcher, the one Docker's Python client builds contexts with), and deploy/nginx.conf run by the
+real nginx in front of a given upstream.
 
 A tool that is missing fails the test that needs it, saying how to install it; .ci/run installs them."""
 
@@ -28,10 +29,11 @@ from tests.support.servers import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 NGINX_CONF = REPO / "deploy" / "nginx.conf"
-# Every service, the optional proxy included.
-PROFILES = ("proxy",)
+# Profiles to enable so that `config` shows every service (none is behind a profile now: nginx always runs).
+PROFILES: tuple[str, ...] = ()
 # The variables docker-compose.yml requires (`${VAR:?…}`: secrets with no safe default), as an operator sets them.
-REQUIRED_VARIABLES = {"TUNEQUEUE_SERVE_TOKEN": "compose-config-serve-token-0123456789abcdef"}
+REQUIRED_VARIABLES = {"TUNEQUEUE_SERVE_TOKEN": "compose-config-serve-token-0123456789abcdef",
+                      "POSTGRES_PASSWORD": "compose-config-db-password-0123456789"}
 
 
 def require_tool(name: str, package: str) -> str:
