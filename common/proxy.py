@@ -78,7 +78,10 @@ class StreamingProxy:
             # Older vLLM: {"object": "error", "message", "type", "param", "code"}; ours is OpenAI's.
             data = error_body(data.get("message", str(data)), type=data.get("type") or "server_error",
                               param=data.get("param"), code=str(data.get("code", response.status_code)))
-        return JSONResponse(status_code=response.status_code, content=data)
+        # A 429 or 503 says when to come back: the client hears it too.
+        retry_after = response.headers.get("retry-after")
+        return JSONResponse(status_code=response.status_code, content=data,
+                            headers={"Retry-After": retry_after} if retry_after else None)
 
 
 async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     serve_default_max_tokens: int = Field(default=512, ge=1,
                                           description="Chat completions without max_tokens stop here (or at the "
                                                       "end of the context window, whichever is first).")
+    # --- inference one tenant cannot starve others with (issue 13; docs/security.md, "Inference prompts and
+    # generation") ---
+    max_inference_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest body of a "
+                                          "/v1/chat/completions or /v1/completions request, at the API and at "
+                                          "serve; counted as it arrives (chunked too), 413 request_too_large beyond.")
+    serve_tenant_max_sequences: int = Field(default=16, ge=1, description="Sequences (prompts × n) one tenant may "
+                                            "have waiting or generating in serve at once; beyond, 429 "
+                                            "rate_limit_exceeded with Retry-After.")
     serve_memory_mb: int | None = Field(
         default=None, ge=1,
         description="Memory for base model weights; least recently used idle bases are unloaded to stay under it. "

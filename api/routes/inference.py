@@ -4,19 +4,29 @@ The API authenticates, validates the parameters (422 for types and ranges, 400 f
 offer), checks that the tenant may use the model (404 model_not_found otherwise), and forwards the request to
 `serve` (TUNEQUEUE_SERVE_URL) with the shared serve token and the tenant (common/serve_token.py), relaying its
 answer — a stream byte for byte, as tokens are made. Serve checks the token and the tenant's right to the model
-again: it trusts no one who merely reaches its port."""
+again: it trusts no one who merely reaches its port.
+
+A body over TUNEQUEUE_MAX_INFERENCE_BODY_BYTES is a 413 before it is parsed, counted as it arrives
+(`LimitedBodyRoute`, common/body_limit.py): an 8 MB message used to be parsed here and forwarded for serve to
+tokenise."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from api.admission import db_slot
 from api.deps import CurrentCaller, SettingsDep
+from common import http_errors
+from common.body_limit import read_body, replay
 from common.db import session_scope
+from common.errors import TooLarge
 from common.proxy import StreamingProxy
 from common.schemas.inference import ChatCompletionRequest, CompletionRequest
 from common.serve_token import auth_headers, serve_token
@@ -33,7 +43,28 @@ async def _require_serve_token(_: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-router = APIRouter(prefix="/v1", tags=["inference"], lifespan=_require_serve_token)
+class LimitedBodyRoute(APIRoute):
+    """Reads the body itself, at most TUNEQUEUE_MAX_INFERENCE_BODY_BYTES of it, before FastAPI parses it (FastAPI
+    reads the whole body before any dependency runs, so a dependency could not stop it)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            try:
+                body = await read_body(request.scope, request.receive, get_settings().max_inference_body_bytes)
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody is left to read it
+            except TooLarge as exc:
+                response = http_errors.error_response(exc)
+                response.headers["Connection"] = "close"  # the rest of the body is never read
+                return response
+            return await handler(Request(request.scope, replay(body, request.receive)))
+
+        return limited
+
+
+router = APIRouter(prefix="/v1", tags=["inference"], lifespan=_require_serve_token, route_class=LimitedBodyRoute)
 
 
 def _serve(request: Request, settings: Settings) -> StreamingProxy:

@@ -94,6 +94,23 @@ class _Sampling(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def check_prompt_chars(self, max_chars: int, context_tokens: int) -> int:
+        """The prompt's length in characters, or a 400 naming `messages`/`prompt` when it is over `max_chars`:
+        more text than a context of `context_tokens` can hold, refused before any tokeniser runs (serve:
+        worker/serve/tokenise.py). Each prompt is measured on its own; a chat's messages together."""
+        where = "messages" if isinstance(self, ChatCompletionRequest) else "prompt"
+        lengths = self.prompt_lengths()
+        longest = max(lengths)
+        if longest > max_chars:
+            raise InvalidRequest(f"This model's maximum context length is {context_tokens} tokens, which holds at "
+                                 f"most {max_chars} characters of text; the {where} has {longest} characters. "
+                                 f"Please reduce the length of the {where}.", param=where,
+                                 code="context_length_exceeded")
+        return sum(lengths)
+
+    def prompt_lengths(self) -> list[int]:
+        raise NotImplementedError
+
     def _check_common(self) -> None:
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name):
@@ -149,6 +166,9 @@ class ChatCompletionRequest(_Sampling):
                                      param=f"messages[{i}].role", code="unsupported_parameter")
             message.text(i)
 
+    def prompt_lengths(self) -> list[int]:
+        return [sum(len(m.text(i)) for i, m in enumerate(self.messages))]
+
     def conversation(self) -> list[dict[str, str]]:
         """Messages as the chat template wants them; `developer` is OpenAI's newer name for `system`."""
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
@@ -177,6 +197,9 @@ class CompletionRequest(_Sampling):
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    def prompt_lengths(self) -> list[int]:
+        return [len(p) for p in self.prompts]
 
     def check_supported(self) -> None:
         self._check_common()

@@ -4,6 +4,12 @@ It listens on an internal address only (TUNEQUEUE_SERVE_HOST/PORT); the public A
 tenant's right to the model and forwards here with the shared serve token and the tenant. Serve refuses every
 request without the token (worker/serve/guard.py) and checks the tenant's right to the model again.
 
+What one tenant sends cannot starve another: a body over TUNEQUEUE_MAX_INFERENCE_BODY_BYTES is a 413 before it is
+parsed (worker/serve/limits.py), a prompt longer than the context could hold is a 400 before it is tokenised, and
+tokenising runs off the event loop (worker/serve/tokenise.py); a tenant has at most
+TUNEQUEUE_SERVE_TENANT_MAX_SEQUENCES sequences in flight (429 with Retry-After beyond) and the engine admits
+tenants in turn (worker/serve/fairness.py).
+
 Streams are Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; the response starts once the
 first tokens exist, so that errors found before that (a deleted adapter, one that does not fit its base) still get
 a proper status."""
@@ -14,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -33,8 +39,8 @@ from common.serve_token import serve_token
 from common.settings import Settings, get_settings
 from worker.serve.engine import Event, GenRequest, Sampling
 from worker.serve.guard import RequireServeToken, tenant_of
+from worker.serve.limits import LimitBody
 from worker.serve.server import ModelServer
-from worker.serve.text import encode_chat, encode_prompt
 
 DISCONNECT_POLL_SECONDS = 1.0
 
@@ -57,7 +63,8 @@ def create_app(settings: Settings | None = None, server: ModelServer | None = No
                   description="Internal inference server; reach it through the API, which authenticates.")
     app.state.server = model_server
     http_errors.install(app, logging.getLogger("tunequeue.serve"))
-    app.add_middleware(RequireServeToken, token=token)
+    app.add_middleware(LimitBody, limit=settings.max_inference_body_bytes)
+    app.add_middleware(RequireServeToken, token=token)  # outermost: no token, no byte of the body read
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -67,12 +74,13 @@ def create_app(settings: Settings | None = None, server: ModelServer | None = No
     @app.get("/status")
     def status() -> dict[str, Any]:
         """What is loaded: base models, their adapters (most recently used last; every tenant's: token only),
-        queue depths."""
+        queue depths, tokenisations (run, refused by length, running now) and the sequences tenants hold."""
         pool = model_server.pool
         return {"backend": settings.serve_backend, "device": str(pool.device), "dtype": str(pool.dtype),
                 "listening": bool(model_server.listener and model_server.listener.ready.is_set()),
                 "bases": {name: {**base.engine.stats(), "mib": base.nbytes // 2**20}
-                          for name, base in list(pool.loaded.items())}}
+                          for name, base in list(pool.loaded.items())},
+                "tokenising": model_server.tokeniser.stats(), "tenant_sequences": model_server.slots.stats()}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -107,23 +115,25 @@ async def _generate(server: ModelServer, body: ChatCompletionRequest | Completio
     if server.vllm is not None:
         payload = {**body.model_dump(mode="json", exclude_unset=True), "model": await server.vllm.ensure(target)}
         return await server.vllm.forward(request.url.path, payload, bool(body.stream))
-    base = await asyncio.to_thread(server.pool.get, target.base_model)
-    kind: Literal["chat", "text"]
-    if isinstance(body, ChatCompletionRequest):
-        kind, prompts = "chat", [encode_chat(base.tokenizer, base.template, body.conversation(), body.model)]
-        echo: list[str] = []
-    else:
-        kind, prompts = "text", [encode_prompt(base.tokenizer, p) for p in body.prompts]
-        echo = body.prompts if body.echo else []
-    max_tokens = _token_limit(body, prompts, base.context_length, server.settings.serve_default_max_tokens)
-    adapter = None
-    if target.adapter_id is not None and target.adapter_id not in base.engine.bank:
-        adapter = await asyncio.to_thread(server.load_adapter, target, base)
-    sampling = Sampling(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-                        top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop_list), seed=body.seed)
-    job = GenRequest(prompts, sampling, n=body.choices, adapter_id=target.adapter_id, adapter=adapter,
-                     loop=asyncio.get_running_loop())
-    base.engine.submit(job)
+    # The tenant's slots are taken before any work on the request, and handed to the engine with it.
+    release = server.slots.acquire(tenant_id, body.choices * len(body.prompts)
+                                   if isinstance(body, CompletionRequest) else body.choices)
+    try:
+        base = await asyncio.to_thread(server.pool.get, target.base_model)
+        kind, prompts, echo = await server.tokeniser.encode(base, body)
+        max_tokens = _token_limit(body, prompts, base.context_length, server.settings.serve_default_max_tokens)
+        adapter = None
+        if target.adapter_id is not None and target.adapter_id not in base.engine.bank:
+            adapter = await asyncio.to_thread(server.load_adapter, target, base)
+        sampling = Sampling(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+                            top_p=1.0 if body.top_p is None else body.top_p, stop=tuple(body.stop_list),
+                            seed=body.seed)
+        job = GenRequest(prompts, sampling, n=body.choices, adapter_id=target.adapter_id, adapter=adapter,
+                         loop=asyncio.get_running_loop(), tenant=tenant_id, on_done=release)
+        base.engine.submit(job)
+    except BaseException:
+        release()
+        raise
     builder = ResponseBuilder(kind, body.model, new_id("chatcmpl" if kind == "chat" else "cmpl", 29))
     try:
         first = await _next_events(job, request)

@@ -5,7 +5,8 @@ One thread per base model owns the model, its adapter bank and the cache. Each l
 different adapters side by side), then one decode forward for every running sequence — whichever adapter each
 uses — and sample each row with its own temperature, top_p and seed. Rows that finish leave the batch at once;
 new requests join at the next step, their cache left-padded to the batch's length. Requests wait in a bounded
-queue; a full queue refuses new ones (429).
+queue, one line per tenant admitted round-robin (worker/serve/fairness.py `FairQueue`); a full queue refuses new
+ones (429). A request's `done` runs once its last sequence has left the engine, however it ended.
 
 Tokens reach the HTTP side as events posted onto the request's asyncio loop.
 """
@@ -26,6 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from common.errors import TuneQueueError, model_not_found
+from worker.serve.fairness import FairQueue
 from worker.serve.kvcache import keep_rows, merge, new_cache
 from worker.serve.lora import LoraAdapter, LoraBank
 from worker.serve.text import Detokenizer, StopMatcher
@@ -58,10 +60,13 @@ class Event:
 
 
 class GenRequest:
-    """One HTTP request: `n` choices for each prompt (choice index = prompt index × n + j)."""
+    """One HTTP request: `n` choices for each prompt (choice index = prompt index × n + j), for `tenant`.
+    `on_done` (the tenant's slots back, worker/serve/fairness.py) runs once, from the engine thread, when the
+    request has no sequence left in the engine; or from the caller when `submit` refuses it."""
 
     def __init__(self, prompts: list[list[int]], sampling: Sampling, *, n: int = 1, adapter_id: str | None = None,
-                 adapter: LoraAdapter | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 adapter: LoraAdapter | None = None, loop: asyncio.AbstractEventLoop | None = None,
+                 tenant: str = "", on_done: Callable[[], None] | None = None) -> None:
         self.prompts = prompts
         self.sampling = sampling
         self.n = n
@@ -72,6 +77,9 @@ class GenRequest:
         self.cancelled = False
         self.submitted = time.monotonic()
         self.first_token_at: float | None = None
+        self.tenant = tenant
+        self.on_done = on_done
+        self.live_rows = self.rows
 
     @property
     def rows(self) -> int:
@@ -96,6 +104,12 @@ class GenRequest:
     def fail(self, exc: BaseException) -> None:
         error = exc if isinstance(exc, TuneQueueError) else TuneQueueError(f"generation failed: {exc}")
         self.post([Event(choice=-1, error=error)])
+        self.done()
+
+    def done(self) -> None:
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            on_done()
 
 
 @dataclass
@@ -130,7 +144,7 @@ class Engine:
         self.device = bank.device
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad or 0)
-        self.pending: deque[GenRequest] = deque()
+        self.pending: FairQueue[GenRequest] = FairQueue()
         self.control: deque[Callable[[], None]] = deque()
         self.cond = threading.Condition()
         self.running: list[RunningRow] = []
@@ -243,9 +257,10 @@ class Engine:
             with self.cond:
                 if not self.pending:
                     break
-                request = self.pending[0]
+                request = self.pending.head()
                 if request.cancelled:
-                    self.pending.popleft()
+                    self.pending.pop_head()
+                    request.done()
                     continue
                 if rows + request.rows > self.max_batch or (batch and tokens + request.prompt_tokens
                                                             > self.max_prefill_tokens):
@@ -254,13 +269,13 @@ class Engine:
                 slot = self._slot_for(request, pinned)
             except Exception as exc:
                 with self.cond:
-                    self.pending.popleft()
+                    self.pending.pop_head()
                 request.fail(exc)
                 continue
             if slot is None:  # every adapter slot is used by a running sequence: wait for one to finish
                 break
             with self.cond:
-                self.pending.popleft()
+                self.pending.pop_head()
             pinned.add(slot)
             batch.append((request, slot))
             rows += request.rows
@@ -355,6 +370,11 @@ class Engine:
             self._drop_finished()
 
     def _drop_finished(self) -> None:
+        for seq in self.running:
+            if seq.finished:
+                seq.request.live_rows -= 1
+                if seq.request.live_rows <= 0:
+                    seq.request.done()
         keep = [i for i, s in enumerate(self.running) if not s.finished]
         self.running = [self.running[i] for i in keep]
         if not self.running:

@@ -1,6 +1,7 @@
-"""`ModelServer`: what the serve process holds — the catalog of ids, the loaded base models, the artifact store,
-the vLLM backend when configured — and the listener on `tunequeue:models` (common/model_events.py) that makes a
-published adapter available at once and a deleted one disappear."""
+"""`ModelServer`: what the serve process holds — the catalog of ids, the loaded base models, the artifact store, the
+vLLM backend when configured, the tokeniser's threads and each tenant's sequences in flight — and the listener on
+`tunequeue:models` (common/model_events.py) that makes a published adapter available at once and a deleted one
+disappear."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from common.model_events import MODELS_CHANNEL
 from common.settings import Settings
 from worker.serve.bases import BasePool, LoadedBase
 from worker.serve.catalog import Catalog, Target
+from worker.serve.fairness import TenantSlots
 from worker.serve.lora import LoraAdapter, parse_adapter, read_adapter_files
+from worker.serve.tokenise import Tokeniser
 from worker.serve.vllm import VllmBackend
 
 log = logging.getLogger("tunequeue.serve")
@@ -35,6 +38,8 @@ class ModelServer:
         self.listener: ModelEvents | None = None
         self.vllm = VllmBackend(settings, self.store) if settings.serve_backend == "vllm" else None
         self.loop: asyncio.AbstractEventLoop | None = None  # the HTTP app's, for calls from the listener
+        self.tokeniser = Tokeniser()
+        self.slots = TenantSlots(settings.serve_tenant_max_sequences)
 
     def start(self, *, listen: bool = True, warm: bool = True) -> None:
         with contextlib.suppress(RuntimeError):
@@ -50,6 +55,7 @@ class ModelServer:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.stop()
+        self.tokeniser.close()
         self.pool.close()
 
     def load_adapter(self, target: Target, base: LoadedBase) -> LoraAdapter:
