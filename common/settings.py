@@ -131,6 +131,17 @@ class Settings(BaseSettings):
                                "larger row is a row_too_large error at upload.")
     keep_failed_workdirs: bool = Field(default=False, description="Keep a failed job's work directory (under "
                                        "work_dir, mode 0700) for debugging; by default every job's is removed.")
+    # --- one tenant's API traffic against another's (issue 13; api/rate_limits.py, docs/security.md) ---
+    rate_limit_per_minute: int = Field(default=6000, ge=0, description="Requests one API key may make per minute "
+                                       "(a sliding window in Redis, shared by every API worker); over it, 429 "
+                                       "rate_limit_exceeded with Retry-After. /healthz and /readyz are not "
+                                       "counted. 0: no limit.")
+    max_streams_per_tenant: int = Field(default=50, ge=0, description="Event streams one tenant may have open "
+                                        "at once, across every API worker; the next is 429 too_many_streams. 0: "
+                                        "no cap.")
+    stream_fallback_seconds: float = Field(default=5.0, gt=0, description="An open event stream reads Postgres "
+                                           "when Redis announces a new event of its job, and also this often, so "
+                                           "that a lost announcement delays an event by at most this.")
 
     @field_validator("api_workers", "db_max_concurrency", "serve_token", mode="before")
     @classmethod

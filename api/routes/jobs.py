@@ -4,11 +4,13 @@ as a page or as a Server-Sent Events stream, its metrics series and its checkpoi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
@@ -17,13 +19,16 @@ from starlette.concurrency import run_in_threadpool
 
 from api.admission import db_slot
 from api.deps import CurrentCaller, DbCaller, SettingsDep
+from api.rate_limits import StreamLease, open_stream
 from api.responses import model_response
 from common.auth import is_usable
 from common.db import session_scope
 from common.errors import InvalidRequest, Overloaded, error_body
+from common.job_events_channel import get_waker
 from common.models import ApiKey, Job, JobEvent
-from common.progress import ProgressChannel
+from common.progress import ProgressChannel, progress_key
 from common.read_pool import read
+from common.redis_client import decode_hash
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
@@ -33,11 +38,16 @@ from common.services import jobs as service
 from common.services import reads
 from common.services.events import event_public, progress_view
 from common.services.queries import check_limit, get_owned
+from common.settings import get_settings
 from common.state import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-STREAM_POLL_SECONDS = 0.5  # how often a stream looks for new events in Postgres
+# A stream reads Postgres when Redis announces a new event of its job (common/job_events_channel.py), and every
+# TUNEQUEUE_STREAM_FALLBACK_SECONDS besides. While the job runs it reads its live progress from Redis this often
+# (no database, no admission slot); a poll that found the database saturated is retried after it too.
+STREAM_POLL_SECONDS = 0.5
+STREAM_READY_SECONDS = 1.0  # how long a new stream waits for its API worker's Redis listener to be subscribed
 STREAM_KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing a quiet stream
 STREAM_RETRY_MS = 2000  # what EventSource waits before it reconnects
 # A stream ends after this long even while the job runs (no `done` event); the client reconnects with
@@ -50,18 +60,24 @@ KEY_REVOKED = "key_revoked"  # what `_poll` says instead of a status when the st
 
 
 def live_progress(job: Job) -> dict[str, Any] | None:
-    """Redis has the freshest view; Postgres has the last one a worker recorded (Redis may have been flushed).
-    Both carry the attempt that wrote them: a view left by an earlier attempt is not this attempt's progress."""
-    durable = job.last_progress
+    """Redis has the freshest view; Postgres has the last one a worker recorded (Redis may have been flushed)."""
+    live = None
     if job.status == "running":
         try:
             live = ProgressChannel().read_progress(job.id)
         except Exception:  # Redis down: Postgres still knows
             live = None
-        if live and live.get("attempt") in (None, job.attempt):
-            if durable and durable.get("attempt") == job.attempt:
-                return progress_view({**durable, **live})  # fields Redis lost since a flush come from Postgres
-            return progress_view(live)
+    return merged_progress(job, live)
+
+
+def merged_progress(job: Job, live: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job's progress from its durable view and `live`, Redis' view. Both carry the attempt that wrote them:
+    a view left by an earlier attempt is not this attempt's progress."""
+    durable = job.last_progress
+    if job.status == "running" and live and live.get("attempt") in (None, job.attempt):
+        if durable and durable.get("attempt") == job.attempt:
+            return progress_view({**durable, **live})  # fields Redis lost since a flush come from Postgres
+        return progress_view(live)
     return progress_view(durable)
 
 
@@ -152,14 +168,16 @@ def event_page(session: Session, job_id: str, *, after: str | None, limit: int) 
 
 
 def stream_events(session: Session, job: Job, last_seq: int, *, key_id: str) -> Response:
-    """The job's events after `last_seq` as Server-Sent Events, then live ones until it ends (`_event_stream`)."""
+    """The job's events after `last_seq` as Server-Sent Events, then live ones until it ends (`_event_stream`).
+    A place among its tenant's open streams is taken first (api/rate_limits.py): past the cap, 429."""
     if job.status in TERMINAL and not session.scalar(
             select(exists().where(JobEvent.job_id == job.id, JobEvent.seq > last_seq))):
         # Nothing will ever follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status_code=204)
+    lease = open_stream(job.tenant_id)
     # The caller's session_scope ends (commit, connection returned) before the stream starts; the stream opens a
-    # short session per poll, so it holds no connection while it waits.
-    return StreamingResponse(_event_stream(job.id, last_seq, key_id), media_type="text/event-stream",
+    # short session only when it reads, so it holds no connection while it waits.
+    return StreamingResponse(_event_stream(job.id, last_seq, key_id, lease=lease), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -169,10 +187,11 @@ def _frame(data: dict[str, Any], *, id: int | None = None, event: str | None = N
 
 
 def _poll(job_id: str, last_seq: int, key_id: str | None = None
-          ) -> tuple[str | None, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
-    """The job's status, the events after `last_seq` and, while it runs, its live progress. The status is read
-    first: when it is terminal, the events read after it include the terminal state event (one transaction
-    wrote both). With `key_id`, first whether that key still works: status "key_revoked" when it does not."""
+          ) -> tuple[str | None, list[tuple[int, dict[str, Any]]], Job | None]:
+    """The job's status, the events after `last_seq` and the job itself (its durable progress, for
+    `merged_progress`). The status is read first: when it is terminal, the events read after it include the
+    terminal state event (one transaction wrote both). With `key_id`, first whether that key still works: status
+    "key_revoked" when it does not."""
     with session_scope() as session:
         if key_id is not None:
             key = session.get(ApiKey, key_id)
@@ -183,55 +202,119 @@ def _poll(job_id: str, last_seq: int, key_id: str | None = None
             return None, [], None
         rows = events_service.events_since(session, job_id, last_seq)
         batch = [(e.seq, event_public(e)) for e in rows]
-        progress = live_progress(job) if job.status == "running" else None
-        return job.status, batch, progress
+        return job.status, batch, job
 
 
-async def _event_stream(job_id: str, last_seq: int, key_id: str | None = None) -> AsyncIterator[str]:
-    """An async generator, so that a waiting stream holds no thread: each poll runs in the thread pool for a
-    few milliseconds. Events without `id:` (progress, done) leave the client's Last-Event-ID where it was."""
-    yield f"retry: {STREAM_RETRY_MS}\n\n"
+async def _live_progress_async(job: Job) -> dict[str, Any] | None:
+    """`live_progress` on the event loop's own Redis client: a waiting stream takes no thread for it."""
+    try:
+        raw = await _async_redis().hgetall(progress_key(job.id))  # type: ignore[misc]
+    except Exception:  # Redis down: Postgres still knows
+        raw = None
+    return merged_progress(job, decode_hash(raw) if raw else None)
+
+
+_progress_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+
+
+def _async_redis() -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    client = _progress_clients.get(loop)
+    if client is None:
+        for old in [other for other in _progress_clients if other.is_closed()]:
+            del _progress_clients[old]
+        client = _progress_clients[loop] = aioredis.Redis.from_url(
+            get_settings().redis_url, socket_timeout=5, socket_connect_timeout=5)
+    return client
+
+
+async def _woken_within(woken: asyncio.Event, seconds: float) -> bool:
+    """Whether `woken` was set within `seconds`."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await woken.wait()
+    return woken.is_set()
+
+
+async def _event_stream(job_id: str, last_seq: int, key_id: str | None = None, *,
+                        lease: StreamLease | None = None) -> AsyncIterator[str]:
+    """An async generator, so that a waiting stream holds no thread. It reads Postgres (in the thread pool, inside
+    an admission slot) only when its job was announced on Redis, when its slow fallback timer or its key check is
+    due, or while it replays history; between reads it holds nothing. Events without `id:` (progress, done) leave
+    the client's Last-Event-ID where it was. Its place among its tenant's streams is given back when it ends."""
+    try:
+        yield f"retry: {STREAM_RETRY_MS}\n\n"
+        waker = get_waker()
+        await waker.ready(STREAM_READY_SECONDS)  # not subscribed yet (Redis down): the fallback timer reads
+        fallback = get_settings().stream_fallback_seconds
+        with waker.waiter(job_id) as woken:
+            async for frame in _follow(job_id, last_seq, key_id, woken, fallback, lease):
+                yield frame
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+async def _follow(job_id: str, last_seq: int, key_id: str | None, woken: asyncio.Event, fallback: float,
+                  lease: StreamLease | None) -> AsyncIterator[str]:
+    """The body of `_event_stream`, once its waiter is registered."""
     last_progress_at: Any = None
-    last_sent = opened = key_checked = time.monotonic()
+    last_sent = opened = key_checked = read_at = time.monotonic()
+    status: str | None = None
+    job: Job | None = None
+    must_read = True
     while True:
         check_key = key_id if time.monotonic() - key_checked >= STREAM_KEY_CHECK_SECONDS else None
-        try:
-            # Each poll is one unit of work in one thread-pool call, inside an admission slot (api/admission.py).
-            async with db_slot():
-                status, batch, progress = await run_in_threadpool(_poll, job_id, last_seq, check_key)
-        except Overloaded:  # saturated: this poll is skipped, the stream stays open
-            await asyncio.sleep(STREAM_POLL_SECONDS)
-            continue
-        if check_key is not None:
-            key_checked = time.monotonic()
-        if status == KEY_REVOKED:
-            yield _frame(error_body("the API key of this stream was revoked or has expired",
-                                    type="authentication_error", param=None, code="invalid_api_key"), event="error")
-            return
-        for seq, data in batch:
-            yield _frame(data, id=seq)
-            last_seq = seq
-        if batch:
-            last_sent = time.monotonic()
-        if status is None:  # the job was deleted under us
-            return
-        if len(batch) == events_service.STREAM_BATCH:
-            continue  # still replaying history
-        if status in TERMINAL:
-            yield _frame({"object": "fine_tuning.job.stream_end", "job_id": job_id, "status": status},
-                         event="done")
-            return
-        stamp = progress and (progress.get("updated_at"), progress.get("sampled_at"))
-        if progress and stamp != last_progress_at:
-            last_progress_at = stamp
-            yield _frame({"object": "fine_tuning.job.progress", "job_id": job_id, **progress}, event="progress")
-            last_sent = time.monotonic()
+        if must_read or check_key is not None:
+            woken.clear()  # an announcement that arrives during this read wakes the next one
+            try:
+                # Each read is one unit of work in one thread-pool call, inside an admission slot (api/admission.py).
+                async with db_slot():
+                    status, batch, job = await run_in_threadpool(_poll, job_id, last_seq, check_key)
+            except Overloaded:  # saturated: this read is retried shortly, the stream stays open
+                await asyncio.sleep(STREAM_POLL_SECONDS)
+                continue
+            read_at = time.monotonic()
+            if check_key is not None:
+                key_checked = time.monotonic()
+            if status == KEY_REVOKED:
+                yield _frame(error_body("the API key of this stream was revoked or has expired",
+                                        type="authentication_error", param=None, code="invalid_api_key"),
+                             event="error")
+                return
+            for seq, data in batch:
+                yield _frame(data, id=seq)
+                last_seq = seq
+            if batch:
+                last_sent = time.monotonic()
+            if status is None:  # the job was deleted under us
+                return
+            if len(batch) == events_service.STREAM_BATCH:
+                continue  # still replaying history
+            if status in TERMINAL:
+                yield _frame({"object": "fine_tuning.job.stream_end", "job_id": job_id, "status": status},
+                             event="done")
+                return
+        if status == "running" and job is not None:
+            progress = await _live_progress_async(job)
+            stamp = progress and (progress.get("updated_at"), progress.get("sampled_at"))
+            if progress and stamp != last_progress_at:
+                last_progress_at = stamp
+                yield _frame({"object": "fine_tuning.job.progress", "job_id": job_id, **progress}, event="progress")
+                last_sent = time.monotonic()
         if time.monotonic() - last_sent >= STREAM_KEEPALIVE_SECONDS:
             yield ": keep-alive\n\n"
             last_sent = time.monotonic()
         if time.monotonic() - opened >= STREAM_MAX_SECONDS:
             return  # not `done`: the client reconnects with Last-Event-ID
-        await asyncio.sleep(STREAM_POLL_SECONDS)
+        if lease is not None:
+            lease.renew_if_due()
+        now = time.monotonic()
+        wait = min(fallback - (now - read_at), STREAM_KEEPALIVE_SECONDS - (now - last_sent),
+                   STREAM_MAX_SECONDS - (now - opened), STREAM_KEY_CHECK_SECONDS - (now - key_checked))
+        if status == "running":
+            wait = min(wait, STREAM_POLL_SECONDS)  # its live progress
+        must_read = await _woken_within(woken, wait) or time.monotonic() - read_at >= fallback
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage)

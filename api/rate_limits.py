@@ -1,0 +1,214 @@
+"""What one key or one tenant may take of the API, counted in Redis so that every API worker shares the count
+(docs/security.md, "One tenant's traffic against another's"):
+
+- **requests per minute per key** (`TUNEQUEUE_RATE_LIMIT_PER_MINUTE`): a sliding window (this minute's count plus
+  the last minute's, weighted by how much of it still lies within 60 s), one Lua script, so one Redis round trip
+  per request and no database query. Over it: `429 rate_limit_exceeded` with `Retry-After`. `rate_limit` is an
+  app-wide dependency (api/main.py) that authenticates first (`get_caller`, from the key cache on the hot path),
+  so only a working key is counted, under its key id. `/healthz` and `/readyz` take no key and are not counted.
+- **open event streams per tenant** (`TUNEQUEUE_MAX_STREAMS_PER_TENANT`): a sorted set of stream ids scored by
+  when their lease ends. A stream renews its lease while it runs and removes itself when it ends (a `finally`), and
+  a stream whose API worker crashed drops out when its lease ends (`STREAM_LEASE_SECONDS`).
+
+Redis down takes neither down: both fail open (the request or stream goes ahead) and say so in the log, once a
+minute per process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Annotated, Any
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
+from api.deps import api_key_header, get_caller
+from common.errors import TuneQueueError
+from common.ids import new_id
+from common.redis_client import get_redis
+from common.settings import get_settings
+
+log = logging.getLogger("tunequeue.api.rate_limits")
+
+WINDOW_SECONDS = 60
+UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz"})  # no key, and what probes and load balancers poll
+REDIS_TIMEOUT_SECONDS = 0.5  # a Redis that hangs costs a request this much at most, then it fails open
+LOG_EVERY_SECONDS = 60.0
+# A stream renews its entry at least this often; an entry not renewed for STREAM_LEASE_SECONDS (its API worker
+# crashed, or was killed) no longer counts.
+STREAM_LEASE_SECONDS = 60.0
+STREAM_RENEW_SECONDS = 20.0
+STREAM_CAP_RETRY_SECONDS = 10  # what a refused stream is told to wait: streams end at any time, unannounced
+
+
+class RateLimited(TuneQueueError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+_last_logged: dict[str, float] = {}
+
+
+def _fail_open(what: str, exc: BaseException) -> None:
+    if time.monotonic() - _last_logged.get(what, 0.0) >= LOG_EVERY_SECONDS:
+        _last_logged[what] = time.monotonic()
+        log.warning("Redis did not answer the %s check (%s: %s); letting requests through unlimited until it does",
+                    what, type(exc).__name__, exc)
+
+
+# --- requests per minute per key ------------------------------------------------------------------------------
+
+# KEYS: this window's counter, the previous window's. ARGV: the limit, the previous window's weight, the TTL.
+# A refused request is not counted, so a client that keeps retrying is not locked out for longer.
+_SLIDING_WINDOW_LUA = """
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if previous * tonumber(ARGV[2]) + current >= tonumber(ARGV[1]) then return {0, previous, current} end
+current = redis.call('INCR', KEYS[1])
+if current == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return {1, previous, current}
+"""
+
+
+def retry_after(limit: int, previous: int, current: int, elapsed: float) -> int:
+    """Whole seconds until the sliding count `previous * (1 - t / W) + current` is under `limit` again, where `t`
+    is the time into this window (`elapsed` now)."""
+    if current >= limit or previous == 0:  # this window alone is full: the next one starts with it as `previous`
+        wait = WINDOW_SECONDS - elapsed + WINDOW_SECONDS * max(0.0, 1 - limit / max(current, 1))
+    else:
+        wait = WINDOW_SECONDS * (1 - (limit - current) / previous) - elapsed
+    return max(1, math.ceil(wait))
+
+
+class RequestLimiter:
+    """One per event loop (an asyncio Redis client belongs to the loop that made it)."""
+
+    def __init__(self, url: str) -> None:
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        self._script: Any = self.redis.register_script(_SLIDING_WINDOW_LUA)  # EVALSHA; loaded on first use
+
+    async def hit(self, key_id: str, limit: int) -> None:
+        """Count one request of `key_id`; raises RateLimited when it would pass `limit` per minute."""
+        now = time.time()
+        window, elapsed = divmod(now, WINDOW_SECONDS)
+        base = f"tunequeue:rate:{{{key_id}}}:"  # one hash slot per key, should Redis ever be a cluster
+        try:
+            allowed, previous, current = await self._script(
+                keys=[f"{base}{int(window)}", f"{base}{int(window) - 1}"],
+                args=[limit, 1 - elapsed / WINDOW_SECONDS, 2 * WINDOW_SECONDS])
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            _fail_open("request rate", exc)
+            return
+        if not allowed:
+            wait = retry_after(limit, int(previous), int(current), elapsed)
+            raise RateLimited(
+                f"Rate limit reached: this API key may make {limit} requests per minute "
+                f"(TUNEQUEUE_RATE_LIMIT_PER_MINUTE); retry after {wait} s (the Retry-After header).",
+                retry_after=wait)
+
+
+_limiters: dict[tuple[asyncio.AbstractEventLoop, str], RequestLimiter] = {}
+
+
+def get_limiter() -> RequestLimiter:
+    loop, url = asyncio.get_running_loop(), get_settings().redis_url
+    limiter = _limiters.get((loop, url))
+    if limiter is None:
+        for old in [other for other in _limiters if other[0].is_closed()]:
+            del _limiters[old]
+        limiter = _limiters[(loop, url)] = RequestLimiter(url)
+    return limiter
+
+
+async def rate_limit(request: Request, authorization: Annotated[str | None, Depends(api_key_header)]) -> None:
+    """The app-wide dependency: a request with a key is counted against it once authenticated. A request without
+    one is the route's to refuse (401) or to serve (`/healthz`, `/readyz`)."""
+    limit = get_settings().rate_limit_per_minute
+    if not limit or not authorization or request.scope["path"] in UNCOUNTED_PATHS:
+        return
+    caller = await get_caller(authorization)  # the route's own get_caller then finds the key in the cache
+    await get_limiter().hit(caller.key_id, limit)
+
+
+# --- open event streams per tenant ----------------------------------------------------------------------------
+
+# KEYS: the tenant's set. ARGV: now, this entry's lease end, its id, the cap, the set's TTL.
+_OPEN_STREAM_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+def streams_key(tenant_id: str) -> str:
+    return f"tunequeue:tenant:{tenant_id}:streams"
+
+
+class StreamLease:
+    """One open stream's place in its tenant's count: `renew` while it runs, `release` once it ends. A lease
+    taken while Redis was down (`counted` False) does nothing."""
+
+    def __init__(self, tenant_id: str, stream_id: str, *, counted: bool, client: redis.Redis) -> None:
+        self.key = streams_key(tenant_id)
+        self.stream_id = stream_id
+        self.counted = counted
+        self.redis = client
+        self.renewed = time.monotonic()
+
+    def renew_if_due(self) -> None:
+        """Push the lease on (a plain ZADD: an entry dropped after a long stall comes back)."""
+        if not self.counted or time.monotonic() - self.renewed < STREAM_RENEW_SECONDS:
+            return
+        self.renewed = time.monotonic()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(self.key, {self.stream_id: time.time() + STREAM_LEASE_SECONDS})
+            pipe.expire(self.key, math.ceil(STREAM_LEASE_SECONDS))
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            _fail_open("open streams", exc)
+
+    def release(self) -> None:
+        """Synchronous on purpose: it runs in the stream's `finally`, also when the client went away and the
+        stream's task is being cancelled (an `await` there would be cancelled in turn). One ZREM on Redis."""
+        if not self.counted:
+            return
+        self.counted = False
+        try:
+            self.redis.zrem(self.key, self.stream_id)
+        except (redis.RedisError, OSError) as exc:  # the lease ends by itself
+            _fail_open("open streams", exc)
+
+
+def open_stream(tenant_id: str) -> StreamLease:
+    """A place for one more stream of `tenant_id`, or RateLimited (`too_many_streams`) when it has
+    TUNEQUEUE_MAX_STREAMS_PER_TENANT open. Synchronous: the stream's route opens it in its thread."""
+    cap = get_settings().max_streams_per_tenant
+    client = get_redis()
+    stream_id = new_id("stream")
+    if not cap:
+        return StreamLease(tenant_id, stream_id, counted=False, client=client)
+    now = time.time()
+    try:
+        allowed = client.eval(_OPEN_STREAM_LUA, 1, streams_key(tenant_id), now, now + STREAM_LEASE_SECONDS,
+                              stream_id, cap, math.ceil(STREAM_LEASE_SECONDS))
+    except (redis.RedisError, OSError) as exc:
+        _fail_open("open streams", exc)
+        return StreamLease(tenant_id, stream_id, counted=False, client=client)
+    if not allowed:
+        raise RateLimited(
+            f"This organization already has {cap} event streams open (TUNEQUEUE_MAX_STREAMS_PER_TENANT); close one, "
+            f"or follow a job with GET /jobs/{{id}} instead, and retry after {STREAM_CAP_RETRY_SECONDS} s.",
+            retry_after=STREAM_CAP_RETRY_SECONDS, code="too_many_streams")
+    return StreamLease(tenant_id, stream_id, counted=True, client=client)
