@@ -12,7 +12,6 @@ from common.models import ApiKey
 from common.schemas.common import PublicModel, unix
 from common.schemas.strings import INVALID_STRING, Name
 
-
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment a timestamp column holds
 
 
