@@ -107,8 +107,13 @@ class Stack:
         self.work = work
         self.queue = f"tunequeue.bench.{secrets.token_hex(4)}"
         self.url_db, self.handle = scratch_database()
-        # Production, as deployed: it needs a serve token to start (no serve runs: no inference is measured).
-        self.env = {**os.environ, "TUNEQUEUE_DATABASE_URL": self.url_db, "TUNEQUEUE_ENVIRONMENT": "production",
+        from sqlalchemy.engine import make_url
+
+        # Production, as deployed: it needs a serve token to start (no serve runs: no inference is measured), and a
+        # database URL with a password (the local Postgres trusts loopback and ignores the one given here).
+        with_password = make_url(self.url_db).set(password=make_url(self.url_db).password or "not-a-default-password")
+        self.env = {**os.environ, "TUNEQUEUE_DATABASE_URL": with_password.render_as_string(hide_password=False),
+                    "TUNEQUEUE_ENVIRONMENT": "production",
                     "TUNEQUEUE_SERVE_TOKEN": secrets.token_hex(32),
                     "TUNEQUEUE_ARTIFACTS": str(work / "artifacts"), "TUNEQUEUE_WORK_DIR": str(work / "work"),
                     "TUNEQUEUE_CELERY_QUEUE": self.queue, "TUNEQUEUE_VALIDATE_QUEUE": f"{self.queue}.validate",

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class BaseModelEntry(BaseModel):
@@ -30,6 +32,10 @@ TINY_MODEL_ID = "tiny-llama"
 REAL_MODEL_ID = "smollm2-135m-instruct"
 # A guessable shared secret is no lock: `openssl rand -hex 32` gives 64 characters.
 SERVE_TOKEN_MIN_LENGTH = 32
+# --- the database password in production (docs/security.md, "Behind the reverse proxy") ---
+# Passwords that ship in examples (docker-compose.yml's former default among them): in production each is as good as
+# none, and none is refused too.
+DEFAULT_DATABASE_PASSWORDS = frozenset({"tunequeue", "postgres", "password", "changeme", "secret"})
 
 
 def default_base_models() -> dict[str, BaseModelEntry]:
@@ -171,6 +177,8 @@ class Settings(BaseSettings):
     def _refuse_unsafe_defaults(self) -> Settings:
         if self.environment == "production" and self.database_url == DEV_DATABASE_URL:
             raise ValueError("TUNEQUEUE_DATABASE_URL must be set explicitly in production")
+        if self.environment == "production":
+            _refuse_weak_database_password(self.database_url)
         if self.environment == "production" and self.fault_injection:
             raise ValueError("TUNEQUEUE_FAULT_INJECTION is for tests; unset it in production")
         return self
@@ -187,6 +195,22 @@ class Settings(BaseSettings):
     @property
     def work_path(self) -> Path:
         return Path(self.work_dir).resolve()
+
+
+def _refuse_weak_database_password(url: str) -> None:
+    """Production: the database URL carries a password, and not one of DEFAULT_DATABASE_PASSWORDS. Whoever reaches
+    Postgres on the compose network (or the host) with a known password owns every tenant's data."""
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        raise ValueError("TUNEQUEUE_DATABASE_URL is not a database URL "
+                         "(postgresql+psycopg://user:password@host/db)") from None
+    fix = ("give the database role a random password (e.g. `openssl rand -hex 24`; in docker-compose.yml, "
+           "POSTGRES_PASSWORD) and put it in TUNEQUEUE_DATABASE_URL")
+    if not password:
+        raise ValueError(f"TUNEQUEUE_DATABASE_URL has no password, which production refuses: {fix}")
+    if str(password).lower() in DEFAULT_DATABASE_PASSWORDS:
+        raise ValueError(f"TUNEQUEUE_DATABASE_URL uses a default password, which production refuses: {fix}")
 
 
 @lru_cache

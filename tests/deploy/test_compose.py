@@ -276,6 +276,31 @@ def test_api_port_healthcheck_and_command_agree() -> None:
     assert f":{port}/healthz" in probe
 
 
+def test_settings_refuse_the_compose_stack_with_a_default_or_empty_database_password(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from common.settings import Settings
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    env = env_of("api")
+    for key in [k for k in os.environ if k.startswith("TUNEQUEUE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    url = env["TUNEQUEUE_DATABASE_URL"]
+    password = REQUIRED_VARIABLES["POSTGRES_PASSWORD"]
+    assert Settings(_env_file=None).environment == "production"  # type: ignore[call-arg]
+    for weak in ("tunequeue", "postgres", "", None):
+        userinfo = "tunequeue" if weak is None else f"tunequeue:{weak}"
+        monkeypatch.setenv("TUNEQUEUE_DATABASE_URL", url.replace(f"tunequeue:{password}", userinfo))
+        with pytest.raises(ValidationError) as refused:
+            Settings(_env_file=None)  # type: ignore[call-arg]
+        message = str(refused.value)
+        assert "TUNEQUEUE_DATABASE_URL" in message and "openssl rand -hex 24" in message, message
+        assert ("default password" if weak else "no password") in message, message
+
+
 def test_api_reaches_serve_on_its_port() -> None:
     # `python -m worker.serve` binds serve_host:serve_port (common.settings), not the API's host/port.
     serve_port = env_of("serve")["TUNEQUEUE_SERVE_PORT"]

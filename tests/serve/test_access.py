@@ -102,7 +102,8 @@ def test_serve_refuses_to_start_in_production_without_the_token(serve_settings: 
     production = serve_settings.model_copy(update={"environment": "production", "serve_token": None})
     with pytest.raises(ServeTokenError, match="TUNEQUEUE_SERVE_TOKEN must be set in production"):
         create_app(production, ModelServer(production))
-    env = {**os.environ, "TUNEQUEUE_ENVIRONMENT": "production", "TUNEQUEUE_SERVE_TOKEN": ""}
+    env = {**os.environ, "TUNEQUEUE_ENVIRONMENT": "production", "TUNEQUEUE_SERVE_TOKEN": "",
+           "TUNEQUEUE_DATABASE_URL": production_database_url()}
     done = subprocess.run([sys.executable, "-m", "worker.serve"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1 and "serve refuses to start: TUNEQUEUE_SERVE_TOKEN must be set" in done.stderr, \
@@ -113,6 +114,7 @@ def test_api_refuses_to_start_in_production_without_the_token(monkeypatch: pytes
     from api.main import create_app as create_api
 
     monkeypatch.setenv("TUNEQUEUE_ENVIRONMENT", "production")
+    monkeypatch.setenv("TUNEQUEUE_DATABASE_URL", production_database_url())
     monkeypatch.delenv("TUNEQUEUE_SERVE_TOKEN", raising=False)
     get_settings.cache_clear()
     try:
@@ -124,6 +126,15 @@ def test_api_refuses_to_start_in_production_without_the_token(monkeypatch: pytes
             assert api.get("/healthz").status_code == 200
     finally:
         get_settings.cache_clear()
+
+
+def production_database_url() -> str:
+    """The test database's URL with a password, which production requires (the local Postgres trusts loopback and
+    ignores it)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(os.environ["TUNEQUEUE_DATABASE_URL"])
+    return url.set(password=url.password or "not-a-default-password").render_as_string(hide_password=False)
 
 
 def test_a_short_token_is_refused_by_the_settings() -> None:
