@@ -6,20 +6,16 @@ reads the answer."""
 
 from __future__ import annotations
 
-import json
 import os
-import select
-import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from common.settings import get_settings
+from tests.support.chunked import post_chunked
 from tests.support.factories import chat_rows, jsonl
 from tests.support.servers import uvicorn_in_thread
 
@@ -70,55 +66,9 @@ def _rows(total: int) -> Iterator[bytes]:
 def _chunked_upload(url: str, key: str, parts: Iterator[bytes]) -> tuple[int, dict[str, Any], int, bool]:
     """POST /files with Transfer-Encoding: chunked, sending until the server answers or the body ends: (status,
     JSON body, bytes of the body sent before the answer came, whether the whole body was sent)."""
-    where = urlsplit(url)
-    sock = socket.create_connection((where.hostname, where.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # no megabytes parked in the client's buffer
-    head = (f"POST /files HTTP/1.1\r\nHost: {where.netloc}\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nTransfer-Encoding: chunked\r\n\r\n")
-    pending = bytearray(head.encode())
-    sent_body = 0
-    finished = False
-    answer = b""
-    deadline = time.monotonic() + 60
-    try:
-        sock.setblocking(False)
-        while time.monotonic() < deadline:
-            if not pending and not finished:
-                part = next(parts, None)
-                if part is None:
-                    pending += b"0\r\n\r\n"
-                    finished = True
-                else:
-                    pending += f"{len(part):x}\r\n".encode() + part + b"\r\n"
-                    sent_body += len(part)  # counted when handed over; the margin covers what is still queued
-            readable, writable, _ = select.select([sock], [sock] if pending else [], [], 1)
-            if readable:
-                break
-            if writable:
-                try:
-                    pending = pending[sock.send(pending):]
-                except (BrokenPipeError, ConnectionResetError):
-                    break
-        sock.setblocking(True)
-        sock.settimeout(30)
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-    finally:
-        sock.close()
-    head_bytes, _, body = answer.partition(b"\r\n\r\n")
-    status = int(head_bytes.split(b" ", 2)[1])
-    return status, json.loads(body[: _length(answer)]), sent_body, finished
-
-
-def _length(answer: bytes) -> int:
-    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 1 << 30
+    answer = post_chunked(url, "/files", {"Authorization": f"Bearer {key}"}, parts,
+                          content_type=f"multipart/form-data; boundary={BOUNDARY}")
+    return answer.status, answer.body, answer.sent, answer.finished
 
 
 def _files_under(root: Path) -> set[str]:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serve.chunked import endless_json, post_chunked
+from tests.support.chunked import endless_json, post_chunked
 from tests.support.factories import make_tenant
 from tests.support.http import assert_error, auth
 from tests.support.servers import LiveService, live_stack

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from common.serve_token import TENANT_HEADER
 from common.settings import Settings
-from tests.serve.chunked import endless_json, post_chunked
+from tests.support.chunked import endless_json, post_chunked
 from tests.support.http import assert_error
 from tests.support.servers import uvicorn_in_thread
 from tests.support.serving import SERVE_HEADERS, collect

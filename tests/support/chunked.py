@@ -1,6 +1,7 @@
 """A POST whose body goes out with `Transfer-Encoding: chunked`, over a raw socket that reads the answer as soon as
 there is one: an HTTP client sends its whole body before it reads, so it could not show that a server refused a
-body while it was still arriving. Used by the serve and the end-to-end tests of the inference body limit."""
+body while it was still arriving. Used by the tests of the upload limit and of the inference body limit (serve and
+end to end)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ def endless_json(prefix: bytes, chunk: int = 64 * 1024, total: int = 64 * 1024 *
 
 
 def post_chunked(url: str, path: str, headers: dict[str, str], parts: Iterator[bytes],
-                 timeout: float = 60) -> ChunkedAnswer:
+                 timeout: float = 60, content_type: str = "application/json") -> ChunkedAnswer:
     where = urlsplit(url)
     sock = socket.create_connection((where.hostname, where.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # no megabytes parked in the client's buffer
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    pending = bytearray(f"POST {path} HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: application/json\r\n"
+    pending = bytearray(f"POST {path} HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: {content_type}\r\n"
                         f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
     sent = 0
     finished = False
