@@ -253,8 +253,13 @@ def test_validation_split_that_leaves_nothing_to_train_fails(tenant: tuple[str, 
     assert (error["code"], error["param"]) == ("invalid_training_file", "validation_split")
 
 
-def test_unknown_template_fails_with_its_param(tenant: tuple[str, str]) -> None:
-    job_id = make_job(tenant[0], upload(tenant[0], "c.jsonl", jsonl([{"messages": ROWS[0]}])), template="vicuna")
+def test_a_job_stored_with_an_unknown_template_fails_with_its_param(tenant: tuple[str, str]) -> None:
+    """POST /jobs refuses an unknown template now; a job stored before it did still fails here, not on a GPU."""
+    job_id = make_job(tenant[0], upload(tenant[0], "c.jsonl", jsonl([{"messages": ROWS[0]}])))
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.spec = {**job.spec, "template": "vicuna"}
     assert check_job_files(job_id) == "failed"
     error = error_of(job_id)
     assert (error["code"], error["param"]) == ("invalid_template", "template")
