@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from api.deps import api_key_header, get_caller
-from common.errors import TuneQueueError
+from common.errors import RateLimited
 from common.ids import new_id
 from common.redis_client import get_redis
 from common.settings import get_settings
@@ -42,16 +42,6 @@ LOG_EVERY_SECONDS = 60.0
 STREAM_LEASE_SECONDS = 60.0
 STREAM_RENEW_SECONDS = 20.0
 STREAM_CAP_RETRY_SECONDS = 10  # what a refused stream is told to wait: streams end at any time, unannounced
-
-
-class RateLimited(TuneQueueError):
-    status_code = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
 
 
 _last_logged: dict[str, float] = {}

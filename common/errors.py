@@ -103,3 +103,16 @@ def model_not_found(model_id: str, reason: str | None = None) -> NotFound:
     another tenant (never 403). `reason` adds what only the server can know (e.g. a missing base model)."""
     message = f"The model {model_id!r} does not exist or you do not have access to it."
     return NotFound(f"{message} {reason}" if reason else message, param="model", code="model_not_found")
+
+
+class RateLimited(TuneQueueError):
+    """A caller over one of its limits (requests per key, open streams, generations per tenant): 429 with
+    `Retry-After`."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

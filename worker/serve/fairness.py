@@ -19,19 +19,9 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
-from common.errors import InvalidRequest, TuneQueueError
+from common.errors import InvalidRequest, RateLimited
 
 RETRY_AFTER_SECONDS = 1
-
-
-class TenantBusy(TuneQueueError):
-    status_code = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after: int = RETRY_AFTER_SECONDS) -> None:
-        super().__init__(message, param=None)
-        self.retry_after = retry_after
 
 
 class TenantSlots:
@@ -51,9 +41,10 @@ class TenantSlots:
         with self._lock:
             held = self._in_use.get(tenant, 0)
             if held + rows > self.cap:
-                raise TenantBusy(f"your generations already hold {held} of the {self.cap} sequences a tenant may have "
-                                 f"in flight at once (TUNEQUEUE_SERVE_TENANT_MAX_SEQUENCES) and this request asks "
-                                 f"for {rows}; retry after the Retry-After seconds, once one of them has finished")
+                raise RateLimited(
+                    f"your generations already hold {held} of the {self.cap} sequences a tenant may have in flight "
+                    f"at once (TUNEQUEUE_SERVE_TENANT_MAX_SEQUENCES) and this request asks for {rows}; retry after "
+                    "the Retry-After seconds, once one of them has finished", retry_after=RETRY_AFTER_SECONDS)
             self._in_use[tenant] = held + rows
         released = False
 
