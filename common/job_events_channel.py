@@ -23,11 +23,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from common.redis_client import get_redis
+from common.redis_client import async_redis, get_redis
 from common.settings import get_settings
 
 log = logging.getLogger("tunequeue.job_events")
@@ -133,7 +132,7 @@ class JobEventWaker:
 
     async def _listen(self) -> None:
         while True:
-            client: aioredis.Redis = aioredis.Redis.from_url(self.url, socket_connect_timeout=5)
+            client = async_redis(self.url, timeout=None)
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.psubscribe(PATTERN)

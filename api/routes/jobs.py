@@ -28,7 +28,7 @@ from common.job_events_channel import get_waker
 from common.models import ApiKey, Job, JobEvent
 from common.progress import ProgressChannel, progress_key
 from common.read_pool import read
-from common.redis_client import decode_hash
+from common.redis_client import async_redis, decode_hash
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
@@ -223,8 +223,7 @@ def _async_redis() -> aioredis.Redis:
     if client is None:
         for old in [other for other in _progress_clients if other.is_closed()]:
             del _progress_clients[old]
-        client = _progress_clients[loop] = aioredis.Redis.from_url(
-            get_settings().redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = _progress_clients[loop] = async_redis(get_settings().redis_url)
     return client
 
 

@@ -12,11 +12,10 @@ import logging
 import threading
 from typing import Any
 
-import redis
-
 from common.artifacts import ArtifactStore, get_store
 from common.errors import model_not_found
 from common.model_events import MODELS_CHANNEL
+from common.redis_client import sync_redis
 from common.settings import Settings
 from worker.serve.bases import BasePool, LoadedBase
 from worker.serve.catalog import Catalog, Target
@@ -125,7 +124,7 @@ class ModelEvents(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
+                client = sync_redis(self.url, timeout=10)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(MODELS_CHANNEL)
                 self.ready.set()
