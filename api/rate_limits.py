@@ -1,9 +1,8 @@
 """What one key or one tenant may take of the API, counted in Redis so that every API worker shares the count
 (docs/security.md, "One tenant's traffic against another's"):
 
-- **requests per minute per key** (`TUNEQUEUE_RATE_LIMIT_PER_MINUTE`): a sliding window (this minute's count plus
-  the last minute's, weighted by how much of it still lies within 60 s), one Lua script, so one Redis round trip
-  per request and no database query. Over it: `429 rate_limit_exceeded` with `Retry-After`. `rate_limit` is an
+- **requests per minute per key** (`TUNEQUEUE_RATE_LIMIT_PER_MINUTE`, up to `TUNEQUEUE_RATE_LIMIT_BURST` at
+  once): a token bucket (GCRA), one Lua script, so one Redis round trip per request and no database query. Over it: `429 rate_limit_exceeded` with `Retry-After`. `rate_limit` is an
   app-wide dependency (api/main.py) that authenticates first (`get_caller`, from the key cache on the hot path),
   so only a working key is counted, under its key id. `/healthz` and `/readyz` take no key and are not counted.
 - **open event streams per tenant** (`TUNEQUEUE_MAX_STREAMS_PER_TENANT`): a sorted set of stream ids scored by
@@ -28,12 +27,11 @@ from fastapi import Depends, Request
 from api.deps import api_key_header, get_caller
 from common.errors import RateLimited
 from common.ids import new_id
-from common.redis_client import get_redis
+from common.redis_client import async_redis, get_redis
 from common.settings import get_settings
 
 log = logging.getLogger("tunequeue.api.rate_limits")
 
-WINDOW_SECONDS = 60
 UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz"})  # no key, and what probes and load balancers poll
 REDIS_TIMEOUT_SECONDS = 0.5  # a Redis that hangs costs a request this much at most, then it fails open
 LOG_EVERY_SECONDS = 60.0
@@ -56,54 +54,57 @@ def _fail_open(what: str, exc: BaseException) -> None:
 
 # --- requests per minute per key ------------------------------------------------------------------------------
 
-# KEYS: this window's counter, the previous window's. ARGV: the limit, the previous window's weight, the TTL.
-# A refused request is not counted, so a client that keeps retrying is not locked out for longer.
-_SLIDING_WINDOW_LUA = """
-local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if previous * tonumber(ARGV[2]) + current >= tonumber(ARGV[1]) then return {0, previous, current} end
-current = redis.call('INCR', KEYS[1])
-if current == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-return {1, previous, current}
+# GCRA (the generic cell rate algorithm, a token bucket kept as one timestamp): a key's "theoretical arrival time"
+# `tat` moves on by one emission interval per request; a request is let through when that leaves `tat` at most
+# `burst` intervals ahead of now. So a key may send `burst` requests at once, then one per interval, and never
+# more than its rate over any stretch of time: a per-minute count would let it spend a minute's budget in a
+# second. Redis' own clock (TIME), so that every API worker and host agrees. A refused request does not move `tat`.
+# KEYS: the key's timestamp. ARGV: the interval and the burst's span, in microseconds.
+# Returns {1, whole requests left in the burst} or {0, microseconds until one more is let through}.
+_GCRA_LUA = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval = tonumber(ARGV[1])
+local span = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local ahead = tat + interval - now
+if ahead > span then return {0, math.ceil(ahead - span)} end
+redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(ahead / 1000))
+return {1, math.floor((span - ahead) / interval)}
 """
 
 
-def retry_after(limit: int, previous: int, current: int, elapsed: float) -> int:
-    """Whole seconds until the sliding count `previous * (1 - t / W) + current` is under `limit` again, where `t`
-    is the time into this window (`elapsed` now)."""
-    if current >= limit or previous == 0:  # this window alone is full: the next one starts with it as `previous`
-        wait = WINDOW_SECONDS - elapsed + WINDOW_SECONDS * max(0.0, 1 - limit / max(current, 1))
-    else:
-        wait = WINDOW_SECONDS * (1 - (limit - current) / previous) - elapsed
-    return max(1, math.ceil(wait))
+def bucket(limit_per_minute: int, burst: int) -> tuple[int, int]:
+    """The emission interval and the burst's span, in microseconds, for `limit_per_minute` requests a minute with
+    up to `burst` at once (at most a minute's worth)."""
+    interval = max(1, round(60_000_000 / limit_per_minute))
+    return interval, interval * max(1, min(burst, limit_per_minute))
 
 
 class RequestLimiter:
     """One per event loop (an asyncio Redis client belongs to the loop that made it)."""
 
     def __init__(self, url: str) -> None:
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
-        self._script: Any = self.redis.register_script(_SLIDING_WINDOW_LUA)  # EVALSHA; loaded on first use
+        self.redis: aioredis.Redis = async_redis(url, timeout=REDIS_TIMEOUT_SECONDS,
+                                                 connect_timeout=REDIS_TIMEOUT_SECONDS, pool_wait=REDIS_TIMEOUT_SECONDS)
+        self._script: Any = self.redis.register_script(_GCRA_LUA)  # EVALSHA; loaded on first use
 
-    async def hit(self, key_id: str, limit: int) -> None:
-        """Count one request of `key_id`; raises RateLimited when it would pass `limit` per minute."""
-        now = time.time()
-        window, elapsed = divmod(now, WINDOW_SECONDS)
-        base = f"tunequeue:rate:{{{key_id}}}:"  # one hash slot per key, should Redis ever be a cluster
+    async def hit(self, key_id: str, limit: int, burst: int) -> None:
+        """Count one request of `key_id`; raises RateLimited when it would pass `limit` per minute (`burst` at
+        once)."""
+        interval, span = bucket(limit, burst)
         try:
-            allowed, previous, current = await self._script(
-                keys=[f"{base}{int(window)}", f"{base}{int(window) - 1}"],
-                args=[limit, 1 - elapsed / WINDOW_SECONDS, 2 * WINDOW_SECONDS])
+            allowed, value = await self._script(keys=[f"tunequeue:rate:{key_id}"], args=[interval, span])
         except (redis.RedisError, OSError, TimeoutError) as exc:
             _fail_open("request rate", exc)
             return
         if not allowed:
-            wait = retry_after(limit, int(previous), int(current), elapsed)
+            wait = max(1, math.ceil(int(value) / 1_000_000))
             raise RateLimited(
-                f"Rate limit reached: this API key may make {limit} requests per minute "
-                f"(TUNEQUEUE_RATE_LIMIT_PER_MINUTE); retry after {wait} s (the Retry-After header).",
-                retry_after=wait)
+                f"Rate limit reached: this API key may make {limit} requests per minute, "
+                f"{min(burst, limit)} at once (TUNEQUEUE_RATE_LIMIT_PER_MINUTE, TUNEQUEUE_RATE_LIMIT_BURST); "
+                f"retry after {wait} s (the Retry-After header).", retry_after=wait)
 
 
 _limiters: dict[tuple[asyncio.AbstractEventLoop, str], RequestLimiter] = {}
@@ -122,11 +123,12 @@ def get_limiter() -> RequestLimiter:
 async def rate_limit(request: Request, authorization: Annotated[str | None, Depends(api_key_header)]) -> None:
     """The app-wide dependency: a request with a key is counted against it once authenticated. A request without
     one is the route's to refuse (401) or to serve (`/healthz`, `/readyz`)."""
-    limit = get_settings().rate_limit_per_minute
+    settings = get_settings()
+    limit = settings.rate_limit_per_minute
     if not limit or not authorization or request.scope["path"] in UNCOUNTED_PATHS:
         return
     caller = await get_caller(authorization)  # the route's own get_caller then finds the key in the cache
-    await get_limiter().hit(caller.key_id, limit)
+    await get_limiter().hit(caller.key_id, limit, settings.rate_limit_burst)
 
 
 # --- open event streams per tenant ----------------------------------------------------------------------------

@@ -138,10 +138,13 @@ class Settings(BaseSettings):
     keep_failed_workdirs: bool = Field(default=False, description="Keep a failed job's work directory (under "
                                        "work_dir, mode 0700) for debugging; by default every job's is removed.")
     # --- one tenant's API traffic against another's (issue 13; api/rate_limits.py, docs/security.md) ---
-    rate_limit_per_minute: int = Field(default=6000, ge=0, description="Requests one API key may make per minute "
-                                       "(a sliding window in Redis, shared by every API worker); over it, 429 "
-                                       "rate_limit_exceeded with Retry-After. /healthz and /readyz are not "
+    rate_limit_per_minute: int = Field(default=6000, ge=0, description="Requests one API key may make per minute, "
+                                       "evenly spread (a token bucket in Redis, shared by every API worker); over "
+                                       "it, 429 rate_limit_exceeded with Retry-After. /healthz and /readyz are not "
                                        "counted. 0: no limit.")
+    rate_limit_burst: int = Field(default=100, ge=1, description="Requests one API key may send at once, above its "
+                                  "steady rate (the bucket's size; at most a minute's worth): a key that was quiet "
+                                  "may send this many back to back, then one per 60/RATE_LIMIT_PER_MINUTE s.")
     max_streams_per_tenant: int = Field(default=50, ge=0, description="Event streams one tenant may have open "
                                         "at once, across every API worker; the next is 429 too_many_streams. 0: "
                                         "no cap.")

@@ -70,3 +70,63 @@ def test_a_redis_that_does_not_answer_lets_requests_through_and_says_so(client, 
         for _ in range(limited * 2):
             assert client.get("/jobs", headers=auth(key)).status_code == 200
     assert [r for r in caplog.records if "request rate" in r.getMessage()], "the outage is logged"
+
+
+def test_a_key_cannot_spend_a_minutes_budget_at_once_only_its_burst_then_its_steady_rate(  # type: ignore[no-untyped-def]
+        client, monkeypatch) -> None:
+    import time
+
+    monkeypatch.setattr(get_settings(), "rate_limit_per_minute", 600)  # one request per 0.1 s
+    monkeypatch.setattr(get_settings(), "rate_limit_burst", 5)
+    _, key = make_tenant()
+    started = time.monotonic()
+    answers = [client.get("/jobs", headers=auth(key)).status_code for _ in range(40)]
+    elapsed = time.monotonic() - started
+    assert answers[:5] == [200] * 5, "a quiet key may send its burst back to back"
+    assert 429 in answers
+    # the burst, and one more per 0.1 s that passed while the 40 were sent (a per-minute count lets all 40 through)
+    assert answers.count(200) <= 5 + int(elapsed / 0.1) + 1, (answers, elapsed)
+
+
+def test_a_refused_key_is_told_to_come_back_when_its_bucket_has_room_and_then_gets_through(  # type: ignore[no-untyped-def]
+        client, monkeypatch) -> None:
+    import time
+
+    monkeypatch.setattr(get_settings(), "rate_limit_per_minute", 60)  # one request a second
+    monkeypatch.setattr(get_settings(), "rate_limit_burst", 2)
+    _, key = make_tenant()
+    assert [client.get("/jobs", headers=auth(key)).status_code for _ in range(2)] == [200, 200]
+    refused = assert_error(client.get("/jobs", headers=auth(key)), 429, "rate_limit_exceeded")
+    assert "TUNEQUEUE_RATE_LIMIT_BURST" in refused["message"]
+    wait = int(client.get("/jobs", headers=auth(key)).headers["Retry-After"])
+    assert wait == 1, "one request a second: room for the next within a second"
+    time.sleep(wait + 0.05)
+    assert client.get("/jobs", headers=auth(key)).status_code == 200, "a refused request did not use the budget"
+
+
+def test_two_hundred_concurrent_checks_on_one_event_loop_are_each_counted_not_let_through(  # type: ignore[no-untyped-def]
+        caplog, monkeypatch) -> None:
+    """Each API worker checks every request on its one event loop: a burst of concurrent requests must wait for a
+    Redis connection. redis-py's default pool (100 connections since redis-py 7) raised "Too many connections"
+    instead, and the check failed open: a burst was let through uncounted."""
+    import asyncio
+
+    from api import rate_limits
+    from common.errors import RateLimited
+    from common.ids import new_id
+
+    monkeypatch.setattr(rate_limits, "_last_logged", {})
+    key_id = new_id("key")
+
+    async def burst() -> list[BaseException | None]:
+        limiter = rate_limits.RequestLimiter(get_settings().redis_url)
+        try:
+            return await asyncio.gather(*(limiter.hit(key_id, 100, 100) for _ in range(200)), return_exceptions=True)
+        finally:
+            await limiter.redis.aclose()
+
+    with caplog.at_level("WARNING", logger="tunequeue.api.rate_limits"):
+        results = asyncio.run(burst())
+    assert not [r for r in caplog.records if "request rate" in r.getMessage()], "no check failed open"
+    assert sum(r is None for r in results) == 100, "exactly the burst got through"
+    assert all(isinstance(r, RateLimited) for r in results if r is not None)
