@@ -2,9 +2,10 @@
 (docs/security.md, "One tenant's traffic against another's"):
 
 - **requests per minute per key** (`TUNEQUEUE_RATE_LIMIT_PER_MINUTE`, up to `TUNEQUEUE_RATE_LIMIT_BURST` at
-  once): a token bucket (GCRA), one Lua script, so one Redis round trip per request and no database query. Over it: `429 rate_limit_exceeded` with `Retry-After`. `rate_limit` is an
-  app-wide dependency (api/main.py) that authenticates first (`get_caller`, from the key cache on the hot path),
-  so only a working key is counted, under its key id. `/healthz` and `/readyz` take no key and are not counted.
+  once): a token bucket (GCRA), one Lua script, so one Redis round trip per request and no database query.
+  Over it: `429 rate_limit_exceeded` with `Retry-After`. `rate_limit` is an app-wide dependency (api/main.py)
+  that authenticates first (`get_caller`, from the key cache on the hot path), so only a working key is counted,
+  under its key id. `/healthz` and `/readyz` take no key and are not counted.
 - **open event streams per tenant** (`TUNEQUEUE_MAX_STREAMS_PER_TENANT`): a sorted set of stream ids scored by
   when their lease ends. A stream renews its lease while it runs and removes itself when it ends (a `finally`), and
   a stream whose API worker crashed drops out when its lease ends (`STREAM_LEASE_SECONDS`).
