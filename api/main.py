@@ -14,12 +14,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy.pool import NullPool
 
 from api import metrics
 from api.forwarded import BehindProxy, trusted_proxies
-from api.rate_limits import rate_limit
+from api.rate_limits import LimitRequestRate
 from api.routes import files, health, inference, jobs, keys, models, openai_jobs, workers
 from api.upload_limits import LimitUploadSize
 from common import http_errors
@@ -47,7 +47,6 @@ def create_app() -> FastAPI:
         title="TuneQueue",
         version="0.1.0",
         description="Self-hosted fine-tuning behind a durable job queue, with an OpenAI-compatible API.",
-        dependencies=[Depends(rate_limit)],  # requests per minute per key (api/rate_limits.py)
         # No trailing-slash redirects: Starlette builds their Location from the Host header, which the client
         # chooses (docs/security.md, "Behind the reverse proxy"). `/jobs/` is a 404.
         redirect_slashes=False,
@@ -63,6 +62,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1/fine_tuning", include_in_schema=False)
     app.include_router(files.router, prefix="/v1", include_in_schema=False)
     app.add_middleware(LimitUploadSize)
+    app.add_middleware(LimitRequestRate)  # requests per key (api/rate_limits.py), before any body is read
     app.add_middleware(metrics.HttpMetricsMiddleware)
     return app
 

@@ -3,7 +3,7 @@
 
 - **requests per minute per key** (`TUNEQUEUE_RATE_LIMIT_PER_MINUTE`, up to `TUNEQUEUE_RATE_LIMIT_BURST` at
   once): a token bucket (GCRA), one Lua script, so one Redis round trip per request and no database query.
-  Over it: `429 rate_limit_exceeded` with `Retry-After`. `rate_limit` is an app-wide dependency (api/main.py)
+  Over it: `429 rate_limit_exceeded` with `Retry-After`. `LimitRequestRate` is an ASGI middleware (api/main.py)
   that authenticates first (`get_caller`, from the key cache on the hot path), so only a working key is counted,
   under its key id. `/healthz` and `/readyz` take no key and are not counted.
 - **open event streams per tenant** (`TUNEQUEUE_MAX_STREAMS_PER_TENANT`): a sorted set of stream ids scored by
@@ -19,14 +19,15 @@ import asyncio
 import logging
 import math
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import Depends, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import api_key_header, get_caller
-from common.errors import RateLimited
+from api.deps import get_caller
+from common.errors import AuthenticationError, RateLimited, TuneQueueError
+from common.http_errors import error_response
 from common.ids import new_id
 from common.redis_client import async_redis, get_redis
 from common.settings import get_settings
@@ -36,6 +37,7 @@ log = logging.getLogger("tunequeue.api.rate_limits")
 UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz"})  # no key, and what probes and load balancers poll
 REDIS_TIMEOUT_SECONDS = 0.5  # a Redis that hangs costs a request this much at most, then it fails open
 LOG_EVERY_SECONDS = 60.0
+MAX_REMEMBERED_REFUSALS = 10_000  # refused keys a worker remembers; past it, the lapsed ones are dropped
 # A stream renews its entry at least this often; an entry not renewed for STREAM_LEASE_SECONDS (its API worker
 # crashed, or was killed) no longer counts.
 STREAM_LEASE_SECONDS = 60.0
@@ -84,16 +86,24 @@ def bucket(limit_per_minute: int, burst: int) -> tuple[int, int]:
 
 
 class RequestLimiter:
-    """One per event loop (an asyncio Redis client belongs to the loop that made it)."""
+    """One per event loop (an asyncio Redis client belongs to the loop that made it). It remembers, for each key it
+    refused, when that key's bucket has room again: until then it refuses the key without asking Redis (nothing
+    but time makes room: a refused request moves nothing), so a key that ignores Retry-After costs no round trip."""
 
     def __init__(self, url: str) -> None:
         self.redis: aioredis.Redis = async_redis(url, timeout=REDIS_TIMEOUT_SECONDS,
                                                  connect_timeout=REDIS_TIMEOUT_SECONDS, pool_wait=REDIS_TIMEOUT_SECONDS)
         self._script: Any = self.redis.register_script(_GCRA_LUA)  # EVALSHA; loaded on first use
+        self._refused_until: dict[str, float] = {}  # key id → time.monotonic() when its bucket has room
 
     async def hit(self, key_id: str, limit: int, burst: int) -> None:
         """Count one request of `key_id`; raises RateLimited when it would pass `limit` per minute (`burst` at
         once)."""
+        until = self._refused_until.get(key_id)
+        if until is not None:
+            if time.monotonic() < until:
+                raise self._refusal(limit, burst, until - time.monotonic())
+            del self._refused_until[key_id]
         interval, span = bucket(limit, burst)
         try:
             allowed, value = await self._script(keys=[f"tunequeue:rate:{key_id}"], args=[interval, span])
@@ -101,11 +111,20 @@ class RequestLimiter:
             _fail_open("request rate", exc)
             return
         if not allowed:
-            wait = max(1, math.ceil(int(value) / 1_000_000))
-            raise RateLimited(
-                f"Rate limit reached: this API key may make {limit} requests per minute, "
-                f"{min(burst, limit)} at once (TUNEQUEUE_RATE_LIMIT_PER_MINUTE, TUNEQUEUE_RATE_LIMIT_BURST); "
-                f"retry after {wait} s (the Retry-After header).", retry_after=wait)
+            wait = int(value) / 1_000_000
+            if len(self._refused_until) >= MAX_REMEMBERED_REFUSALS:
+                now = time.monotonic()
+                self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
+            self._refused_until[key_id] = time.monotonic() + wait
+            raise self._refusal(limit, burst, wait)
+
+    @staticmethod
+    def _refusal(limit: int, burst: int, seconds: float) -> RateLimited:
+        wait = max(1, math.ceil(seconds))
+        return RateLimited(
+            f"Rate limit reached: this API key may make {limit} requests per minute, {min(burst, limit)} at once "
+            f"(TUNEQUEUE_RATE_LIMIT_PER_MINUTE, TUNEQUEUE_RATE_LIMIT_BURST); retry after {wait} s (the "
+            f"Retry-After header).", retry_after=wait)
 
 
 _limiters: dict[tuple[asyncio.AbstractEventLoop, str], RequestLimiter] = {}
@@ -121,15 +140,45 @@ def get_limiter() -> RequestLimiter:
     return limiter
 
 
-async def rate_limit(request: Request, authorization: Annotated[str | None, Depends(api_key_header)]) -> None:
-    """The app-wide dependency: a request with a key is counted against it once authenticated. A request without
-    one is the route's to refuse (401) or to serve (`/healthz`, `/readyz`)."""
-    settings = get_settings()
-    limit = settings.rate_limit_per_minute
-    if not limit or not authorization or request.scope["path"] in UNCOUNTED_PATHS:
-        return
-    caller = await get_caller(authorization)  # the route's own get_caller then finds the key in the cache
-    await get_limiter().hit(caller.key_id, limit, settings.rate_limit_burst)
+class LimitRequestRate:
+    """The app's outermost check, pure ASGI (api/main.py): a request with a working key is counted against it
+    before routing, so a refused one costs its authentication (from the key cache), at most one Redis round trip
+    and a small JSON answer, not FastAPI's routing and dependencies. A request without a key, or with one that
+    does not work, goes on to its route, which refuses it (401) or serves it (`/healthz`, `/readyz`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = await self._refusal(scope)
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refusal(scope: Scope) -> TuneQueueError | None:
+        settings = get_settings()
+        if not settings.rate_limit_per_minute:
+            return None
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if authorization is None or path in UNCOUNTED_PATHS:
+            return None
+        try:
+            caller = await get_caller(authorization.decode("latin-1"))  # the route's own then hits the cache
+        except AuthenticationError:
+            return None  # the route says why
+        except TuneQueueError as exc:  # the key lookup could not run (503): the route would answer the same
+            return exc
+        except Exception:  # noqa: BLE001 - the route meets it again, and its handler logs and answers it
+            return None
+        try:
+            await get_limiter().hit(caller.key_id, settings.rate_limit_per_minute, settings.rate_limit_burst)
+        except RateLimited as exc:
+            return exc
+        return None
 
 
 # --- open event streams per tenant ----------------------------------------------------------------------------

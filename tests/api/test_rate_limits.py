@@ -130,3 +130,42 @@ def test_two_hundred_concurrent_checks_on_one_event_loop_are_each_counted_not_le
     assert not [r for r in caplog.records if "request rate" in r.getMessage()], "no check failed open"
     assert sum(r is None for r in results) == 100, "exactly the burst got through"
     assert all(isinstance(r, RateLimited) for r in results if r is not None)
+
+
+def test_a_worker_refuses_a_key_it_refused_without_asking_redis_again_until_its_bucket_has_room(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Only time makes room in a bucket, so a worker that refused a key may refuse its next requests by itself:
+    here Redis stops answering after the refusal, and the key is still refused (a call to Redis would have failed
+    open and let it through)."""
+    import asyncio
+
+    from api import rate_limits
+    from common.errors import RateLimited
+    from common.ids import new_id
+    from common.redis_client import async_redis
+
+    async def scenario() -> tuple[int, bool]:
+        limiter = rate_limits.RequestLimiter(get_settings().redis_url)
+        key_id = new_id("key")
+        passed = 0
+        try:
+            for _ in range(3):
+                try:
+                    await limiter.hit(key_id, 60, 2)
+                    passed += 1
+                except RateLimited:
+                    pass
+            await limiter.redis.aclose()
+            limiter.redis = async_redis(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, connect_timeout=0.2)
+            limiter._script = limiter.redis.register_script(rate_limits._GCRA_LUA)
+            try:
+                await limiter.hit(key_id, 60, 2)
+                refused_again = False
+            except RateLimited as exc:
+                refused_again = exc.retry_after == 1
+            return passed, refused_again
+        finally:
+            await limiter.redis.aclose()
+
+    passed, refused_again = asyncio.run(scenario())
+    assert passed == 2, "the burst of two went through, the third was refused"
+    assert refused_again, "refused again, within the second it waits for room, with no Redis to ask"
