@@ -21,10 +21,12 @@ from tests.support.chunked import endless_json, post_chunked
 from tests.support.http import assert_error
 from tests.support.servers import uvicorn_in_thread
 from tests.support.serving import SERVE_HEADERS, collect
+from worker.serve import tokenise
 from worker.serve.app import create_app
 from worker.serve.engine import Engine, GenRequest, Sampling
 from worker.serve.fairness import FairQueue, TenantSlots
 from worker.serve.server import ModelServer
+from worker.serve.tokenise import PROBE_CHARS_PER_TOKEN
 
 pytestmark = pytest.mark.filterwarnings(
     # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model; not ours
@@ -110,8 +112,40 @@ def test_an_over_long_prompt_is_400_naming_it_before_any_tokeniser_runs(http: Te
     assert status(http)["tokenising"]["calls"] == before["calls"] + 1
 
 
-def test_a_long_tokenisation_does_not_hold_up_a_short_request(live: str, model_server: ModelServer) -> None:
+def test_a_prompt_far_over_the_context_is_refused_after_tokenising_a_few_pieces_not_all_of_it(
+        http: TestClient, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the character bound but far over the context in tokens (the maximal prompt of an attack): refused
+    once its first pieces hold more tokens than the context, with the same 400; the characters tokenised are
+    counted by wrapping the real tokenizer."""
     base = model_server.pool.get("tiny-llama")
+    piece = base.context_length * PROBE_CHARS_PER_TOKEN
+    text = "ab " * (model_server.tokeniser.char_limit(base) // 3 - 1)  # ~2 tokens per 3 characters: ~17k tokens
+    assert len(text) > 3 * piece
+    tokenised: list[int] = []
+    real = base.tokenizer.__class__.__call__
+
+    def counting(self: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        tokenised.append(len(value) if isinstance(value, str) else sum(len(v) for v in value))
+        return real(self, value, *args, **kwargs)
+
+    monkeypatch.setattr(base.tokenizer.__class__, "__call__", counting)
+    chat = {**CHAT, "messages": [{"role": "user", "content": text}]}
+    err = assert_error(http.post("/v1/chat/completions", json=chat), 400,  # type: ignore[arg-type]
+                       "context_length_exceeded", param="messages")
+    assert f"{base.context_length} tokens" in err["message"]
+    assert sum(tokenised) <= 2 * piece, f"tokenised {sum(tokenised)} of {len(text)} characters"
+    tokenised.clear()
+    assert_error(http.post("/v1/completions", json={"model": "tiny-llama", "prompt": text}),  # type: ignore[arg-type]
+                 400, "context_length_exceeded", param="prompt")
+    assert sum(tokenised) <= 2 * piece, f"tokenised {sum(tokenised)} of {len(text)} characters"
+
+
+def test_a_long_tokenisation_does_not_hold_up_a_short_request(live: str, model_server: ModelServer,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    base = model_server.pool.get("tiny-llama")
+    # A long tokenisation: 16 prompts at the character bound, each tokenised whole (the early refusal from a
+    # prompt's first pieces is turned off here: its pieces are as long as the bound), then refused on the count.
+    monkeypatch.setattr(tokenise, "PROBE_CHARS_PER_TOKEN", tokenise.chars_per_token(base.tokenizer))
     prompt = "the quick brown fox, " * (model_server.tokeniser.char_limit(base) // 21)
     answers: list[httpx.Response] = []
     long = threading.Thread(target=lambda: answers.append(httpx.post(
@@ -131,7 +165,6 @@ def test_a_long_tokenisation_does_not_hold_up_a_short_request(live: str, model_s
     long.join(60)
     assert short.status_code == 200, short.text
     assert still_tokenising, f"the short request ({took:.2f} s) was answered only after the long one"
-    # 16 prompts of ~26,000 characters: tokenised, then refused on the exact token count.
     assert_error(answers[0], 400, "context_length_exceeded", param="prompt")
 
 

@@ -17,6 +17,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from common.errors import InvalidRequest
 from common.schemas.inference import ChatCompletionRequest, CompletionRequest
 from worker.serve.bases import LoadedBase
 from worker.serve.text import encode_chat, encode_prompt
@@ -28,6 +29,12 @@ MAX_CHARS_PER_TOKEN = 32
 # Tokenising is CPU work in the tokenizers library (which releases the GIL): two threads keep one long prompt from
 # holding up the others without letting many of them take every core from the engine.
 TOKENISE_THREADS = 2
+
+# A text longer than the context × this many characters is probably too long: it is tokenised a piece of that size
+# at a time, and refused as soon as its pieces hold more tokens than the context (plus PIECE_MARGIN_TOKENS per
+# cut, for tokens a cut splits), so that a maximal prompt costs a context's worth of tokenising, not 32 times it.
+PROBE_CHARS_PER_TOKEN = 4
+PIECE_MARGIN_TOKENS = 16
 
 Encoded = tuple[Literal["chat", "text"], list[list[int]], list[str]]
 
@@ -83,7 +90,28 @@ class Tokeniser:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _refuse_if_clearly_over(base: LoadedBase, text: str, where: str) -> None:
+    """A 400 for `text` once its first pieces alone hold more tokens than the context; nothing for a text short
+    enough to be tokenised whole, or whose pieces fit (the exact count then comes from tokenising it whole)."""
+    piece = base.context_length * PROBE_CHARS_PER_TOKEN
+    if len(text) <= piece:
+        return
+    counted = 0
+    for cut, start in enumerate(range(0, len(text), piece)):
+        counted += len(base.tokenizer(text[start:start + piece], add_special_tokens=False)["input_ids"])
+        if counted > base.context_length + cut * PIECE_MARGIN_TOKENS:
+            raise InvalidRequest(
+                f"This model's maximum context length is {base.context_length} tokens. However, the {where} has "
+                f"more than {counted - cut * PIECE_MARGIN_TOKENS} tokens. Please reduce the length of the {where}.",
+                param=where, code="context_length_exceeded")
+
+
 def _encode(base: LoadedBase, body: ChatCompletionRequest | CompletionRequest) -> Encoded:
+    if isinstance(body, ChatCompletionRequest):
+        _refuse_if_clearly_over(base, "".join(m["content"] for m in body.conversation()), "messages")
+    else:
+        for prompt in body.prompts:
+            _refuse_if_clearly_over(base, prompt, "prompt")
     if isinstance(body, ChatCompletionRequest):
         return "chat", [encode_chat(base.tokenizer, base.template, body.conversation(), body.model)], []
     return "text", [encode_prompt(base.tokenizer, p) for p in body.prompts], body.prompts if body.echo else []
