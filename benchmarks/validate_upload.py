@@ -3,6 +3,7 @@ memory under 300 MB above the API's baseline).
 
     .venv/bin/python benchmarks/validate_upload.py [--rows 100000] [--repeat 3] [--skip-api]
     .venv/bin/python benchmarks/validate_upload.py --max-rows 20 --skip-api --tokenize   # issue 13's target
+        [--tokenizer-of var/models/smollm2-135m-instruct]
 
 Two measurements, each in its own process so that one's memory does not hide the other's:
 
@@ -165,10 +166,11 @@ def preview_side(path: str, model: str) -> None:
                       "peak_above_baseline_mb": max(0, peak - before) / 1024}))
 
 
-def run_tokenize(path: Path, work: Path, side: str = "--tokenize-side") -> dict[str, Any]:
+def run_tokenize(path: Path, work: Path, side: str = "--tokenize-side", model: Path | None = None) -> dict[str, Any]:
     from worker.tiny_model import build_tiny_model
 
-    model = build_tiny_model(work / "tiny-llama")
+    if model is None:
+        model = build_tiny_model(work / "tiny-llama")
     out = subprocess.run([sys.executable, __file__, side, str(path), "--model", str(model)],
                          check=True, capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -268,6 +270,9 @@ def main() -> None:
     parser.add_argument("--tokenize-side", help=argparse.SUPPRESS)
     parser.add_argument("--preview-side", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer-of", type=Path, default=None,
+                        help="tokenise with this model's tokenizer and chat template (e.g. "
+                             "var/models/smollm2-135m-instruct) instead of the tiny model's")
     args = parser.parse_args()
     if args.library_side:
         library_side(args.library_side, args.repeat)
@@ -293,9 +298,10 @@ def main() -> None:
         size_mb = path.stat().st_size / 1e6
         lib = run_library(path, args.repeat)
         api = None if args.skip_api else run_api(path, work)
-        tok = run_tokenize(path, work) if args.tokenize else None
+        tok = run_tokenize(path, work, model=args.tokenizer_of) if args.tokenize else None
         if args.max_rows:
-            preview = run_tokenize(path, work, "--preview-side")
+            preview = run_tokenize(path, work, "--preview-side", model=args.tokenizer_of)
+    tokenizer = args.tokenizer_of.name if args.tokenizer_of else "tiny-llama"
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"file: {args.rows:,} chat rows, {size_mb:.1f} MB; machine: {machine}")
@@ -308,11 +314,11 @@ def main() -> None:
               f"(sampled: +{api['sampled_peak_above_baseline_mb']:.1f} MB)")
     if tok is not None:
         t = tok["stats"]
-        print(f"validating_files token statistics (tiny-llama tokenizer, one process): {tok['seconds']:.1f} s "
+        print(f"validating_files token statistics ({tokenizer} tokenizer, one process): {tok['seconds']:.1f} s "
               f"({args.rows / tok['seconds']:,.0f} rows/s), {t['total_tokens']:,} tokens; peak RSS "
               f"+{tok['peak_above_baseline_mb']:.1f} MB above {tok['baseline_mb']:.0f} MB (tokenizer loaded)")
     if preview is not None:
-        print(f"preview of 20 rows (tiny-llama tokenizer, encode + segments): {preview['seconds']:.1f} s, "
+        print(f"preview of 20 rows ({tokenizer} tokenizer, encode + segments): {preview['seconds']:.1f} s, "
               f"{preview['tokens']:,} tokens; peak RSS +{preview['peak_above_baseline_mb']:.1f} MB above "
               f"{preview['baseline_mb']:.0f} MB (tokenizer loaded)")
     print(json.dumps({"rows": args.rows, "megabytes": size_mb, "machine": machine, "library": lib, "api": api,
