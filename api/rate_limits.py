@@ -16,9 +16,11 @@ minute per process."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -37,7 +39,9 @@ log = logging.getLogger("tunequeue.api.rate_limits")
 UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz"})  # no key, and what probes and load balancers poll
 REDIS_TIMEOUT_SECONDS = 0.5  # a Redis that hangs costs a request this much at most, then it fails open
 LOG_EVERY_SECONDS = 60.0
-MAX_REMEMBERED_REFUSALS = 10_000  # refused keys a worker remembers; past it, the lapsed ones are dropped
+MAX_REMEMBERED_KEYS = 10_000  # keys a worker remembers a grant or a refusal of; past it, the lapsed ones are dropped
+GRANT_FRACTION = 20  # a worker takes a twentieth of a key's burst per round trip (`grant_size`)
+GRANT_SECONDS = 1.0  # and spends it within this, or it is lost to the key
 # A stream renews its entry at least this often; an entry not renewed for STREAM_LEASE_SECONDS (its API worker
 # crashed, or was killed) no longer counts.
 STREAM_LEASE_SECONDS = 60.0
@@ -62,8 +66,9 @@ def _fail_open(what: str, exc: BaseException) -> None:
 # `burst` intervals ahead of now. So a key may send `burst` requests at once, then one per interval, and never
 # more than its rate over any stretch of time: a per-minute count would let it spend a minute's budget in a
 # second. Redis' own clock (TIME), so that every API worker and host agrees. A refused request does not move `tat`.
-# KEYS: the key's timestamp. ARGV: the interval and the burst's span, in microseconds.
-# Returns {1, whole requests left in the burst} or {0, microseconds until one more is let through}.
+# KEYS: the key's timestamp. ARGV: the interval and the burst's span, in microseconds, and how many requests the
+# caller would take at once. Returns {1, requests taken (at least one, at most that many)} or {0, microseconds
+# until one more is let through}.
 _GCRA_LUA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -71,10 +76,12 @@ local interval = tonumber(ARGV[1])
 local span = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local ahead = tat + interval - now
-if ahead > span then return {0, math.ceil(ahead - span)} end
-redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', math.ceil(ahead / 1000))
-return {1, math.floor((span - ahead) / interval)}
+local room = math.floor((span - (tat - now)) / interval)
+if room < 1 then return {0, math.ceil(tat + interval - now - span)} end
+local take = math.min(room, tonumber(ARGV[3]))
+local moved = tat + take * interval
+redis.call('SET', KEYS[1], string.format('%d', moved), 'PX', math.ceil((moved - now) / 1000))
+return {1, take}
 """
 
 
@@ -85,38 +92,88 @@ def bucket(limit_per_minute: int, burst: int) -> tuple[int, int]:
     return interval, interval * max(1, min(burst, limit_per_minute))
 
 
+def grant_size(limit_per_minute: int, burst: int) -> int:
+    """How many requests of a key's bucket a worker takes per round trip: a twentieth of the burst (5 of the
+    default 100), one for a small bucket, so that a key's limit stays exact where it is small."""
+    return max(1, min(burst, limit_per_minute) // GRANT_FRACTION)
+
+
+@dataclass
+class _Grant:
+    count: int  # requests taken from the bucket and not spent yet
+    lapses: float  # time.monotonic() after which they are not spent
+
+
 class RequestLimiter:
-    """One per event loop (an asyncio Redis client belongs to the loop that made it). It remembers, for each key it
-    refused, when that key's bucket has room again: until then it refuses the key without asking Redis (nothing
-    but time makes room: a refused request moves nothing), so a key that ignores Retry-After costs no round trip."""
+    """One per event loop (an asyncio Redis client belongs to the loop that made it).
+
+    - It takes a few requests of a busy key's bucket per Redis round trip (`grant_size`) and spends them itself
+      within GRANT_SECONDS; one round trip at a time per key, the requests that arrive meanwhile wait for it and
+      are counted into what it takes. What it does not spend in time is lost to the key (at most
+      `grant_size - 1` requests a second per worker): the key is never let through more than its bucket holds.
+    - It remembers, for each key it refused, when that key's bucket has room again: until then it refuses the key
+      without asking Redis (nothing but time makes room: a refused request moves nothing), so a key that ignores
+      Retry-After costs no round trip."""
 
     def __init__(self, url: str) -> None:
         self.redis: aioredis.Redis = async_redis(url, timeout=REDIS_TIMEOUT_SECONDS,
                                                  connect_timeout=REDIS_TIMEOUT_SECONDS, pool_wait=REDIS_TIMEOUT_SECONDS)
         self._script: Any = self.redis.register_script(_GCRA_LUA)  # EVALSHA; loaded on first use
         self._refused_until: dict[str, float] = {}  # key id → time.monotonic() when its bucket has room
+        self._grants: dict[str, _Grant] = {}
+        self._asking: dict[str, asyncio.Future[None]] = {}  # key id → its round trip in flight
+        self._waiting: collections.Counter[str] = collections.Counter()  # key id → requests waiting for it
 
     async def hit(self, key_id: str, limit: int, burst: int) -> None:
         """Count one request of `key_id`; raises RateLimited when it would pass `limit` per minute (`burst` at
         once)."""
-        until = self._refused_until.get(key_id)
-        if until is not None:
-            if time.monotonic() < until:
-                raise self._refusal(limit, burst, until - time.monotonic())
-            del self._refused_until[key_id]
-        interval, span = bucket(limit, burst)
+        while True:
+            grant = self._grants.get(key_id)
+            if grant is not None and grant.count > 0 and time.monotonic() < grant.lapses:
+                grant.count -= 1
+                return
+            until = self._refused_until.get(key_id)
+            if until is not None:
+                if time.monotonic() < until:
+                    raise self._refusal(limit, burst, until - time.monotonic())
+                del self._refused_until[key_id]
+            asking = self._asking.get(key_id)
+            if asking is None:
+                if not await self._ask(key_id, limit, burst):
+                    return  # Redis did not answer: let it through
+                continue
+            self._waiting[key_id] += 1
+            try:
+                await asyncio.shield(asking)  # a waiter that goes away leaves the round trip to the others
+            finally:
+                self._waiting[key_id] -= 1
+                if not self._waiting[key_id]:
+                    del self._waiting[key_id]
+
+    async def _ask(self, key_id: str, limit: int, burst: int) -> bool:
+        """One round trip for `key_id`: a grant (for this request and those waiting), or a refusal remembered.
+        False when Redis did not answer."""
+        asking = self._asking[key_id] = asyncio.get_running_loop().create_future()
         try:
-            allowed, value = await self._script(keys=[f"tunequeue:rate:{key_id}"], args=[interval, span])
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            _fail_open("request rate", exc)
-            return
-        if not allowed:
-            wait = int(value) / 1_000_000
-            if len(self._refused_until) >= MAX_REMEMBERED_REFUSALS:
-                now = time.monotonic()
+            interval, span = bucket(limit, burst)
+            want = min(max(1, min(burst, limit)), grant_size(limit, burst) + self._waiting[key_id])
+            try:
+                allowed, value = await self._script(keys=[f"tunequeue:rate:{key_id}"], args=[interval, span, want])
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                _fail_open("request rate", exc)
+                return False
+            now = time.monotonic()
+            if len(self._grants) + len(self._refused_until) >= MAX_REMEMBERED_KEYS:
+                self._grants = {k: g for k, g in self._grants.items() if g.lapses > now}
                 self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
-            self._refused_until[key_id] = time.monotonic() + wait
-            raise self._refusal(limit, burst, wait)
+            if allowed:
+                self._grants[key_id] = _Grant(int(value), now + GRANT_SECONDS)
+            else:
+                self._refused_until[key_id] = now + int(value) / 1_000_000
+            return True
+        finally:
+            del self._asking[key_id]
+            asking.set_result(None)
 
     @staticmethod
     def _refusal(limit: int, burst: int, seconds: float) -> RateLimited:

@@ -169,3 +169,43 @@ def test_a_worker_refuses_a_key_it_refused_without_asking_redis_again_until_its_
     passed, refused_again = asyncio.run(scenario())
     assert passed == 2, "the burst of two went through, the third was refused"
     assert refused_again, "refused again, within the second it waits for room, with no Redis to ask"
+
+
+def test_a_busy_key_costs_a_worker_one_redis_round_trip_per_few_requests_and_never_more_than_its_bucket() -> None:
+    """A worker takes a twentieth of the burst per round trip (5 of 100) and spends it itself: 100 requests of one
+    key at the default limit cost about 20 round trips, not 100, and 300 concurrent ones still get exactly the
+    bucket's 100 (the round trips of one key are one at a time; those waiting are counted into the next)."""
+    import asyncio
+    import time
+
+    from api import rate_limits
+    from common.errors import RateLimited
+    from common.ids import new_id
+    from common.redis_client import get_redis
+
+    def evalsha_calls() -> int:
+        return int(get_redis().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    async def scenario() -> tuple[int, int, int, float]:
+        limiter = rate_limits.RequestLimiter(get_settings().redis_url)
+        try:
+            await limiter.hit(new_id("key"), 6000, 100)  # loads the script (its first EVALSHA fails, then EVAL)
+            key_id = new_id("key")
+            before = evalsha_calls()
+            for _ in range(100):
+                await limiter.hit(key_id, 6000, 100)
+            calls = evalsha_calls() - before
+            busy = new_id("key")
+            started = time.monotonic()
+            results = await asyncio.gather(*(limiter.hit(busy, 6000, 100) for _ in range(300)),
+                                           return_exceptions=True)
+            elapsed = time.monotonic() - started
+            assert all(isinstance(r, RateLimited) for r in results if r is not None), results
+            return calls, sum(r is None for r in results), len(results), elapsed
+        finally:
+            await limiter.redis.aclose()
+
+    calls, let_through, sent, elapsed = asyncio.run(scenario())
+    assert calls <= 25, f"{calls} round trips for 100 requests"
+    # the bucket's 100, and one more per 10 ms that passed meanwhile
+    assert 100 <= let_through <= 100 + int(elapsed / 0.01) + 1, f"{let_through} of {sent} let through in {elapsed} s"
