@@ -2,7 +2,8 @@
 (docs/security.md, "One tenant's traffic against another's"):
 
 - **requests per minute per key** (`TUNEQUEUE_RATE_LIMIT_PER_MINUTE`, up to `TUNEQUEUE_RATE_LIMIT_BURST` at
-  once): a token bucket (GCRA), one Lua script, so one Redis round trip per request and no database query.
+  once): a token bucket (GCRA), one Lua script, at most one Redis round trip per request (one per few requests
+  of a busy key: `RequestLimiter`) and no database query.
   Over it: `429 rate_limit_exceeded` with `Retry-After`. `LimitRequestRate` is an ASGI middleware (api/main.py)
   that authenticates first (`get_caller`, from the key cache on the hot path), so only a working key is counted,
   under its key id. `/healthz` and `/readyz` take no key and are not counted.
