@@ -23,6 +23,7 @@ from api.admission import db_slot
 from common.artifacts import LocalArtifactStore, get_store
 from common.auth import KeyCache, KeyIdentity, find_identity, hash_key
 from common.errors import AuthenticationError, PermissionDenied
+from common.models.base import DEFAULT_USER
 from common.read_pool import read
 from common.settings import Settings, get_settings
 
@@ -32,6 +33,7 @@ class Caller:
     tenant_id: str
     key_id: str
     role: str
+    user: str = DEFAULT_USER  # the key's user within its tenant: what it makes records it
 
     @property
     def is_admin(self) -> bool:
@@ -76,7 +78,7 @@ async def get_caller(authorization: Annotated[str | None, Depends(api_key_header
     if identity is None:
         raise AuthenticationError("Incorrect API key provided (or it was revoked, or it has expired).",
                                   code="invalid_api_key")
-    return Caller(tenant_id=identity.tenant_id, key_id=identity.key_id, role=identity.role)
+    return Caller(tenant_id=identity.tenant_id, key_id=identity.key_id, role=identity.role, user=identity.user)
 
 
 _lookups: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[KeyIdentity | None]] = {}

@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session
 from common.errors import Conflict, NotFound
 from common.ids import new_id
 from common.models import ApiKey, Tenant
+from common.models.base import DEFAULT_USER
+from common.schemas.strings import check_user_name
 
 if TYPE_CHECKING:
     from common.read_pool import Reader
@@ -52,13 +54,15 @@ def get_tenant_by_name(session: Session, name: str) -> Tenant:
 
 
 def create_key(session: Session, tenant: Tenant, *, role: str = "member", name: str = "",
-               expires_at: datetime | None = None) -> tuple[ApiKey, str]:
-    """Return the row and the plaintext key; the plaintext is never stored."""
+               expires_at: datetime | None = None, user: str = DEFAULT_USER) -> tuple[ApiKey, str]:
+    """Return the row and the plaintext key; the plaintext is never stored. `user`: who holds it within the
+    tenant (checked: `check_user_name`); the jobs and files the key makes record it."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
+    check_user_name(user)
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(id=new_id("key", 16), tenant_id=tenant.id, name=name, prefix=plaintext[:10],
-                 key_hash=hash_key(plaintext), role=role, expires_at=expires_at)
+                 key_hash=hash_key(plaintext), role=role, expires_at=expires_at, user_name=user)
     session.add(row)
     session.flush()
     return row, plaintext
@@ -84,6 +88,7 @@ class KeyIdentity:
     tenant_id: str
     role: str
     expires_at: datetime | None = None
+    user: str = DEFAULT_USER
 
 
 # `last_used_at` is kept to this resolution: a key in constant use is written once a minute, not at every lookup
@@ -91,7 +96,8 @@ class KeyIdentity:
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 # One statement object each (its SQLAlchemy cache key is computed once).
-_USABLE_BY_HASH = select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.expires_at, ApiKey.last_used_at).where(
+_USABLE_BY_HASH = select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.expires_at, ApiKey.last_used_at,
+                         ApiKey.user_name).where(
     ApiKey.key_hash == bindparam("hash"), ApiKey.revoked_at.is_(None),
     or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()))
 _STAMP_USED = update(ApiKey).where(
@@ -109,7 +115,8 @@ async def find_identity(reader: Reader, key_hash: str) -> KeyIdentity | None:
         return None
     if row["last_used_at"] is None or row["last_used_at"] < datetime.now(UTC) - LAST_USED_RESOLUTION:
         await reader.execute(_STAMP_USED, {"key_id": row["id"]})
-    return KeyIdentity(key_id=row["id"], tenant_id=row["tenant_id"], role=row["role"], expires_at=row["expires_at"])
+    return KeyIdentity(key_id=row["id"], tenant_id=row["tenant_id"], role=row["role"], expires_at=row["expires_at"],
+                       user=row["user_name"])
 
 
 class KeyCache:

@@ -12,6 +12,10 @@ NAMING_CONVENTION = {
 }
 
 
+# The user of a key made before keys named one, and of what such a key makes.
+DEFAULT_USER = "default"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

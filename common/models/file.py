@@ -4,7 +4,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueCon
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from common.models.base import Base, TimestampMixin
+from common.models.base import DEFAULT_USER, Base, TimestampMixin
 
 
 class File(TimestampMixin, Base):
@@ -14,10 +14,12 @@ class File(TimestampMixin, Base):
     # A tenant's page, newest first (common/services/queries.py `page_statement`), is a range of this index: it
     # reads the page's rows and no other tenant's, however many those are.
     __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),
-                      Index("ix_files_tenant_id_created_at", "tenant_id", "created_at", "id"))
+                      Index("ix_files_tenant_id_created_at", "tenant_id", "created_at", "id"),
+                      Index("ix_files_tenant_id_user_name", "tenant_id", "user_name"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_name: Mapped[str] = mapped_column(String(64), default=DEFAULT_USER, server_default=DEFAULT_USER)
     filename: Mapped[str] = mapped_column(String(512))
     purpose: Mapped[str] = mapped_column(String(32), default="fine-tune")
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -5,7 +5,7 @@ from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from common.models.base import Base, TimestampMixin
+from common.models.base import DEFAULT_USER, Base, TimestampMixin
 
 
 class Job(TimestampMixin, Base):
@@ -15,10 +15,12 @@ class Job(TimestampMixin, Base):
     # A tenant's page, newest first (common/services/queries.py `page_statement`), is a range of this index: it
     # reads the page's rows and no other tenant's, however many those are.
     __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),
-                      Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at", "id"))
+                      Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at", "id"),
+                      Index("ix_jobs_tenant_id_user_name", "tenant_id", "user_name"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_name: Mapped[str] = mapped_column(String(64), default=DEFAULT_USER, server_default=DEFAULT_USER)
     base_model: Mapped[str] = mapped_column(String(256))
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), default=None)

@@ -26,6 +26,7 @@ from common.errors import InvalidRequest
 
 MAX_NAME_LENGTH = 512  # ids, names, cursors: the longest id column (models.id, files.filename) is varchar(512)
 MAX_IDEMPOTENCY_KEY_LENGTH = 255  # jobs.idempotency_key and files.idempotency_key are varchar(255)
+MAX_USER_LENGTH = 64  # api_keys.user_name, jobs.user_name and files.user_name are varchar(64)
 
 # OpenAI's bounds on `metadata`.
 MAX_METADATA_PAIRS = 16
@@ -72,6 +73,36 @@ def _name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_name)]
 """A string of at most MAX_NAME_LENGTH characters that Postgres can store: for ids, names and short values in a
 body, a path or a query."""
+
+
+_USER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._@+-]{{0,{MAX_USER_LENGTH - 1}}}")
+
+
+def user_problem(value: str) -> str | None:
+    """What is wrong with `value` as a user name within a tenant (`alice`, `alice@example.com`, `ci-bot`)."""
+    if _USER.fullmatch(value):
+        return None
+    shown = value if len(value) <= 80 else value[:80] + "…"
+    return (f"must be 1 to {MAX_USER_LENGTH} characters, letters, digits and . _ @ + -, starting with a letter or "
+            f"a digit; got {shown!r}")
+
+
+def check_user_name(value: str, *, param: str = "user") -> str:
+    """`value` unchanged, or 400 `invalid_string` on `param`."""
+    if (problem := user_problem(value)) is not None:
+        raise InvalidRequest(f"`{param}` {problem}", param=param, code=INVALID_STRING)
+    return value
+
+
+def _user(value: str) -> str:
+    problem = user_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(INVALID_STRING, problem)
+    return value
+
+
+UserName = Annotated[str, AfterValidator(_user)]
+"""A user name within a tenant (`user_problem`): in a body or a query."""
 
 
 def _metadata(value: Any) -> Any:
