@@ -10,6 +10,7 @@ from common import auth
 from common.db import session_scope
 from common.errors import InvalidRequest, NotFound
 from common.models import ApiKey
+from common.models.base import DEFAULT_USER
 
 
 def create_tenant(name: str) -> str:
@@ -20,8 +21,9 @@ def create_tenant(name: str) -> str:
 
 
 def create_key(tenant_name: str, role: str, label: str, *, create_tenant: bool = False,
-               expires_in_days: float | None = None) -> str:
-    """A new API key for the tenant (created first when `create_tenant`); the only time it is shown in clear."""
+               expires_in_days: float | None = None, user: str = DEFAULT_USER) -> str:
+    """A new API key for `user` of the tenant (created first when `create_tenant`); the only time it is shown in
+    clear."""
     if expires_in_days is not None and expires_in_days <= 0:
         raise InvalidRequest("--expires-in-days must be more than 0", param="expires_in_days")
     expires_at = None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
@@ -32,21 +34,22 @@ def create_key(tenant_name: str, role: str, label: str, *, create_tenant: bool =
             if not create_tenant:
                 raise
             tenant = auth.create_tenant(session, tenant_name)
-        _, plaintext = auth.create_key(session, tenant, role=role, name=label, expires_at=expires_at)
+        _, plaintext = auth.create_key(session, tenant, role=role, name=label, expires_at=expires_at, user=user)
     return plaintext
 
 
 def list_keys(tenant_name: str) -> str:
-    """One line per key of the tenant, newest first: id, role, state, prefix, name and dates."""
+    """One line per key of the tenant, newest first: id, user, role, state, prefix, dates and name."""
     with session_scope() as session:
         tenant = auth.get_tenant_by_name(session, tenant_name)
         keys = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)
                                .order_by(ApiKey.created_at.desc())).all()
         now = datetime.now(UTC)
-        lines = [f"{'id':18} {'role':8} {'state':8} {'prefix':11} {'created':20} {'last used':20} {'expires':20} name"]
+        lines = [f"{'id':18} {'user':16} {'role':8} {'state':8} {'prefix':11} {'created':20} {'last used':20} "
+                 f"{'expires':20} name"]
         for k in keys:
             state = "revoked" if k.revoked_at else "expired" if not auth.is_usable(k, now) else "active"
-            lines.append(f"{k.id:18} {k.role:8} {state:8} {k.prefix:11} {_when(k.created_at):20} "
+            lines.append(f"{k.id:18} {k.user_name:16} {k.role:8} {state:8} {k.prefix:11} {_when(k.created_at):20} "
                          f"{_when(k.last_used_at):20} {_when(k.expires_at):20} {k.name}")
         return "\n".join(lines)
 

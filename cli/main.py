@@ -1,8 +1,8 @@
 """`tunequeue` — admin and developer commands.
 
   tunequeue admin create-tenant NAME
-  tunequeue admin create-key --tenant NAME [--role member|admin|operator] [--name LABEL] [--expires-in-days N]
-                                                                                  (prints the key once)
+  tunequeue admin create-key --tenant NAME [--user USER] [--role member|admin|operator] [--name LABEL]
+                             [--expires-in-days N]                                (prints the key once)
   tunequeue admin list-keys --tenant NAME
   tunequeue admin revoke-key KEY_ID
   tunequeue db create | db upgrade
@@ -22,6 +22,7 @@ from cli.dev import build_real_model, dev_setup
 from common.auth import ROLES
 from common.db_setup import create_database, upgrade_database
 from common.errors import TuneQueueError
+from common.models.base import DEFAULT_USER
 from common.settings import get_settings
 from worker.gguf_convert import SMOLLM2_DEFAULT_DIR
 
@@ -38,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=list(ROLES), default="member",
                    help="operator: the platform's (every tenant's jobs on /workers, /metrics); only made here")
     p.add_argument("--name", default="", help="a label for the key")
+    p.add_argument("--user", default=DEFAULT_USER, help="who holds the key within the tenant (default: "
+                   f"{DEFAULT_USER}); the jobs and files it makes record this user")
     p.add_argument("--expires-in-days", type=float, default=None, help="the key stops working after this long")
     p = admin.add_parser("list-keys", help="a tenant's keys: id, role, name, dates (never the keys)")
     p.add_argument("--tenant", required=True)
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == ("admin", "create-tenant"):
         print(create_tenant(args.name))
     elif command == ("admin", "create-key"):
-        print(create_key(args.tenant, args.role, args.name, expires_in_days=args.expires_in_days))
+        print(create_key(args.tenant, args.role, args.name, expires_in_days=args.expires_in_days, user=args.user))
     elif command == ("admin", "list-keys"):
         print(list_keys(args.tenant))
     elif command == ("admin", "revoke-key"):

@@ -15,7 +15,7 @@ from common.models import File
 from common.read_pool import read
 from common.schemas.common import ListPage
 from common.schemas.files import FilePreview, FilePublic
-from common.schemas.strings import Name
+from common.schemas.strings import Name, UserName
 from common.services import files as service
 from common.services import reads
 
@@ -31,15 +31,19 @@ def upload_file(caller: DbCaller, store: StoreDep, settings: SettingsDep,
         raise InvalidRequest("send the dataset as a multipart form field named `file`", param="file",
                              code="missing_file")
     with session_scope() as session:
-        row = service.create_file(session, store, settings, tenant_id=caller.tenant_id, src=file.file,
+        row = service.create_file(session, store, settings, tenant_id=caller.tenant_id, user=caller.user, src=file.file,
                                   filename=file.filename or "upload.jsonl", purpose=purpose, format=format,
                                   idempotency_key=idempotency_key)
         return FilePublic.of(row)
 
 
 @router.get("", response_model=ListPage[FilePublic])
-async def list_files(caller: CurrentCaller, after: Name | None = None, limit: int = 20) -> Response:
+async def list_files(caller: CurrentCaller, after: Name | None = None, limit: int = 20,
+                     user: UserName | None = None) -> Response:
+    """The organization's files, newest first; `?user=` keeps one user's uploads (`"user"` on each file)."""
     stmt = select(File).where(File.tenant_id == caller.tenant_id)
+    if user is not None:
+        stmt = stmt.where(File.user_name == user)
     async with db_slot():
         rows, has_more = await read(lambda reader: reads.paginate(
             reader, stmt, File, after=after, limit=limit, tenant_id=caller.tenant_id))

@@ -32,7 +32,7 @@ from common.redis_client import async_redis, decode_hash
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
-from common.schemas.strings import Name
+from common.schemas.strings import Name, UserName
 from common.services import events as events_service
 from common.services import jobs as service
 from common.services import reads
@@ -92,17 +92,18 @@ async def live_progress_of(jobs: list[Job]) -> list[dict[str, Any] | None]:
 def create_job(spec: JobSpec, caller: DbCaller, settings: SettingsDep,
                idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
     with session_scope() as session:
-        job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=spec,
+        job = service.submit(session, settings, tenant_id=caller.tenant_id, user=caller.user, spec=spec,
                              idempotency_key=idempotency_key)
         return JobPublic.of(job, None)
 
 
 @router.get("", response_model=ListPage[JobPublic])
 async def list_jobs(caller: CurrentCaller, after: Name | None = None, limit: int = 20,
-                    status: Name | None = None) -> Response:
+                    status: Name | None = None, user: UserName | None = None) -> Response:
+    """The organization's jobs, newest first; `?user=` keeps one user's (`"user"` on each job)."""
     async with db_slot():
         rows, has_more = await read(lambda reader: reads.list_jobs(
-            reader, caller.tenant_id, after=after, limit=limit, status=status))
+            reader, caller.tenant_id, after=after, limit=limit, status=status, user=user))
     data = [JobPublic.of(r, p) for r, p in zip(rows, await live_progress_of(rows), strict=True)]
     return model_response(ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
                                    last_id=data[-1].id if data else None))

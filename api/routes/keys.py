@@ -20,7 +20,7 @@ def create_key(body: KeyCreate, caller: AdminDbCaller) -> KeyCreated:
     """A new key of your tenant. The answer holds the key itself: the only time it is shown."""
     with session_scope() as session:
         row, plaintext = service.create(session, caller.tenant_id, role=body.role, name=body.name,
-                                        expires_at=body.expires())
+                                        expires_at=body.expires(), user=body.user)
         return KeyCreated.made(row, plaintext)
 
 

@@ -91,6 +91,6 @@ def create_fine_tuning_job(body: OpenAIJobCreate, caller: DbCaller, settings: Se
                            idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
     spec = to_spec(body)
     with session_scope() as session:
-        job = service.submit(session, settings, tenant_id=caller.tenant_id, spec=spec,
+        job = service.submit(session, settings, tenant_id=caller.tenant_id, user=caller.user, spec=spec,
                              idempotency_key=idempotency_key)
         return JobPublic.of(job, None)

@@ -15,6 +15,7 @@ class FilePublic(PublicModel):
     created_at: int
     filename: str
     purpose: str
+    user: str  # who uploaded it within the organization: its key's user
     status: str
     status_details: str | None = None
     sha256: str
@@ -30,7 +31,8 @@ class FilePublic(PublicModel):
             details = "; ".join(e["message"] for e in row.errors[:3])
         return cls(
             id=row.id, bytes=row.bytes, created_at=unix(row.created_at) or 0, filename=row.filename,
-            purpose=row.purpose, status=row.status, status_details=details, sha256=row.sha256, format=row.format,
+            purpose=row.purpose, user=row.user_name, status=row.status, status_details=details, sha256=row.sha256,
+            format=row.format,
             stages=list(row.stages or []), row_count=row.row_count, errors=list(row.errors or []),
         )
 

@@ -20,6 +20,7 @@ class JobPublic(PublicModel):
     base_model: str
     fine_tuned_model: str | None
     organization_id: str
+    user: str  # who submitted it within the organization: its key's user
     status: str
     training_file: str
     validation_file: str | None
@@ -48,7 +49,8 @@ class JobPublic(PublicModel):
         return cls(
             id=job.id, created_at=unix(job.created_at) or 0, started_at=unix(job.started_at),
             finished_at=unix(job.finished_at), model=job.base_model, base_model=job.base_model,
-            fine_tuned_model=job.fine_tuned_model, organization_id=job.tenant_id, status=job.status,
+            fine_tuned_model=job.fine_tuned_model, organization_id=job.tenant_id, user=job.user_name,
+            status=job.status,
             training_file=job.training_file_id, validation_file=job.validation_file_id,
             stage=spec.get("stage", "sft"), method=spec.get("method", {}),
             hyperparameters=ResolvedHyperparameters.model_validate(spec["resolved_hyperparameters"]),

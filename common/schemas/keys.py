@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from common.models import ApiKey
+from common.models.base import DEFAULT_USER
 from common.schemas.common import PublicModel, unix
-from common.schemas.strings import INVALID_STRING, Name
+from common.schemas.strings import INVALID_STRING, Name, UserName
 
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last moment a timestamp column holds
 
@@ -22,6 +23,8 @@ class KeyCreate(BaseModel):
     role: Literal["member", "admin"] = Field(default="member", description="admin: may also manage keys")
     expires_at: int | None = Field(default=None, gt=0, le=MAX_UNIX_SECONDS,
                                    description="Unix seconds after which the key stops working")
+    user: UserName = Field(default=DEFAULT_USER, description="Who holds the key within the organization; the jobs "
+                           "and files it makes record this user")
 
     @field_validator("name")
     @classmethod
@@ -46,6 +49,7 @@ class KeyPublic(PublicModel):
     object: Literal["api_key"] = "api_key"
     name: str
     role: str
+    user: str
     prefix: str = Field(description="The key's first characters, to recognise it; the rest is never shown again")
     created_at: int
     expires_at: int | None
@@ -54,7 +58,8 @@ class KeyPublic(PublicModel):
 
     @classmethod
     def of(cls, row: ApiKey) -> KeyPublic:
-        return cls(id=row.id, name=row.name, role=row.role, prefix=row.prefix, created_at=unix(row.created_at) or 0,
+        return cls(id=row.id, name=row.name, role=row.role, user=row.user_name, prefix=row.prefix,
+                   created_at=unix(row.created_at) or 0,
                    expires_at=unix(row.expires_at), last_used_at=unix(row.last_used_at),
                    revoked_at=unix(row.revoked_at))
 

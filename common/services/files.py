@@ -22,6 +22,7 @@ from common.datasets.upload_check import validate_file
 from common.errors import InvalidRequest, TooLarge
 from common.ids import new_id
 from common.models import File
+from common.models.base import DEFAULT_USER
 from common.registry import resolve
 from common.schemas.strings import MAX_IDEMPOTENCY_KEY_LENGTH, check_string
 from common.services.queries import get_owned
@@ -65,7 +66,8 @@ def _same_upload(session: Session, tenant_id: str, key: str, sha256: str, filena
 
 
 def create_file(session: Session, store: LocalArtifactStore, settings: Settings, *, tenant_id: str, src: BinaryIO,
-                filename: str, purpose: str, format: str | None = None, idempotency_key: str | None = None) -> File:
+                filename: str, purpose: str, format: str | None = None, idempotency_key: str | None = None,
+                user: str = DEFAULT_USER) -> File:
     if purpose not in PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}", param="purpose")
     format = check_format(format)
@@ -108,7 +110,7 @@ def create_file(session: Session, store: LocalArtifactStore, settings: Settings,
         bytes=size, sha256=digest.hexdigest(), storage_key=key, status="processed" if report.ok else "error",
         format=report.format, stages=report.stages if report.ok else [], row_count=report.row_count,
         errors=[{"line": e.line, "field": e.field, "code": e.code, "message": e.message} for e in report.errors],
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key, user_name=user,
     )
     session.add(row)
     try:

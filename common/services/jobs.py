@@ -16,6 +16,7 @@ from common import state
 from common.errors import InvalidRequest, model_not_found
 from common.ids import new_id
 from common.models import File, Job
+from common.models.base import DEFAULT_USER
 from common.queue import enqueue_job
 from common.registry import resolve
 from common.schemas.job_spec import JobSpec, stored_spec
@@ -76,10 +77,11 @@ def _same_base(spec: JobSpec, base_model: str, *, what: str, param: str) -> None
 
 
 def submit(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
-           idempotency_key: str | None = None) -> Job:
+           idempotency_key: str | None = None, user: str = DEFAULT_USER) -> Job:
     """POST /jobs and POST /v1/fine_tuning/jobs: create the job, commit it, then enqueue it for validation
     (only what is durable is enqueued). A replayed Idempotency-Key returns the job it made and enqueues nothing."""
-    job, created = create_job(session, settings, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
+    job, created = create_job(session, settings, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key,
+                              user=user)
     session.commit()
     if created:
         try:
@@ -91,7 +93,7 @@ def submit(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpe
 
 
 def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
+               idempotency_key: str | None = None, user: str = DEFAULT_USER) -> tuple[Job, bool]:
     """Validate against what the server has, insert `validating_files`. Returns (job, created). Nothing is
     committed or enqueued: `submit` does both, in that order."""
     check_string(idempotency_key, param="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
@@ -109,7 +111,7 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
     job = Job(
         id=new_id("ftjob"), tenant_id=tenant_id, base_model=spec.base_model, training_file_id=spec.training_file,
         validation_file_id=spec.validation_file, spec=stored, status="validating_files", attempt=0,
-        idempotency_key=idempotency_key, idempotency_hash=spec_hash if idempotency_key else None,
+        idempotency_key=idempotency_key, idempotency_hash=spec_hash if idempotency_key else None, user_name=user,
     )
     session.add(job)
     if idempotency_key:  # without one, the insert cannot collide (NULL keys are distinct): no SAVEPOINT needed
@@ -138,9 +140,11 @@ def _by_idempotency_key(session: Session, tenant_id: str, key: str, spec_hash: s
     return existing
 
 
-def jobs_statement(tenant_id: str, status: str | None) -> Select[Any]:
-    """The tenant's jobs, of one status when `status` is given (checked)."""
+def jobs_statement(tenant_id: str, status: str | None, user: str | None = None) -> Select[Any]:
+    """The tenant's jobs, of one status when `status` is given (checked), of one user's keys when `user` is."""
     stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if user is not None:
+        stmt = stmt.where(Job.user_name == user)
     if status is not None:
         if status not in state.STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(state.STATUSES)}; got {status!r}",

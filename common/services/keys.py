@@ -16,13 +16,14 @@ from sqlalchemy.orm import Session
 from common import auth
 from common.errors import InvalidRequest
 from common.models import ApiKey, Tenant
+from common.models.base import DEFAULT_USER
 from common.services.queries import get_owned, paginate
 
 MAX_GRACE = timedelta(days=7)
 
 
 def create(session: Session, tenant_id: str, *, role: str, name: str,
-           expires_at: datetime | None) -> tuple[ApiKey, str]:
+           expires_at: datetime | None, user: str = DEFAULT_USER) -> tuple[ApiKey, str]:
     """A new key of the tenant; `role` one a tenant may hand out (an operator key is made by the CLI only)."""
     if role not in auth.TENANT_ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(auth.TENANT_ROLES)}; got {role!r}", param="role")
@@ -32,7 +33,7 @@ def create(session: Session, tenant_id: str, *, role: str, name: str,
                              param="expires_at")
     tenant = session.get(Tenant, tenant_id)
     assert tenant is not None  # the caller's own tenant
-    return auth.create_key(session, tenant, role=role, name=name, expires_at=expires_at)
+    return auth.create_key(session, tenant, role=role, name=name, expires_at=expires_at, user=user)
 
 
 def list_keys(session: Session, tenant_id: str, *, after: str | None, limit: int) -> tuple[list[ApiKey], bool]:
@@ -66,7 +67,8 @@ def rotate(session: Session, tenant_id: str, key_id: str, *, grace_seconds: int)
                              param="key_id", code="key_not_active")
     tenant = session.get(Tenant, tenant_id)
     assert tenant is not None
-    new, plaintext = auth.create_key(session, tenant, role=old.role, name=old.name, expires_at=old.expires_at)
+    new, plaintext = auth.create_key(session, tenant, role=old.role, name=old.name, expires_at=old.expires_at,
+                                     user=old.user_name)
     if grace_seconds == 0:
         old.revoked_at = now
     else:
