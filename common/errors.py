@@ -76,6 +76,15 @@ class Conflict(TuneQueueError):
     code = "conflict"
 
 
+class QuotaExceeded(TuneQueueError):
+    """Over a quota a platform operator set on the tenant (common/services/quotas.py): 429, no Retry-After (time
+    alone frees nothing; the message says what does)."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "quota_exceeded"
+
+
 class TooLarge(TuneQueueError):
     status_code = 413
     type = "invalid_request_error"

@@ -1,4 +1,7 @@
-from sqlalchemy import String
+from typing import Any
+
+from sqlalchemy import String, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.models.base import Base, TimestampMixin
@@ -9,3 +12,5 @@ class Tenant(TimestampMixin, Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # limit name → value, set by a platform operator (common/services/quotas.py); an absent limit does not apply
+    quotas: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))

@@ -23,6 +23,7 @@ from common.schemas.job_spec import JobSpec, stored_spec
 from common.schemas.strings import MAX_IDEMPOTENCY_KEY_LENGTH, check_string
 from common.services.models import own_adapter, own_checkpoint
 from common.services.queries import get_owned, not_found, paginate
+from common.services.quotas import check_can_queue
 from common.settings import Settings
 from common.text.templates import check_template_name
 
@@ -107,6 +108,7 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
     if spec.validation_file:
         _check_file(session, tenant_id, spec.validation_file, param="validation_file", stage=spec.stage)
     _check_starting_point(session, tenant_id, spec)
+    check_can_queue(session, tenant_id)
     stored = stored_spec(spec, train.row_count)
     job = Job(
         id=new_id("ftjob"), tenant_id=tenant_id, base_model=spec.base_model, training_file_id=spec.training_file,
