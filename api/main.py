@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 from api import metrics
 from api.forwarded import BehindProxy, trusted_proxies
 from api.rate_limits import LimitRequestRate
-from api.routes import files, health, inference, jobs, keys, models, openai_jobs, workers
+from api.routes import files, health, inference, jobs, keys, models, openai_jobs, quotas, workers
 from api.upload_limits import LimitUploadSize
 from common import http_errors
 from common.read_pool import close_pool
@@ -54,7 +54,7 @@ def create_app() -> FastAPI:
     http_errors.install(app, log)
 
     for router in (health.router, files.router, jobs.router, models.router, workers.router, keys.router,
-                   metrics.router):
+                   quotas.router, metrics.router):
         app.include_router(router)
     # The OpenAI-compatible surface: the same routers under /v1, and OpenAI's own job-create body first.
     app.include_router(openai_jobs.router)

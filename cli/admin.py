@@ -11,6 +11,7 @@ from common.db import session_scope
 from common.errors import InvalidRequest, NotFound
 from common.models import ApiKey
 from common.models.base import DEFAULT_USER
+from common.services import quotas
 
 
 def create_tenant(name: str) -> str:
@@ -64,6 +65,16 @@ def revoke_key(key_id: str) -> str:
             key.revoked_at = datetime.now(UTC)
         return f"revoked {key.id} ({key.role}, {key.name or 'no name'}); API workers refuse it within " \
                "TUNEQUEUE_KEY_CACHE_SECONDS"
+
+
+def set_quota(tenant_name: str, values: dict[str, int | None]) -> str:
+    """Set or remove quotas of a tenant (common/services/quotas.py); returns its limits and use, one per line."""
+    with session_scope() as session:
+        tenant = auth.get_tenant_by_name(session, tenant_name)
+        quotas.set_quotas(session, tenant.id, values)
+        now = quotas.usage(session, tenant.id)
+    return "\n".join(f"{name}: {'no limit' if limit is None else limit} (in use: {now['usage'][name]})"
+                     for name, limit in now["limits"].items())
 
 
 def _when(moment: datetime | None) -> str:

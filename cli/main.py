@@ -5,6 +5,7 @@
                              [--expires-in-days N]                                (prints the key once)
   tunequeue admin list-keys --tenant NAME
   tunequeue admin revoke-key KEY_ID
+  tunequeue admin set-quota TENANT [--max-queued N|none]
   tunequeue db create | db upgrade
   tunequeue dev tiny-model PATH
   tunequeue dev real-model [--out var/models/smollm2-135m-instruct] [--gguf FILE]   (SmolLM2-135M-Instruct from GGUF)
@@ -16,8 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from cli.admin import create_key, create_tenant, list_keys, revoke_key
+from cli.admin import create_key, create_tenant, list_keys, revoke_key, set_quota
 from cli.dev import build_real_model, dev_setup
 from common.auth import ROLES
 from common.db_setup import create_database, upgrade_database
@@ -25,6 +27,21 @@ from common.errors import TuneQueueError
 from common.models.base import DEFAULT_USER
 from common.settings import get_settings
 from worker.gguf_convert import SMOLLM2_DEFAULT_DIR
+
+_UNCHANGED: Any = object()  # an option not given: that quota stays as it is
+
+
+def _limit(text: str) -> int | None:
+    """A quota on the command line: a whole number ≥ 0, or `none` to remove it."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or none; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a whole number ≥ 0 or none; got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True)
     p = admin.add_parser("revoke-key", help="revoke a key by its id (key-…)")
     p.add_argument("key_id")
+    p = admin.add_parser("set-quota", help="set or remove a tenant's quotas; prints them with their use")
+    p.add_argument("tenant", help="the tenant's name")
+    p.add_argument("--max-queued", type=_limit, default=_UNCHANGED, metavar="N|none",
+                   help="jobs the tenant may have waiting (validating_files or queued) at once; none: no limit")
 
     db = groups.add_parser("db", help="database").add_subparsers(dest="cmd", required=True)
     db.add_parser("create", help="create the database if it is missing")
@@ -74,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         print(list_keys(args.tenant))
     elif command == ("admin", "revoke-key"):
         print(revoke_key(args.key_id))
+    elif command == ("admin", "set-quota"):
+        print(set_quota(args.tenant, {name: value for name, value in (("max_queued", args.max_queued),)
+                                      if value is not _UNCHANGED}))
     elif command == ("db", "create"):
         create_database(get_settings().database_url)
     elif command == ("db", "upgrade"):
