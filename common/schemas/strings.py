@@ -17,6 +17,7 @@ Two doors, one rule (`string_problem`):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
@@ -63,14 +64,17 @@ def check_string(value: str | None, *, param: str, max_length: int = MAX_NAME_LE
     return value
 
 
-def _name(value: str) -> str:
-    problem = string_problem(value)
-    if problem is not None:
-        raise PydanticCustomError(INVALID_STRING, problem)
-    return value
+def _refusing(problem_of: Callable[[str], str | None]) -> Callable[[str], str]:
+    """A pydantic validator: the value unchanged, or the custom error `invalid_string` saying `problem_of` it."""
+    def validate(value: str) -> str:
+        problem = problem_of(value)
+        if problem is not None:
+            raise PydanticCustomError(INVALID_STRING, problem)
+        return value
+    return validate
 
 
-Name = Annotated[str, AfterValidator(_name)]
+Name = Annotated[str, AfterValidator(_refusing(string_problem))]
 """A string of at most MAX_NAME_LENGTH characters that Postgres can store: for ids, names and short values in a
 body, a path or a query."""
 
@@ -94,14 +98,7 @@ def check_user_name(value: str, *, param: str = "user") -> str:
     return value
 
 
-def _user(value: str) -> str:
-    problem = user_problem(value)
-    if problem is not None:
-        raise PydanticCustomError(INVALID_STRING, problem)
-    return value
-
-
-UserName = Annotated[str, AfterValidator(_user)]
+UserName = Annotated[str, AfterValidator(_refusing(user_problem))]
 """A user name within a tenant (`user_problem`): in a body or a query."""
 
 
