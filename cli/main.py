@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     elif command == ("admin", "revoke-key"):
         print(revoke_key(args.key_id))
     elif command == ("admin", "set-quota"):
-        print(set_quota(args.tenant, {name: value for name, value in (("max_queued", args.max_queued),)
-                                      if value is not _UNCHANGED}))
+        print(set_quota(args.tenant, {} if args.max_queued is _UNCHANGED else {"max_queued": args.max_queued}))
     elif command == ("db", "create"):
         create_database(get_settings().database_url)
     elif command == ("db", "upgrade"):

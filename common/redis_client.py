@@ -2,8 +2,8 @@
 (common/progress.py, common/worker_registry.py).
 
 Every client here has a pool of POOL_SIZE connections that makes a caller past it wait (up to its `pool_wait`)
-instead of failing: redis-py's default pool raises "Too many connections" at its 101st concurrent caller (since
-redis-py 7), which under load turned a burst of API requests into Redis errors."""
+instead of failing: redis-py's default pool raises "Too many connections" at its 101st concurrent caller (in
+redis-py 8, what a fresh install gets), which under load turned a burst of API requests into Redis errors."""
 
 from __future__ import annotations
 

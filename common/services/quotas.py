@@ -68,4 +68,4 @@ def check_can_queue(session: Session, tenant_id: str) -> None:
         raise QuotaExceeded(
             f"Quota exceeded: this organization may have {limit} jobs waiting (validating_files or queued) and has "
             f"{waiting}. A place frees up when one of them starts running, or when you cancel one "
-            f"(POST /jobs/{{id}}/cancel); the platform operator sets the quota (max_queued).", param=None)
+            f"(POST /jobs/{{id}}/cancel); the platform operator sets the quota (max_queued).")

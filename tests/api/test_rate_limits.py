@@ -107,7 +107,7 @@ def test_a_refused_key_is_told_to_come_back_when_its_bucket_has_room_and_then_ge
 def test_two_hundred_concurrent_checks_on_one_event_loop_are_each_counted_not_let_through(  # type: ignore[no-untyped-def]
         caplog, monkeypatch) -> None:
     """Each API worker checks every request on its one event loop: a burst of concurrent requests must wait for a
-    Redis connection. redis-py's default pool (100 connections since redis-py 7) raised "Too many connections"
+    Redis connection. redis-py's default pool (100 connections in redis-py 8) raised "Too many connections"
     instead, and the check failed open: a burst was let through uncounted."""
     import asyncio
 
