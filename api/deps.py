@@ -20,7 +20,7 @@ from fastapi.security import HTTPBearer
 from starlette.requests import HTTPConnection
 
 from api.admission import db_slot
-from common.artifacts import LocalArtifactStore, get_store
+from common.artifacts import ArtifactStore, get_store
 from common.auth import KeyCache, KeyIdentity, find_identity, hash_key
 from common.errors import AuthenticationError, PermissionDenied
 from common.models.base import DEFAULT_USER
@@ -148,7 +148,7 @@ async def settings_dep() -> Settings:
     return get_settings()
 
 
-async def get_artifact_store() -> LocalArtifactStore:
+async def get_artifact_store() -> ArtifactStore:
     return get_store()
 
 
@@ -160,4 +160,4 @@ AdminDbCaller = Annotated[Caller, Depends(admin_with_slot, scope="function")]
 OperatorDbCaller = Annotated[Caller, Depends(operator_with_slot, scope="function")]
 DbSlot = Annotated[None, Depends(slot_only, scope="function")]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
-StoreDep = Annotated[LocalArtifactStore, Depends(get_artifact_store)]
+StoreDep = Annotated[ArtifactStore, Depends(get_artifact_store)]

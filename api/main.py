@@ -20,7 +20,21 @@ from sqlalchemy.pool import NullPool
 from api import metrics
 from api.forwarded import BehindProxy, trusted_proxies
 from api.rate_limits import LimitRequestRate
-from api.routes import files, health, inference, jobs, keys, models, openai_jobs, quotas, workers
+from api.routes import (
+    files,
+    health,
+    inference,
+    jobs,
+    keys,
+    models,
+    openai_jobs,
+    openai_unsupported,
+    quotas,
+    ui,
+    workers,
+)
+from api.routes.secrets import router as secrets_router
+from api.routes.webhooks import router as webhooks_router
 from api.upload_limits import LimitUploadSize
 from common import http_errors
 from common.read_pool import close_pool
@@ -56,11 +70,15 @@ def create_app() -> FastAPI:
     for router in (health.router, files.router, jobs.router, models.router, workers.router, keys.router,
                    quotas.router, metrics.router):
         app.include_router(router)
+    app.include_router(webhooks_router)  # signed webhooks (docs/webhooks.md)
+    app.include_router(secrets_router)  # tracker credentials (docs/trackers.md)
     # The OpenAI-compatible surface: the same routers under /v1, and OpenAI's own job-create body first.
     app.include_router(openai_jobs.router)
+    app.include_router(openai_unsupported.router)  # its routes this server does not offer, by name
     app.include_router(inference.router)
     app.include_router(jobs.router, prefix="/v1/fine_tuning", include_in_schema=False)
     app.include_router(files.router, prefix="/v1", include_in_schema=False)
+    app.include_router(ui.router)  # the dashboard, a client of the routes above (docs/ui.md)
     app.add_middleware(LimitUploadSize)
     app.add_middleware(LimitRequestRate)  # requests per key (api/rate_limits.py), before any body is read
     app.add_middleware(metrics.HttpMetricsMiddleware)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -67,14 +68,18 @@ def revoke_key(key_id: str) -> str:
                "TUNEQUEUE_KEY_CACHE_SECONDS"
 
 
-def set_quota(tenant_name: str, values: dict[str, int | None]) -> str:
-    """Set or remove quotas of a tenant (common/services/quotas.py); returns its limits and use, one per line."""
+def set_quota(tenant_name: str, values: dict[str, float | None], weight: Any = None) -> str:
+    """Set or remove quotas of a tenant (common/services/quotas.py), and its weight when one is given (a number, or
+    None for the default); returns its weight, limits and use, one per line."""
     with session_scope() as session:
         tenant = auth.get_tenant_by_name(session, tenant_name)
         quotas.set_quotas(session, tenant.id, values)
+        if weight is not None:
+            quotas.set_weight(session, tenant.id, weight)
         now = quotas.usage(session, tenant.id)
-    return "\n".join(f"{name}: {'no limit' if limit is None else limit} (in use: {now['usage'][name]})"
-                     for name, limit in now["limits"].items())
+    return "\n".join([f"weight: {now['weight']}", *(
+        f"{name}: {'no limit' if limit is None else limit} (in use: {now['usage'][name]})"
+        for name, limit in now["limits"].items())])
 
 
 def _when(moment: datetime | None) -> str:

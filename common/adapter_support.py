@@ -1,6 +1,7 @@
 """Which adapters can be served, read from their adapter_config.json: by serve's own batched LoRA engine
 (worker/serve/lora.py) and by vLLM (worker/serve/vllm.py, and the model object's `vllm` note). One list of
-rules: vLLM refuses what serve refuses, and DoRA and ranks above its --max-lora-rank besides."""
+rules: vLLM refuses what serve refuses, and DoRA and ranks above its --max-lora-rank besides (which serve's engine
+runs in its place under the vLLM backend)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ def serving_problems(config: dict[str, Any]) -> list[str]:
         problems.append(f"peft_type is {config.get('peft_type')!r}; only LoRA adapters are served")
     modules = config.get("modules_to_save")
     if modules:
-        problems.append(f"modules_to_save {modules} replaces whole modules, which LoRA serving does not load")
+        problems.append(f"modules_to_save {modules} replaces whole modules, which LoRA serving does not load: train "
+                        "without method.lora.modules_to_save")
     if config.get("bias", "none") != "none":
-        problems.append(f"bias={config['bias']!r} trains the base model's biases, which LoRA serving does not load")
+        problems.append(f"bias={config['bias']!r} trains the base model's biases, which LoRA serving does not load: "
+                        "train with bias='none'")
     problems += [f"{label} ({key}) is not supported" for key, label in _VARIANTS.items() if config.get(key)]
     return problems
 

@@ -1,9 +1,12 @@
-"""Artifact store: uploaded files, checkpoints, adapters. Keys are server-made, '/'-separated.
+"""Artifact store: uploaded files, checkpoints, adapters, merged models, result and TensorBoard files. Keys are
+server-made, '/'-separated.
 
-`ArtifactStore` is the interface the serving side is typed against (worker/serve/, common/services/models.py):
-streamed writes that become visible atomically, streamed reads, fetch-to-local. `LocalArtifactStore` (a folder)
-is its one implementation; the API and the worker use it directly for what only a folder offers (`local_path`,
-whole-directory copies)."""
+`ArtifactStore` (common/artifact_protocol.py, re-exported here) is the interface everything is typed against:
+streamed writes that become visible atomically, streamed reads, fetch-to-local (one file or a whole prefix).
+`LocalArtifactStore` (a folder, the embedded default) is here; `S3ArtifactStore` (s3://bucket/prefix) is in
+common/artifacts_s3.py. `get_store` picks one by
+TUNEQUEUE_ARTIFACTS. Nobody reads a store's files in place: a process that needs a path fetches into its own work
+folder (`local_copy`), so no two processes need to share a folder."""
 
 from __future__ import annotations
 
@@ -11,26 +14,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-from common.errors import InvalidRequest
+from common.artifact_protocol import ArtifactStore, check_key
 
-
-class ArtifactStore(Protocol):
-    """What any artifact store offers."""
-
-    def writer(self, key: str) -> AbstractContextManager[BinaryIO]: ...
-    def put_file(self, key: str, src: Path) -> None: ...
-    def open(self, key: str) -> BinaryIO: ...
-    def fetch(self, key: str, dest: Path) -> Path: ...
-    def exists(self, key: str) -> bool: ...
-    def list_prefix(self, prefix: str) -> list[str]: ...
-    def size(self, key: str) -> int: ...
-    def delete(self, key: str) -> None: ...
-    def delete_prefix(self, prefix: str) -> None: ...
-    def check(self) -> None: ...
+__all__ = ["ArtifactStore", "LocalArtifactStore", "check_key", "get_store"]
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -38,9 +29,7 @@ class LocalArtifactStore(ArtifactStore):
         self.root = Path(root)
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise InvalidRequest(f"invalid artifact key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
@@ -70,8 +59,10 @@ class LocalArtifactStore(ArtifactStore):
         shutil.copyfile(self._path(key), dest)
         return dest
 
-    def local_path(self, key: str) -> Path:
-        return self._path(key)
+    @contextmanager
+    def local_copy(self, key: str, work_dir: Path) -> Iterator[Path]:
+        """The stored file itself (read-only): this store is a local folder already."""
+        yield self._path(key)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -86,21 +77,6 @@ class LocalArtifactStore(ArtifactStore):
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith(".partial-"))
-
-    def put_dir(self, prefix: str, src: Path) -> list[dict[str, int | str]]:
-        """Upload every file under `src` to `prefix/<relative path>`; returns [{path, bytes}]."""
-        out: list[dict[str, int | str]] = []
-        for path in sorted(p for p in Path(src).rglob("*") if p.is_file()):
-            rel = str(path.relative_to(src))
-            self.put_file(f"{prefix.rstrip('/')}/{rel}", path)
-            out.append({"path": rel, "bytes": path.stat().st_size})
-        return out
-
-    def fetch_dir(self, prefix: str, dest: Path) -> Path:
-        base = prefix.rstrip("/") + "/"
-        for key in self.list_prefix(prefix):
-            self.fetch(key, dest / key[len(base):])
-        return dest
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -117,10 +93,21 @@ class LocalArtifactStore(ArtifactStore):
         probe.unlink()
 
 
-def get_store(location: str | None = None) -> LocalArtifactStore:
+def get_store(location: str | None = None) -> ArtifactStore:
+    """The store TUNEQUEUE_ARTIFACTS names: s3://bucket/prefix (common/artifacts_s3.py, TUNEQUEUE_S3_ENDPOINT_URL
+    and the standard AWS credential variables), else a local folder."""
     from common.settings import get_settings
 
-    location = location or get_settings().artifacts
+    settings = get_settings()
+    location = location or settings.artifacts
     if location.startswith("s3://"):
-        raise NotImplementedError("S3 artifact stores are planned; set TUNEQUEUE_ARTIFACTS to a folder for now")
+        return _s3_store(location, settings.s3_endpoint_url or None)
     return LocalArtifactStore(Path(location).resolve())
+
+
+@lru_cache(maxsize=8)
+def _s3_store(location: str, endpoint_url: str | None) -> ArtifactStore:
+    """One per location and process: a boto3 client is costly to make, and safe to share between threads."""
+    from common.artifacts_s3 import S3ArtifactStore
+
+    return S3ArtifactStore.from_url(location, endpoint_url=endpoint_url)

@@ -18,6 +18,8 @@ from common.errors import NotReady, error_body
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0)
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The upstream's headers the client hears too: when to come back (429, 503), and which of serve's engines answered.
+RELAYED_HEADERS = ("retry-after", "x-tunequeue-engine")
 
 
 class StreamingProxy:
@@ -62,9 +64,10 @@ class StreamingProxy:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
+        relayed = {name: response.headers[name] for name in RELAYED_HEADERS if name in response.headers}
         if response.status_code == 200 and stream:
             return StreamingResponse(_relay(response), media_type="text/event-stream",
-                                     background=BackgroundTask(response.aclose), headers=STREAM_HEADERS)
+                                     background=BackgroundTask(response.aclose), headers=STREAM_HEADERS | relayed)
         try:
             content = await response.aread()
         finally:
@@ -78,10 +81,7 @@ class StreamingProxy:
             # Older vLLM: {"object": "error", "message", "type", "param", "code"}; ours is OpenAI's.
             data = error_body(data.get("message", str(data)), type=data.get("type") or "server_error",
                               param=data.get("param"), code=str(data.get("code", response.status_code)))
-        # A 429 or 503 says when to come back: the client hears it too.
-        retry_after = response.headers.get("retry-after")
-        return JSONResponse(status_code=response.status_code, content=data,
-                            headers={"Retry-After": retry_after} if retry_after else None)
+        return JSONResponse(status_code=response.status_code, content=data, headers=relayed or None)
 
 
 async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:

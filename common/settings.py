@@ -51,8 +51,14 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = DEV_DATABASE_URL
     redis_url: str = "redis://127.0.0.1:6379/0"
-    artifacts: str = Field(default="var/artifacts", description="Local folder, or s3://bucket/prefix (planned).")
+    artifacts: str = Field(default="var/artifacts", description="Local folder, or s3://bucket/prefix "
+                           "(common/artifacts_s3.py; credentials from the standard AWS variables).")
+    s3_endpoint_url: str = Field(default="", description="An S3-compatible server (MinIO) instead of AWS S3.")
     work_dir: str = Field(default="var/work", description="Scratch space for training children.")
+    model_cache_dir: str = Field(default="var/model-cache", description="Where s3:// base models are fetched to "
+                                 "(common/model_cache.py): this host's own folder, shared by its processes.")
+    model_cache_bytes: int = Field(default=100 * 1024**3, ge=1, description="The model cache's bound: least recently "
+                                   "used models not in use are removed to stay under it (default 100 GiB).")
     base_models: dict[str, BaseModelEntry] = Field(default_factory=default_base_models)
     host: str = "127.0.0.1"
     port: int = 8000
@@ -69,6 +75,22 @@ class Settings(BaseSettings):
     maintenance_seconds: float = Field(default=10.0, gt=0, description="Reaper/reconciler period in each worker.")
     reconcile_after_seconds: float = Field(default=30.0, ge=0,
                                            description="Republish a queued job the broker lost after this.")
+    # --- what runs next (docs/scheduling.md) ---
+    fair_share_half_life_hours: float = Field(default=4.0, gt=0, description="GPU time counts half as much against "
+                                              "a tenant's (and a user's) fair share after this many hours.")
+    tenant_aging_hours: float = Field(default=4.0, gt=0, description="A tenant's oldest waiting job lowers its "
+                                      "fair-share key by one per this many hours waited (the starvation bound).")
+    priority_aging_hours: float = Field(default=2.0, gt=0, description="A waiting job gains one priority level "
+                                        "per this many hours, within its tenant.")
+    preempt_after_seconds: float = Field(default=60.0, ge=0, description="A job the policy puts before a running "
+                                         "low-priority one preempts it after waiting this long.")
+    preempt_interval_minutes: float = Field(default=30.0, ge=0, description="A job is preempted at most once per "
+                                            "this many minutes.")
+    cpu_memory_budget_mb: int | None = Field(default=None, ge=1, description="Memory a CPU worker's training may "
+                                             "use, for placement by fit. Default: 80% of the host's memory.")
+    worker_devices: int = Field(default=1, ge=1, le=16, description="On a CPU worker (no GPU visible): how many "
+                                "devices it declares, so that a job of resources.devices N ≤ this runs as N "
+                                "ranks (gloo) on this host's CPU. Ignored where GPUs are visible: those count.")
     serve_url: str = Field(default="http://127.0.0.1:8001", description="Where the API forwards inference.")
     serve_host: str = "127.0.0.1"
     serve_port: int = 8001
@@ -110,6 +132,9 @@ class Settings(BaseSettings):
     gpu_sample_seconds: float = Field(default=2.0, gt=0, description="How often the worker samples NVML.")
     worker_ttl_seconds: int = Field(default=30, ge=5, description="A worker's registration expires after this.")
     metrics_event_every: int = Field(default=10, ge=1, description="Keep one metrics event per N steps.")
+    eval_sample_max_tokens: int = Field(default=128, ge=1, le=4096, description="hyperparameters.eval_samples: "
+                                        "the most tokens one generated answer may have (each is also at most as "
+                                        "long as its reference answer).")
     shutdown_grace_seconds: float = Field(default=60.0, gt=0, description="On worker shutdown, time the child "
                                           "gets to checkpoint before it is killed and its job requeued.")
     fault_injection: dict[str, Any] | None = Field(default=None, description="Tests only, e.g. {\"oom_at_step\": 2}: "
@@ -151,8 +176,26 @@ class Settings(BaseSettings):
     stream_fallback_seconds: float = Field(default=5.0, gt=0, description="An open event stream reads Postgres "
                                            "when Redis announces a new event of its job, and also this often, so "
                                            "that a lost announcement delays an event by at most this.")
+    # --- signed webhooks (docs/webhooks.md; common/webhooks/, worker/webhook_delivery.py) ---
+    webhook_allow: str = Field(default="", description="Destinations a webhook may reach beyond the public "
+                               "internet: comma-separated host names (exact, any case) and IP addresses or CIDRs, "
+                               "e.g. `ci.internal,10.20.0.0/16`. By default every address that is not globally "
+                               "routable is refused: loopback, private, shared (CGNAT), link-local, cloud metadata, "
+                               "multicast, reserved and unspecified.")
+    webhook_poll_seconds: float = Field(default=2.0, gt=0, description="How often each Celery worker's webhook "
+                                        "sender looks for deliveries that are due.")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60, description="The whole of one delivery "
+                                           "attempt (connect, send, answer), after which it counts as failed.")
 
-    @field_validator("api_workers", "db_max_concurrency", "serve_token", mode="before")
+    # --- tenants' secrets: tracker credentials (docs/security.md, "Secrets at rest"; common/secrets_box.py) ---
+    secrets_key: SecretStr | None = Field(
+        default=None, description="Fernet key(s) that encrypt the tenants' secrets in Postgres: comma-separated, "
+        "the first encrypts, every one decrypts (rotation). Make one with `python -c 'from cryptography.fernet "
+        "import Fernet; print(Fernet.generate_key().decode())'`. Production: unset, secrets cannot be stored or "
+        "used (PUT /secrets is 503 secrets_unavailable); elsewhere, unset: one is generated once into "
+        "var/secrets-key.")
+
+    @field_validator("api_workers", "db_max_concurrency", "serve_token", "secrets_key", mode="before")
     @classmethod
     def _blank_is_default(cls, value: Any) -> Any:
         # docker-compose passes `${TUNEQUEUE_API_WORKERS:-}` through as "" when the operator set nothing.
@@ -164,6 +207,14 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < SERVE_TOKEN_MIN_LENGTH:
             raise ValueError(f"TUNEQUEUE_SERVE_TOKEN has {len(value.get_secret_value())} characters; use at least "
                              f"{SERVE_TOKEN_MIN_LENGTH} random ones, e.g. `openssl rand -hex 32`")
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _webhook_allow_parses(cls, value: str) -> str:
+        from common.webhooks.allow import parse_allow
+
+        parse_allow(value)  # a ValueError naming the entry that is neither a host name nor an address
         return value
 
     @field_validator("base_models", mode="before")
@@ -198,6 +249,10 @@ class Settings(BaseSettings):
     @property
     def work_path(self) -> Path:
         return Path(self.work_dir).resolve()
+
+    @property
+    def model_cache_path(self) -> Path:
+        return Path(self.model_cache_dir).resolve()
 
 
 def _refuse_weak_database_password(url: str) -> None:

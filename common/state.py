@@ -13,10 +13,17 @@ Every status change is an event fired at the job's current status; `TRANSITIONS`
     running            fail           → failed     finish: worker/runner.py; expire_lease after max_attempts
     running            stop           → cancelled  finish: worker/runner.py after a cancel request; expire_lease
     running            requeue        → queued     requeue: the owner hands it back (worker/maintenance.py);
-                                                   expire_lease: the reaper after a lost lease (same file)
+                                                   expire_lease: the reaper after a lost lease (same file);
+                                                   preempt: the owner, after the scheduler asked it to step aside
+    queued             pause          → paused     request_pause: POST /jobs/{id}/pause
+    running            hold           → paused     hold: the owner, after a pause request (worker/maintenance.py)
+    paused             resume         → queued     request_resume: POST /jobs/{id}/resume
+    paused             cancel         → cancelled  request_cancel: POST /jobs/{id}/cancel
 
 A cancel request on a running job changes no status: it sets `cancel_requested`, and the owner (or the reaper,
-when the owner is gone) then fires `stop`.
+when the owner is gone) then fires `stop`. A pause request on a running job likewise sets `pause_requested`; the
+owner has the child checkpoint and stop, and fires `hold`. A paused job holds no worker and no lease; resumed, it is
+claimed again like a requeued one (attempt + 1, from its newest checkpoint).
 
 Every write by a worker is fenced by `attempt`: an owner whose attempt is no longer current (the job was
 requeued and claimed again) changes nothing.
@@ -26,6 +33,10 @@ A reader that follows `seq > last_seen` (the SSE stream of api/routes/jobs.py) c
 transaction committed after a later one. `add_event` therefore takes the job's row lock before it inserts:
 serialised per job, a job's events commit in `seq` order. Once they have, the streams waiting on the job are
 woken (common/job_events_channel.py): `add_event` notes the job, and the session announces it after its commit.
+
+Webhooks: `add_event` also writes the outbox rows of an event that is a webhook event (a state change, a
+preemption, a checkpoint; common/webhooks/outbox.py) in the same transaction, so the two commit or roll back
+together.
 """
 
 from __future__ import annotations
@@ -37,24 +48,30 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from common.errors import InvalidRequest
+from common.errors import Conflict, InvalidRequest
 from common.ids import new_id
 from common.job_events_channel import note_new_events
-from common.models import Job, JobEvent
+from common.models import Job, JobEvent, JobRun
+from common.webhooks import outbox as webhook_outbox
 
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-EVENTS = ("files_checked", "reject", "cancel", "claim", "succeed", "fail", "stop", "requeue")
+EVENTS = ("files_checked", "reject", "cancel", "claim", "succeed", "fail", "stop", "requeue", "pause", "hold",
+          "resume")
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("validating_files", "files_checked"): "queued",
     ("validating_files", "reject"): "failed",
     ("validating_files", "cancel"): "cancelled",
     ("queued", "claim"): "running",
     ("queued", "cancel"): "cancelled",
+    ("queued", "pause"): "paused",
     ("running", "succeed"): "succeeded",
     ("running", "fail"): "failed",
     ("running", "stop"): "cancelled",
     ("running", "requeue"): "queued",
+    ("running", "hold"): "paused",  # its owner saw pause_requested and the child checkpointed
+    ("paused", "resume"): "queued",
+    ("paused", "cancel"): "cancelled",
 }
 FINISH_EVENTS = {"succeeded": "succeed", "failed": "fail", "cancelled": "stop"}
 
@@ -109,18 +126,19 @@ def add_event(
     )
     session.add(event)
     session.flush()
+    webhook_outbox.record(session, event)  # its webhook deliveries, if any, commit with it (common/webhooks/)
     note_new_events(session, job_id)  # announced after the commit, never before the event is durable
     return event
 
 
-def add_first_events(session: Session, job: Job, messages: Sequence[str]) -> None:
+def add_first_events(session: Session, job: Job, messages: Sequence[str], warnings: Sequence[str] = ()) -> None:
     """The first events of a job that this transaction inserted, in one INSERT. No other transaction can see the
     job before this one commits, let alone write its events, so these need not take its row lock (`add_event`'s
     SELECT … FOR UPDATE, a round trip each): `POST /jobs` answers sooner. Nor are they announced (no stream can
     be waiting on a job that nobody can see yet), so `POST /jobs` costs no Redis round trip."""
-    session.add_all([JobEvent(id=new_id("ftevent"), job_id=job.id, tenant_id=job.tenant_id, level="info",
+    session.add_all([JobEvent(id=new_id("ftevent"), job_id=job.id, tenant_id=job.tenant_id, level=level,
                               type="message", message=message, data=None, attempt=job.attempt)
-                     for message in messages])
+                     for level, message in [*(("info", m) for m in messages), *(("warning", w) for w in warnings)]])
     session.flush()
 
 
@@ -146,22 +164,37 @@ def claim(session: Session, job_id: str, *, worker: str, lease_seconds: int) -> 
     if job is None or job.cancel_requested or not can_fire(job.status, "claim"):
         return None
     attempt = job.attempt + 1
+    at = now()
     transition(session, job, "claim", f"Job started on {worker} (attempt {attempt})", data={"worker": worker},
-               changes={"attempt": attempt, "lease_until": now() + timedelta(seconds=lease_seconds),
-                        "worker": worker, "started_at": now()})
+               changes={"attempt": attempt, "lease_until": at + timedelta(seconds=lease_seconds),
+                        "worker": worker, "started_at": at, "preempt_requested": False,
+                        "queue_position": None, "estimated_start_at": None})
+    session.add(JobRun(job_id=job.id, attempt=attempt, tenant_id=job.tenant_id, user_name=job.user_name,
+                       queue=job.queue, worker=worker, devices=job.needs_devices or 1, started_at=at,
+                       last_seen_at=at))
     return attempt
+
+
+def _close_run(session: Session, job: Job, reason: str, *, at: datetime | None = None) -> None:
+    """End the current attempt's run (what fair share and GPU-hours count) at `at`, by default now."""
+    session.execute(update(JobRun).where(JobRun.job_id == job.id, JobRun.attempt == job.attempt,
+                                         JobRun.ended_at.is_(None))
+                    .values(ended_at=at or now(), end_reason=reason))
 
 
 def heartbeat(session: Session, job_id: str, attempt: int, *, lease_seconds: int) -> tuple[bool, bool]:
     """Extend the lease. Returns (still_owner, cancel_requested)."""
+    at = now()
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-        .values(lease_until=now() + timedelta(seconds=lease_seconds))
+        .values(lease_until=at + timedelta(seconds=lease_seconds))
         .returning(Job.cancel_requested)
     ).one_or_none()
     if row is None:
         return False, False
+    session.execute(update(JobRun).where(JobRun.job_id == job_id, JobRun.attempt == attempt)
+                    .values(last_seen_at=at))
     return True, bool(row.cancel_requested)
 
 
@@ -190,6 +223,7 @@ def _end(session: Session, job: Job, status: str, *, error: dict[str, Any] | Non
         changes["error"] = error
     if fine_tuned_model is not None:
         changes["fine_tuned_model"] = fine_tuned_model
+    _close_run(session, job, status)
     text = message or {"succeeded": "The job has successfully completed",
                        "failed": f"The job failed: {(error or {}).get('message', '')}",
                        "cancelled": "The job was cancelled"}[status]
@@ -217,7 +251,9 @@ def finish(
     return True
 
 
-def _requeue(session: Session, job: Job, why: str, *, reason: str) -> None:
+def _requeue(session: Session, job: Job, why: str, *, reason: str, run_end: str = "requeued") -> None:
+    """`reason` goes into the event's data; `run_end` (at most 32 characters) ends the attempt's `job_runs` row."""
+    _close_run(session, job, run_end)
     transition(session, job, "requeue", f"Requeued: {why}; the next attempt resumes from the newest checkpoint",
                level="warning", data={"reason": reason}, changes={"lease_until": None, "worker": None})
 
@@ -233,11 +269,74 @@ def requeue(session: Session, job_id: str, attempt: int, reason: str) -> bool:
     return True
 
 
+def preempt(session: Session, job_id: str, attempt: int) -> bool:
+    """running → queued for a job the scheduler asked to step aside (`preempt_requested`; worker/preemption.py),
+    once its owner saw it checkpoint: a `preempted` event, and `preempted_at` so that it is not preempted again
+    soon. Returns whether it applied (not for a stale owner, nor after a cancel request)."""
+    job = _owned(session, job_id, attempt)
+    if job is None or job.cancel_requested:
+        return False
+    add_event(session, job, "Preempted: a job that goes first under the scheduling policy needed the device; this "
+              "one checkpointed and waits in the queue again", level="warning", type="preempted")
+    _requeue(session, job, "preempted by the scheduler", reason="preempted", run_end="preempted")
+    job.preempted_at = now()
+    job.preempt_requested = False
+    return True
+
+
+def hold(session: Session, job_id: str, attempt: int) -> bool:
+    """running → paused for a job whose owner saw `pause_requested` and had its child checkpoint and stop: it waits,
+    claimed by no one, until it is resumed or cancelled. Returns whether it applied (not for a stale owner, nor
+    after a cancel request: that job is stopped)."""
+    job = _owned(session, job_id, attempt)
+    if job is None or job.cancel_requested:
+        return False
+    _close_run(session, job, "paused")
+    transition(session, job, "hold", "Paused: the job checkpointed and holds; resume continues from that "
+               "checkpoint", changes={"lease_until": None, "worker": None, "pause_requested": False})
+    return True
+
+
+def request_pause(session: Session, job: Job) -> None:
+    """For a job whose row the caller holds: a queued job is paused at once; a running one is flagged, and its owner
+    checkpoints and holds it (`hold`). Pausing a paused job, or one already asked, changes nothing."""
+    if job.status == "paused" or (job.status == "running" and job.pause_requested):
+        return
+    if job.status == "running" and not job.cancel_requested:
+        job.pause_requested = True
+        add_event(session, job, "Pause requested; the job checkpoints and holds")
+        return
+    if job.status != "queued":
+        raise Conflict(f"job {job.id} is {job.status}" + (" and being cancelled" if job.cancel_requested else "")
+                       + "; only a queued or running job can be paused", param="job_id", code="job_not_pausable")
+    transition(session, job, "pause", "Paused before it started; resume puts it back in the queue",
+               changes={"queue_position": None, "estimated_start_at": None})
+
+
+def request_resume(session: Session, job: Job) -> bool:
+    """paused → queued, for a job whose row the caller holds; it resumes from its newest checkpoint when claimed.
+    Returns whether it went back to the queue (False: it was still running, asked to pause: the request is
+    withdrawn and it goes on)."""
+    if job.status == "running" and job.pause_requested:
+        job.pause_requested = False
+        add_event(session, job, "Resumed before it paused; it goes on")
+        return False
+    if job.status != "paused":
+        raise Conflict(f"job {job.id} is {job.status}; only a paused job can be resumed", param="job_id",
+                       code="job_not_paused")
+    transition(session, job, "resume", "Resumed; it waits in the queue and continues from its newest checkpoint")
+    return True
+
+
 def expire_lease(session: Session, job: Job, *, max_attempts: int) -> str:
     """A running job whose lease expired (the caller holds its row) lost its worker: cancelled if a cancel was
     requested, failed with `worker_lost` after `max_attempts` claims, else requeued (the next claim makes
     attempt + 1 and resumes from the newest checkpoint). Returns the new status."""
     lost = f"worker {job.worker} stopped renewing its lease (attempt {job.attempt})"
+    # its GPU time ends at the last heartbeat, not when the reaper noticed (the close below then finds it closed)
+    last_seen = session.scalar(select(JobRun.last_seen_at).where(JobRun.job_id == job.id,
+                                                                 JobRun.attempt == job.attempt))
+    _close_run(session, job, "worker_lost", at=last_seen)
     if job.cancel_requested:
         _end(session, job, "cancelled", message=f"The job was cancelled ({lost})")
     elif job.attempt >= max_attempts:

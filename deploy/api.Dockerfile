@@ -35,6 +35,7 @@ COPY common ./common
 COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
+COPY tunequeue_client ./tunequeue_client
 RUN pip install . \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
 

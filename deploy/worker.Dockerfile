@@ -40,7 +40,7 @@ RUN groupadd --gid 10001 tunequeue \
     && mkdir -p /var/lib/tunequeue/artifacts /var/lib/tunequeue/work /var/lib/tunequeue/models \
     && chown -R 10001:10001 /var/lib/tunequeue
 
-# A CUDA torch before the project, so `pip install .[gpu]` keeps it. The check fails the build on a CPU wheel.
+# A CUDA torch before the project, so `pip install .[gpu,trackers]` keeps it. The check fails the build on a CPU wheel.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && python -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is a CPU build'"
 
@@ -52,7 +52,8 @@ COPY common ./common
 COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
-RUN pip install ".[gpu]" \
+COPY tunequeue_client ./tunequeue_client
+RUN pip install ".[gpu,trackers]" \
     && python -c "import torch; assert torch.version.cuda and torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
 
 USER 10001:10001

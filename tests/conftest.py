@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -49,9 +50,49 @@ def tiny_model() -> Path:
     return TINY_MODEL
 
 
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's standalone S3-compatible server on loopback for one test module (tests/support/s3_server.py; a
+    stand-in for S3, which cannot run here); each test takes a bucket of its own with `new_bucket()`."""
+    from tests.support.s3_server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_settings(moto_s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """This run's settings with the module's S3 server (its credentials in the environment) and a model cache of
+    the test's own; base models the test registers under an `s3-` id are dropped afterwards."""
+    from common.settings import get_settings
+    from tests.support.s3_server import CREDENTIALS
+
+    settings = get_settings()
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(settings, "s3_endpoint_url", moto_s3.endpoint_url)
+    monkeypatch.setattr(settings, "model_cache_dir", str(tmp_path / "model-cache"))
+    yield settings
+    for model_id in [m for m in settings.base_models if m.startswith("s3-")]:
+        del settings.base_models[model_id]
+
+
 @pytest.fixture
 def tenant() -> tuple[str, str]:
     """A fresh tenant and a member key for it: (tenant_id, api_key)."""
     from tests.support.factories import make_tenant
 
     return make_tenant()
+
+
+@pytest.fixture
+def cluster(tiny_model: Path, tmp_path: Path) -> Iterator[Any]:
+    """A test-owned TuneQueue (tests/support/cluster.py): its own database and queues, real API and worker
+    processes that the test starts, signals and stops."""
+    from tests.support.cluster import Cluster
+
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,10 @@ class JobFilesError(JobFailure):
 class FileRef:
     param: str  # training_file | validation_file
     id: str
-    path: Path
+    path: Path  # a local copy (`_local_copies`) while the check runs
     format: str | None
     stages: list[str]
+    storage_key: str | None = None
 
 
 @dataclass
@@ -74,7 +77,8 @@ def check_job_files(job_id: str) -> str:
     stats: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     try:
-        stats = token_stats(plan, settings)
+        with _local_copies(plan, settings):
+            stats = token_stats(plan, settings)
     except JobFilesError as exc:
         error = exc.job_error()
     except Exception as exc:  # a bug must fail the job, not leave it for the reconciler to retry forever
@@ -97,16 +101,27 @@ def check_job_files(job_id: str) -> str:
     return "queued"
 
 
+@contextmanager
+def _local_copies(plan: Plan, settings: Settings) -> Iterator[None]:
+    """The job's stored files copied into this worker's work folder for the check (no shared folder assumed);
+    a file missing from the store keeps its nonexistent path, which `_check_fits` reports."""
+    store = get_store()
+    with ExitStack() as copies:
+        for ref in plan.files:
+            if ref.storage_key is not None and store.exists(ref.storage_key):
+                ref.path = copies.enter_context(store.local_copy(ref.storage_key, settings.work_path / "check-files"))
+        yield
+
+
 def _plan(session: Session, job: Job) -> Plan:
     spec = training_spec(job.spec)
-    store = get_store()
     files = []
     for param, file_id in (("training_file", job.training_file_id), ("validation_file", job.validation_file_id)):
         if file_id is None:
             continue
         row = session.get(File, file_id)
-        path = store.local_path(row.storage_key) if row is not None else Path("/nonexistent")
-        files.append(FileRef(param, file_id, path, row.format if row else None, list(row.stages or []) if row else []))
+        files.append(FileRef(param, file_id, Path("/nonexistent"), row.format if row else None,
+                             list(row.stages or []) if row else [], row.storage_key if row else None))
     return Plan(
         job_id=job.id, base_model=job.base_model, stage=spec.stage, template=spec.template,
         train_on_inputs=spec.train_on_inputs, max_seq_length=spec.hyperparameters.max_seq_length,

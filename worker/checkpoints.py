@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common import state
-from common.artifacts import LocalArtifactStore
+from common.artifacts import ArtifactStore
 from common.ids import new_id
 from common.models import Checkpoint, Job
 
@@ -45,7 +45,7 @@ def newest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
                           .order_by(Checkpoint.step.desc(), Checkpoint.created_at.desc()).limit(1))
 
 
-def fetch_checkpoint(store: LocalArtifactStore, row: Checkpoint, dest: Path) -> Path | None:
+def fetch_checkpoint(store: ArtifactStore, row: Checkpoint, dest: Path) -> Path | None:
     if not store.list_prefix(row.storage_key):
         return None
     if dest.exists():

@@ -103,6 +103,24 @@ class GpuSampler:
             self._ensure_init()
             return list(self._indices) if self._state == "ready" else []
 
+    def describe(self) -> list[dict[str, Any]]:
+        """What each GPU this worker may use is, for placement: index, name, total memory (bytes) and CUDA compute
+        capability ("8.0"), each None where NVML cannot tell."""
+        with self._lock:
+            self._ensure_init()
+            if self._state != "ready":
+                return []
+            out = []
+            for index in self._indices:
+                handle = self._call("nvmlDeviceGetHandleByIndex", index)
+                name = self._call("nvmlDeviceGetName", handle)
+                memory = self._call("nvmlDeviceGetMemoryInfo", handle)
+                capability = self._call("nvmlDeviceGetCudaComputeCapability", handle)
+                out.append({"index": index, "name": name.decode() if isinstance(name, bytes) else name,
+                            "memory_total_bytes": getattr(memory, "total", None),
+                            "compute_capability": f"{capability[0]}.{capability[1]}" if capability else None})
+            return out
+
     def sample(self, pids: Collection[int] = ()) -> list[dict[str, Any]]:
         """One dict per GPU: index, uuid, name, memory used/total/free (MiB), utilization (%), temperature (°C),
         power (W) and `process_memory_mb`, the memory that `pids` hold on it (None when NVML can't tell)."""

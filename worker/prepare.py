@@ -1,26 +1,36 @@
 """Lay out a job's working folder for its training child: job.json, the training data normalised for its stage,
 and — when there is one — the checkpoint to resume from and the adapter to start from. Everything the child
-needs is in that folder, so the child needs no database or broker."""
+needs is in that folder or named by job.json (the base model: a local folder, an s3:// one fetched into this
+host's model cache, or a hub id), so the child needs no database, broker or artifact store."""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from common.artifacts import LocalArtifactStore
+from common import state
+from common.artifacts import ArtifactStore
 from common.datasets.convert import iter_stage_rows
-from common.errors import JobFailure
+from common.db import session_scope
+from common.errors import JobFailure, NotReady
+from common.model_cache import get_model_cache
 from common.models import File, Job
-from common.registry import local_path
+from common.registry import is_s3, local_path
 from common.schemas.job_spec import training_spec
 from common.services.models import own_adapter, own_checkpoint
 from common.settings import Settings
 from worker.checkpoints import fetch_checkpoint, newest_checkpoint
 from worker.workdirs import make_attempt_dir, private_file
+
+log = logging.getLogger("tunequeue.prepare")
 
 
 class JobSetupError(JobFailure):
@@ -34,21 +44,54 @@ class Prepared:
     resumed_from_step: int | None
 
 
-def _write_rows(store: LocalArtifactStore, row: File, stage: str, dest: Path) -> int:
+def _write_rows(store: ArtifactStore, row: File, stage: str, dest: Path) -> int:
+    """The stored file, fetched into the attempt's own folder (no shared folder assumed), converted for `stage`."""
     count = 0
-    with private_file(dest) as out:
-        for item in iter_stage_rows(store.local_path(row.storage_key), row.format or "chat", stage):
+    with store.local_copy(row.storage_key, dest.parent) as source, private_file(dest) as out:
+        for item in iter_stage_rows(source, row.format or "chat", stage):
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
             count += 1
     return count
 
 
-def _base_model(settings: Settings, job: Job) -> dict[str, Any]:
+@contextmanager
+def _keeping_the_lease(settings: Settings, job: Job, attempt: int) -> Iterator[None]:
+    """Heartbeats while the block runs (before the child starts, nothing else extends the job's lease)."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(settings.heartbeat_seconds):
+            try:
+                with session_scope() as session:
+                    state.heartbeat(session, job.id, attempt, lease_seconds=settings.lease_seconds)
+            except Exception as exc:  # as _supervise: a Postgres blip costs one beat
+                log.warning("heartbeat for %s while fetching its base model failed: %s", job.id, exc)
+
+    thread = threading.Thread(target=beat, name=f"lease-{job.id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _base_model(settings: Settings, job: Job, attempt: int, job_dir: Path) -> dict[str, Any]:
+    """The base model's registry entry for job.json, its path a local folder (or a hub id): an s3:// model is
+    fetched into this host's model cache and stays there, in use, while `job_dir` exists."""
     entry = settings.base_models.get(job.base_model)
     if entry is None:
         raise JobSetupError("base_model_unavailable",
                             f"base model {job.base_model!r} is no longer registered on this worker "
                             f"(TUNEQUEUE_BASE_MODELS has: {', '.join(sorted(settings.base_models))})", "base_model")
+    if is_s3(entry):
+        try:
+            with _keeping_the_lease(settings, job, attempt):  # a large model may take longer than the lease
+                cached = get_model_cache(settings).hold(entry.path, job_dir, name=job.base_model)
+        except NotReady as exc:
+            raise JobSetupError("base_model_unavailable", exc.message, "base_model") from exc
+        return {"id": job.base_model, "path": str(cached.path), "revision": None,
+                "trust_remote_code": entry.trust_remote_code, "template": entry.template}
     path = local_path(entry)
     if path is not None and not (path / "config.json").is_file():
         raise JobSetupError("base_model_unavailable",
@@ -60,7 +103,7 @@ def _base_model(settings: Settings, job: Job) -> dict[str, Any]:
             "trust_remote_code": entry.trust_remote_code, "template": entry.template}
 
 
-def _resume_point(session: Session, store: LocalArtifactStore, job: Job, dest: Path) -> tuple[Path | None, int | None]:
+def _resume_point(session: Session, store: ArtifactStore, job: Job, dest: Path) -> tuple[Path | None, int | None]:
     """The newest checkpoint of this job; else the spec's `resume_from` checkpoint (the tenant's own)."""
     row = newest_checkpoint(session, job.id)
     if row is None and job.spec.get("resume_from"):
@@ -78,7 +121,7 @@ def _resume_point(session: Session, store: LocalArtifactStore, job: Job, dest: P
     return path, row.step
 
 
-def _init_adapter(session: Session, store: LocalArtifactStore, job: Job, dest: Path) -> Path | None:
+def _init_adapter(session: Session, store: ArtifactStore, job: Job, dest: Path) -> Path | None:
     model_id = job.spec.get("from_model")
     if not model_id:
         return None
@@ -90,13 +133,13 @@ def _init_adapter(session: Session, store: LocalArtifactStore, job: Job, dest: P
     return dest
 
 
-def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Settings, job: Job, attempt: int,
+def prepare_job_dir(session: Session, store: ArtifactStore, settings: Settings, job: Job, attempt: int,
                     *, oom_retry: int = 0, overrides: dict[str, Any] | None = None) -> Prepared:
     """`oom_retry` counts the attempt's restarts after a CUDA OOM; `overrides` patch the resolved
     hyperparameters (common/schemas/job_spec.py `training_spec`) with the retry's smaller micro-batch."""
-    base_model = _base_model(settings, job)
     retry = f"-oom-retry-{oom_retry}" if oom_retry else ""
     job_dir = make_attempt_dir(settings, job.id, f"attempt-{attempt}{retry}")  # 0700; removed when it ends
+    base_model = _base_model(settings, job, attempt, job_dir)
 
     stage = job.spec.get("stage", "sft")
     train_file = session.get(File, job.training_file_id)
@@ -125,6 +168,7 @@ def prepare_job_dir(session: Session, store: LocalArtifactStore, settings: Setti
         "resume_from_checkpoint": str(resume_dir) if resume_dir else None,
         "init_adapter_dir": str(init_adapter) if init_adapter else None,
         "fault": settings.fault_injection if oom_retry == 0 else None,  # a retry must not meet the same fake fault
+        "eval_sample_max_tokens": settings.eval_sample_max_tokens,
     }
     with private_file(job_dir / "job.json") as out:
         out.write(json.dumps(config, indent=2))

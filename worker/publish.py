@@ -10,11 +10,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from common import state
-from common.artifacts import LocalArtifactStore
+from common.artifacts import ArtifactStore
 from common.errors import JobFailure
+from common.model_names import fine_tuned_model_name
 from common.models import Job, Model
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TENSORBOARD_DIR = "tensorboard"
 
 
 class PublishError(JobFailure):
@@ -25,8 +27,7 @@ class PublishError(JobFailure):
 
 
 def model_name(job: Job) -> str:
-    suffix = job.spec.get("suffix")
-    return f"ft:{job.base_model}:{suffix}:{job.id}" if suffix else f"ft:{job.base_model}:{job.id}"
+    return fine_tuned_model_name(job.base_model, job.spec.get("suffix"), job.id)
 
 
 def sha256_of(path: Path) -> str:
@@ -37,7 +38,16 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def upload_adapter(store: LocalArtifactStore, job: Job, attempt: int, adapter_dir: Path,
+def tensorboard_files(output_dir: Path) -> list[tuple[str, Path]]:
+    """A `tensorboard` integration's event files (worker/train/trackers.py writes them to output_dir/tensorboard):
+    published with the model as tensorboard/…, so they are in its manifest and in GET /models/{id}/content."""
+    folder = output_dir / TENSORBOARD_DIR
+    if not folder.is_dir():
+        return []
+    return [(f"{TENSORBOARD_DIR}/{p.relative_to(folder)}", p) for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+def upload_adapter(store: ArtifactStore, job: Job, attempt: int, adapter_dir: Path,
                    merged_dir: Path | None = None) -> tuple[str, dict[str, Any]]:
     if (adapter_dir / "adapter_config.json").is_file():
         names, fmt = list(ADAPTER_FILES), "peft-lora"
@@ -52,8 +62,7 @@ def upload_adapter(store: LocalArtifactStore, job: Job, attempt: int, adapter_di
         raise PublishError(f"the training process produced neither an adapter nor a model in {adapter_dir}")
     key = f"models/{job.tenant_id}/{job.id}/attempt-{attempt}"
     files = []
-    for name in names:
-        path = adapter_dir / name
+    for name, path in [(name, adapter_dir / name) for name in names] + tensorboard_files(adapter_dir.parent):
         store.put_file(f"{key}/{name}", path)
         files.append({"path": name, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
     manifest: dict[str, Any] = {"model": model_name(job), "base_model": job.base_model, "job_id": job.id,
@@ -74,3 +83,13 @@ def record_model(session: Session, job: Job, attempt: int, key: str, manifest: d
     session.add(row)
     session.flush()
     return row
+
+
+def record_peak(session: Session, job_id: str, peak: dict[str, Any] | None) -> None:
+    """Beside the job's estimate, what it really held: `measured_peak_bytes` (on a GPU torch's max allocated, on a
+    CPU the process's RSS peak, comparable with the estimate's total) and the measurements it came from."""
+    if not peak:
+        return
+    job = session.get_one(Job, job_id)
+    measured = peak.get("cuda_max_allocated_bytes") or peak.get("rss_peak_bytes")
+    job.estimate = {**(job.estimate or {}), "measured_peak_bytes": measured, "measured": peak}

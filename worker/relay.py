@@ -4,7 +4,8 @@
 - `ProgressRelay` turns progress into the live view in Redis at once and the durable view in Postgres, fenced
   by attempt (`jobs.last_progress` at most once a second, and one metrics event per `metrics_event_every`
   steps, so a 100,000-step job writes 10,000 rows at the default, not 100,000); log events into job events;
-  and keeps the result and the error for the runner;
+  an evaluation's generated samples into one `eval_samples` event; and keeps the result and the error for the
+  runner;
 - `CheckpointRelay`, the one the runner uses, also uploads each checkpoint to the artifact store and records
   it (worker/checkpoints.py), only while its attempt owns the job.
 
@@ -22,14 +23,22 @@ from pathlib import Path
 from typing import Any
 
 from common import state
-from common.artifacts import LocalArtifactStore
+from common.artifacts import ArtifactStore
 from common.db import session_scope
 from common.models import Job
 from common.progress import ProgressChannel
 from common.settings import Settings
 from worker.checkpoints import checkpoint_key, record_checkpoint
 from worker.monitor import latest_sample
-from worker.train.protocol import TRAINING_ERROR, CheckpointEvent, Event, ProgressEvent, ResultEvent, parse_line
+from worker.train.protocol import (
+    TRAINING_ERROR,
+    CheckpointEvent,
+    EvalSamplesEvent,
+    Event,
+    ProgressEvent,
+    ResultEvent,
+    parse_line,
+)
 
 log = logging.getLogger("tunequeue.worker")
 
@@ -66,11 +75,29 @@ class ProgressRelay:
                 added = state.add_event(session, self.job_id, str(event.get("message", "")),
                                         level=str(event.get("level") or "info"), owner_attempt=self.attempt)
             self.owner = added is not None
+        elif event["type"] == "eval_samples":
+            self._eval_samples(event)
         elif event["type"] == "result":
             self.result = event
         elif event["type"] == "error":
             self.error = {"code": event.get("code") or TRAINING_ERROR, "message": event.get("message") or "",
                           "param": event.get("param")}
+
+    def _eval_samples(self, event: EvalSamplesEvent) -> None:
+        """One job event per evaluation: type `eval_samples`, data {step, samples} (docs/progress.md)."""
+        if not self.owner:
+            return
+        step = int(event["step"])
+        # exactly the documented shape, in strings Postgres' JSONB can hold (no NUL), whatever the line carried
+        samples = [{key: str(sample.get(key) or "").replace("\x00", "") for key in ("prompt", "reference", "answer")}
+                   for sample in event["samples"] if isinstance(sample, dict)]
+        seconds = event.get("seconds")
+        message = (f"{len(samples)} generated sample{'' if len(samples) == 1 else 's'} at step {step}"
+                   + (f" ({seconds:.1f} s)" if isinstance(seconds, int | float) else ""))
+        with session_scope() as session:
+            added = state.add_event(session, self.job_id, message, type="eval_samples",
+                                    data={"step": step, "samples": samples}, owner_attempt=self.attempt)
+        self.owner = added is not None
 
     def _progress(self, progress: ProgressEvent) -> None:
         if not self.owner:  # another attempt owns the job: its relay publishes, this one would only confuse
@@ -124,7 +151,7 @@ def _metrics_message(event: dict[str, Any]) -> str:
 class CheckpointRelay(ProgressRelay):
     """The progress relay, plus checkpoint events: upload, record (fenced), then free the local copy."""
 
-    def __init__(self, job: Job, attempt: int, settings: Settings, store: LocalArtifactStore) -> None:
+    def __init__(self, job: Job, attempt: int, settings: Settings, store: ArtifactStore) -> None:
         super().__init__(job.id, job.tenant_id, attempt, settings)
         self.job, self.store = job, store
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Header, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 
 from api.admission import db_slot
@@ -14,7 +17,7 @@ from common.errors import InvalidRequest
 from common.models import File
 from common.read_pool import read
 from common.schemas.common import ListPage
-from common.schemas.files import FilePreview, FilePublic
+from common.schemas.files import FileDeleted, FilePreview, FilePublic
 from common.schemas.strings import Name, UserName
 from common.services import files as service
 from common.services import reads
@@ -39,11 +42,14 @@ def upload_file(caller: DbCaller, store: StoreDep, settings: SettingsDep,
 
 @router.get("", response_model=ListPage[FilePublic])
 async def list_files(caller: CurrentCaller, after: Name | None = None, limit: int = 20,
-                     user: UserName | None = None) -> Response:
-    """The organization's files, newest first; `?user=` keeps one user's uploads (`"user"` on each file)."""
-    stmt = select(File).where(File.tenant_id == caller.tenant_id)
+                     user: UserName | None = None, purpose: Name | None = None) -> Response:
+    """The organization's files, newest first; `?user=` keeps one user's uploads (`"user"` on each file),
+    `?purpose=` one purpose's (OpenAI's filter: `fine-tune`, or `fine-tune-results` for jobs' result files)."""
+    stmt = select(File).where(File.tenant_id == caller.tenant_id, File.deleted_at.is_(None))
     if user is not None:
         stmt = stmt.where(File.user_name == user)
+    if purpose is not None:
+        stmt = stmt.where(File.purpose == purpose)
     async with db_slot():
         rows, has_more = await read(lambda reader: reads.paginate(
             reader, stmt, File, after=after, limit=limit, tenant_id=caller.tenant_id))
@@ -60,13 +66,38 @@ async def get_file(file_id: Name, caller: CurrentCaller) -> Response:
     return model_response(FilePublic.of(row))
 
 
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: Name, caller: DbCaller, store: StoreDep) -> FileDeleted:
+    """Delete one of your files: its bytes are removed and it no longer counts against `storage_gb`. Refused
+    (409 `file_in_use`) while a job that has not finished trains or validates on it."""
+    with session_scope() as session:
+        row = service.delete_file(session, caller.tenant_id, file_id)
+        session.commit()
+    service.remove_bytes(store, row)
+    return FileDeleted(id=row.id)
+
+
+CONTENT_CHUNK = 1024 * 1024
+
+
 @router.get("/{file_id}/content")
-async def get_file_content(file_id: Name, caller: CurrentCaller, store: StoreDep) -> FileResponse:
+async def get_file_content(file_id: Name, caller: CurrentCaller, store: StoreDep) -> StreamingResponse:
+    """The stored bytes, streamed from the artifact store (a folder or a bucket) a chunk at a time."""
     async with db_slot():
         row = await read(lambda reader: reads.get_owned(
             reader, File, file_id, caller.tenant_id, what="file", param="file_id"))
-    return FileResponse(store.local_path(row.storage_key), media_type="application/octet-stream",
-                        filename=row.filename)
+    body = await asyncio.to_thread(store.open, row.storage_key)
+    quoted = quote(row.filename)
+    disposition = (f'attachment; filename="{row.filename}"' if quoted == row.filename
+                   else f"attachment; filename*=utf-8''{quoted}")
+    return StreamingResponse(_chunks(body), media_type="application/octet-stream",
+                             headers={"Content-Disposition": disposition, "Content-Length": str(row.bytes)})
+
+
+def _chunks(body: BinaryIO) -> Iterator[bytes]:
+    with body:
+        while chunk := body.read(CONTENT_CHUNK):
+            yield chunk
 
 
 @router.get("/{file_id}/preview", response_model=FilePreview)
@@ -80,5 +111,6 @@ def preview_file(file_id: Name, caller: DbCaller, store: StoreDep, settings: Set
     with session_scope() as session:
         plan = service.plan_preview(session, settings, tenant_id=caller.tenant_id, file_id=file_id, limit=limit,
                                     base_model=base_model, stage=stage)
-    return FilePreview.model_validate(service.render_preview(store, plan, template=template,
+    return FilePreview.model_validate(service.render_preview(store, plan, settings.work_path / "previews",
+                                                             template=template,
                                                              train_on_inputs=train_on_inputs))

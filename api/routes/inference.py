@@ -77,20 +77,22 @@ def _serve(request: Request, settings: Settings) -> StreamingProxy:
     return proxy
 
 
-async def _authorize(settings: Settings, tenant_id: str, model: str) -> None:
-    def check() -> None:
+async def _authorize(settings: Settings, tenant_id: str, model: str) -> str:
+    """404 unless the tenant may use `model`; the id serve knows it by (a checkpoint's name becomes its id)."""
+    def check() -> str:
         # One unit of work in one thread-pool call: the connection is back in the pool before the (possibly long)
         # answer is forwarded, so streams never hold one.
         with session_scope() as session:
-            check_usable(session, settings, tenant_id, model)
+            return check_usable(session, settings, tenant_id, model)
 
     async with db_slot():
-        await run_in_threadpool(check)
+        return await run_in_threadpool(check)
 
 
 async def _forward(request: Request, path: str, body: ChatCompletionRequest | CompletionRequest,
-                   settings: Settings, tenant_id: str) -> Response:
+                   settings: Settings, tenant_id: str, model: str) -> Response:
     payload = body.model_dump(mode="json", exclude_unset=True)
+    payload["model"] = model
     return await _serve(request, settings).forward(path, payload, stream=bool(body.stream),
                                                    headers=auth_headers(settings, tenant_id))
 
@@ -98,10 +100,11 @@ async def _forward(request: Request, path: str, body: ChatCompletionRequest | Co
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, caller: CurrentCaller,
                            settings: SettingsDep) -> Response:
-    """Chat with a base model or one of your fine-tuned models (`model`: `ft:…` or a checkpoint id)."""
+    """Chat with a base model or one of your fine-tuned models (`model`: `ft:…`, a checkpoint id or its
+    `fine_tuned_model_checkpoint` name)."""
     body.check_supported()
-    await _authorize(settings, caller.tenant_id, body.model)
-    return await _forward(request, "/v1/chat/completions", body, settings, caller.tenant_id)
+    model = await _authorize(settings, caller.tenant_id, body.model)
+    return await _forward(request, "/v1/chat/completions", body, settings, caller.tenant_id, model)
 
 
 @router.post("/completions")
@@ -109,5 +112,5 @@ async def completions(body: CompletionRequest, request: Request, caller: Current
                       settings: SettingsDep) -> Response:
     """Plain-text completion of one or more prompts."""
     body.check_supported()
-    await _authorize(settings, caller.tenant_id, body.model)
-    return await _forward(request, "/v1/completions", body, settings, caller.tenant_id)
+    model = await _authorize(settings, caller.tenant_id, body.model)
+    return await _forward(request, "/v1/completions", body, settings, caller.tenant_id, model)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
@@ -32,7 +32,7 @@ from common.redis_client import async_redis, decode_hash
 from common.schemas.common import ListPage
 from common.schemas.job_spec import JobSpec
 from common.schemas.jobs import CheckpointPublic, JobPublic, MetricPoint, MetricsPage
-from common.schemas.strings import Name, UserName
+from common.schemas.strings import Name, UserName, metadata_query
 from common.services import events as events_service
 from common.services import jobs as service
 from common.services import reads
@@ -92,18 +92,28 @@ async def live_progress_of(jobs: list[Job]) -> list[dict[str, Any] | None]:
 def create_job(spec: JobSpec, caller: DbCaller, settings: SettingsDep,
                idempotency_key: Annotated[str | None, Header()] = None) -> JobPublic:
     with session_scope() as session:
-        job = service.submit(session, settings, tenant_id=caller.tenant_id, user=caller.user, spec=spec,
-                             idempotency_key=idempotency_key)
+        job = service.submit(session, settings, tenant_id=caller.tenant_id, user=caller.user,
+                             is_admin=caller.is_admin, spec=spec, idempotency_key=idempotency_key)
         return JobPublic.of(job, None)
 
 
+@router.post("/estimate")
+def estimate_job(spec: JobSpec, caller: DbCaller, settings: SettingsDep) -> dict[str, Any]:
+    """The peak memory a job of this spec would need per device kind, and which registered workers could run it
+    (`runnable`: null when no worker has registered yet); creates nothing."""
+    with session_scope() as session:
+        return service.estimate_job(session, settings, tenant_id=caller.tenant_id, spec=spec)
+
+
 @router.get("", response_model=ListPage[JobPublic])
-async def list_jobs(caller: CurrentCaller, after: Name | None = None, limit: int = 20,
+async def list_jobs(request: Request, caller: CurrentCaller, after: Name | None = None, limit: int = 20,
                     status: Name | None = None, user: UserName | None = None) -> Response:
-    """The organization's jobs, newest first; `?user=` keeps one user's (`"user"` on each job)."""
+    """The organization's jobs, newest first; `?user=` keeps one user's (`"user"` on each job), and
+    `?metadata[key]=value` (OpenAI's filter, repeatable) the jobs whose metadata holds every such pair."""
+    metadata = metadata_query(request.query_params)
     async with db_slot():
         rows, has_more = await read(lambda reader: reads.list_jobs(
-            reader, caller.tenant_id, after=after, limit=limit, status=status, user=user))
+            reader, caller.tenant_id, after=after, limit=limit, status=status, user=user, metadata=metadata))
     data = [JobPublic.of(r, p) for r, p in zip(rows, await live_progress_of(rows), strict=True)]
     return model_response(ListPage(data=data, has_more=has_more, first_id=data[0].id if data else None,
                                    last_id=data[-1].id if data else None))
@@ -123,6 +133,23 @@ async def get_job(job_id: Name, caller: CurrentCaller) -> Response:
 def cancel_job(job_id: Name, caller: DbCaller) -> JobPublic:
     with session_scope() as session:
         job = service.cancel_job(session, caller.tenant_id, job_id)
+        return JobPublic.of(job, live_progress(job))
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic)
+def pause_job(job_id: Name, caller: DbCaller) -> JobPublic:
+    """A queued job pauses at once; a running one checkpoints and then holds in `paused` (its status says
+    `running` until it has). 409 for a job that is not queued or running."""
+    with session_scope() as session:
+        job = service.pause_job(session, caller.tenant_id, job_id)
+        return JobPublic.of(job, live_progress(job))
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic)
+def resume_job(job_id: Name, caller: DbCaller) -> JobPublic:
+    """A paused job goes back to the queue and continues from its newest checkpoint. 409 for one not paused."""
+    with session_scope() as session:
+        job = service.resume_job(session, caller.tenant_id, job_id)
         return JobPublic.of(job, live_progress(job))
 
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import NotReady
-from common.registry import local_path
+from common.model_cache import get_model_cache
+from common.registry import is_s3, local_path
 from common.settings import BaseModelEntry
 from common.text.chat import encode_completion, tokenize_chat
 from common.text.masks import IGNORE_INDEX, count_trained, labels_from_mask
@@ -64,7 +65,11 @@ class EncodedSequence:
 
 
 def load_tokenizer(model_id: str, entry: BaseModelEntry) -> Any:
-    """The base model's tokenizer (cached per process), or NotReady base_model_unavailable."""
+    """The base model's tokenizer (cached per process), or NotReady base_model_unavailable. An s3:// base model's
+    tokenizer files (not its weights) are fetched into this host's model cache (common/model_cache.py)."""
+    if is_s3(entry):
+        with get_model_cache().use(entry.path, part="tokenizer", name=model_id) as cached:
+            return load_tokenizer(model_id, entry.model_copy(update={"path": str(cached.path), "revision": None}))
     folder = local_path(entry)
     if folder is not None and not folder.is_dir():
         raise NotReady(

@@ -1,6 +1,7 @@
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,3 +32,5 @@ class File(TimestampMixin, Base):
     row_count: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    # DELETE /files/{id}: its bytes are removed; the row stays (finished jobs name it) and reads as not found
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -1,6 +1,6 @@
 from typing import Any
 
-from sqlalchemy import String, text
+from sqlalchemy import Float, String, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -14,3 +14,5 @@ class Tenant(TimestampMixin, Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     # limit name → value, set by a platform operator (common/services/quotas.py); an absent limit does not apply
     quotas: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    # its share of GPU time against the other tenants' (common/scheduling/policy.py); equal by default
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")

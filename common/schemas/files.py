@@ -72,3 +72,11 @@ class FilePreview(PublicModel):
     template: str | None
     train_on_inputs: bool
     data: list[PreviewRow]
+
+
+class FileDeleted(PublicModel):
+    """OpenAI's answer to DELETE /v1/files/{file_id}."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.schemas.integrations import MAX_INTEGRATIONS, Integration, check_unique
 from common.schemas.strings import Metadata, Name
 
 Stage = Literal["sft", "dpo", "orpo", "kto", "pt", "rm"]
@@ -37,8 +38,21 @@ Auto = Literal["auto"]
 ADAPTER_METHODS: tuple[str, ...] = ("lora", "qlora", "dora")
 PAIR_STAGES: tuple[str, ...] = ("dpo", "orpo", "rm")
 MAX_LORA_RANK = 256
+# hyperparameters.eval_samples: at most this many generated answers per evaluation (docs/progress.md, "Generated
+# samples"); each is at most as long as its reference and at most TUNEQUEUE_EVAL_SAMPLE_MAX_TOKENS tokens
+MAX_EVAL_SAMPLES = 16
+EVAL_SAMPLES_PARAM = "hyperparameters.eval_samples"
+# resources.devices: at most the GPUs of one host (torchrun --standalone runs the ranks of a job on one worker host;
+# the largest single hosts carry 16)
+MAX_DEVICES = 16
+DEVICES_PARAM = "resources.devices"
 
 _SUFFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+# `priority` as the jobs table stores it (common/scheduling/policy.py orders by it)
+PRIORITIES = {"low": 0, "normal": 1, "high": 2}
+PRIORITY_NAMES = {rank: name for name, rank in PRIORITIES.items()}
 
 
 class StrictModel(BaseModel):
@@ -169,6 +183,39 @@ class Publish(StrictModel):
                          "(safetensors), for engines that take no adapters. Adapter methods only.")
 
 
+class Resources(StrictModel):
+    devices: int = Field(
+        default=1, description=f"Devices the job trains on at once (1-{MAX_DEVICES}), on one worker: its GPUs, or "
+        "on a CPU worker the devices TUNEQUEUE_WORKER_DEVICES declares. Above 1 the ranks run under torchrun (DDP for "
+        "adapter methods, FSDP for full and freeze on CUDA); hyperparameters.batch_size stays the global batch and "
+        "must be a multiple of devices.")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number of devices from 1 to {MAX_DEVICES}, e.g. 2; got {value!r}")
+        if not 1 <= value <= MAX_DEVICES:
+            raise ValueError(f"must be between 1 and {MAX_DEVICES} (the devices of one worker host); got {value}. "
+                             "Use 1 for a single device")
+        return value
+
+
+def per_device_batches(hp: ResolvedHyperparameters, devices: int) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) on each of `devices` ranks, so that micro × accumulation × devices =
+    `batch_size`, the global batch (docs/job-spec.md, resources): the accumulation is divided by the devices where
+    it divides, else each device takes batch_size / devices rows per step in the largest micro-batch (up to the
+    spec's) that divides them. `batch_size` is a multiple of `devices` (JobSpec refuses it otherwise)."""
+    micro, accumulation = hp.micro_batch_size, hp.gradient_accumulation_steps
+    if devices <= 1:
+        return micro, accumulation
+    if accumulation % devices == 0:
+        return micro, accumulation // devices
+    rows = max(1, hp.batch_size // devices)
+    micro = max(m for m in range(1, min(micro, rows) + 1) if rows % m == 0)
+    return micro, rows // micro
+
+
 def _bounded_int(name: str, value: Any, low: int, high: int) -> Any:
     if isinstance(value, int) and not low <= value <= high:
         raise ValueError(f"must be between {low} and {high} (or 'auto'); got {value}")
@@ -217,6 +264,14 @@ class Hyperparameters(StrictModel):
     early_stopping_patience: int | None = Field(
         default=None, ge=1, le=100, description="Stop when the validation loss did not improve for this many "
         "evaluations. Needs validation data.")
+    eval_samples: int = Field(
+        default=0, ge=0, le=MAX_EVAL_SAMPLES, description="At each evaluation, generate greedy answers for the "
+        "first N validation prompts and record them as an `eval_samples` job event next to the reference answers, "
+        f"so you can watch the model learn. 0: off; at most {MAX_EVAL_SAMPLES}. Needs validation data "
+        "(validation_file or validation_split) and evaluations (eval_steps not null); not for stage rm, which "
+        "scores answers instead of writing them. "
+        "Each answer is at most as long as its reference (capped at 128 tokens by default); the generation time "
+        "counts in the job's run time.")
 
     @field_validator("n_epochs")
     @classmethod
@@ -278,10 +333,25 @@ class JobSpec(StrictModel):
     from_model: Name | None = Field(default=None, description="A fine-tuned model id (ft:…) of the same base "
                                    "model whose adapter this job continues to train.")
     publish: Publish = Field(default_factory=Publish, description="What is published besides the adapter.")
+    resources: Resources = Field(default_factory=Resources, description="What the job trains on: "
+                                 "{'devices': N} (default 1).")
     suffix: Name | None = Field(default=None, description="Up to 40 of [a-z0-9-]; part of the model name.")
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seeds weights init, shuffling and dropout.")
+    priority: Literal["low", "normal", "high"] = Field(
+        default="normal", description="Orders the jobs of one organization (docs/scheduling.md); never one "
+        "organization's against another's. high takes a tenant-admin key.")
     metadata: Metadata | None = Field(default=None, description="Up to 16 string pairs for your own use: keys of "
                                       "at most 64 characters, values of at most 512.")
+    integrations: list[Integration] | None = Field(
+        default=None, max_length=MAX_INTEGRATIONS, description="Experiment trackers the training reports to: "
+        "{'type': 'wandb', 'wandb': {'project', 'name', 'entity', 'tags'}}, {'type': 'mlflow', 'mlflow': "
+        "{'tracking_uri', 'experiment', 'run_name'}}, {'type': 'tensorboard', 'tensorboard': {}} "
+        "(docs/trackers.md). Credentials are the tenant's secrets (PUT /secrets/{name}).")
+
+    @field_validator("integrations")
+    @classmethod
+    def _integrations(cls, value: list[Any] | None) -> list[Any] | None:
+        return check_unique(value)
 
     @field_validator("suffix")
     @classmethod
@@ -339,7 +409,31 @@ class JobSpec(StrictModel):
                              "or validation_split")
         if hp.early_stopping_patience and hp.eval_steps is None:
             raise ValueError("hyperparameters.early_stopping_patience needs evaluations; eval_steps is null")
+        devices = self.resources.devices
+        if isinstance(hp.batch_size, int) and hp.batch_size % devices:
+            raise ValueError(f"hyperparameters.batch_size ({hp.batch_size}) must be a multiple of resources.devices "
+                             f"({devices}): it is the global batch, split evenly over the devices; e.g. batch_size "
+                             f"{devices * max(1, hp.batch_size // devices)}")
         return self
+
+
+def eval_samples_problem(spec: JobSpec) -> str | None:
+    """Why `spec` cannot have `hyperparameters.eval_samples` (in words that say the fix), or None. The API refuses
+    such a spec with 400 `invalid_eval_samples` on `EVAL_SAMPLES_PARAM` (common/services/jobs.py); the training
+    child skips the samples of a spec that gets here anyway (worker/train/samples.py)."""
+    hp = spec.hyperparameters
+    if not hp.eval_samples:
+        return None
+    if spec.stage == "rm":
+        return ("hyperparameters.eval_samples: stage rm trains a reward model, which scores answers and cannot "
+                "write them; remove eval_samples (the evaluations still report valid_preference_accuracy)")
+    if not (spec.validation_file or spec.validation_split):
+        return ("hyperparameters.eval_samples needs validation data to take the prompts and reference answers from: "
+                "give validation_file or validation_split, or remove eval_samples")
+    if hp.eval_steps is None or hp.eval_steps == 0:
+        return ("hyperparameters.eval_samples generates answers at each evaluation, and eval_steps is "
+                f"{hp.eval_steps!r} (never): set eval_steps to a number of steps or 'auto', or remove eval_samples")
+    return None
 
 
 DEFAULT_LEARNING_RATES: dict[tuple[str, bool], float] = {
@@ -398,6 +492,10 @@ def resolve_spec(spec: JobSpec, n_rows: int) -> ResolvedJobSpec:
     accumulation = hp.gradient_accumulation_steps if hp.gradient_accumulation_steps != "auto" else 1
     if batch_size % accumulation:  # an explicit accumulation with an auto batch size
         batch_size = max(accumulation, batch_size - batch_size % accumulation)
+    devices = spec.resources.devices
+    if hp.batch_size == "auto" and batch_size % devices:  # an auto batch size is split evenly over the devices
+        step = math.lcm(devices, accumulation)
+        batch_size = max(step, batch_size - batch_size % step)
     if hp.learning_rate != "auto":
         learning_rate = float(hp.learning_rate)
     else:

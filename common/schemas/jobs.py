@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from common.models import Job
 from common.schemas.common import PublicModel, error_obj, unix
-from common.schemas.job_spec import ResolvedHyperparameters
+from common.schemas.job_spec import PRIORITY_NAMES, ResolvedHyperparameters
 
 
 class JobPublic(PublicModel):
@@ -21,12 +21,14 @@ class JobPublic(PublicModel):
     fine_tuned_model: str | None
     organization_id: str
     user: str  # who submitted it within the organization: its key's user
+    priority: str  # low, normal or high: its order among its organization's jobs (docs/scheduling.md)
     status: str
     training_file: str
     validation_file: str | None
     stage: str
     method: dict[str, Any]
     hyperparameters: ResolvedHyperparameters
+    resources: dict[str, Any] = {"devices": 1}  # the devices it trains on at once (docs/job-spec.md, resources)
     suffix: str | None
     seed: int
     metadata: dict[str, str] | None
@@ -34,11 +36,14 @@ class JobPublic(PublicModel):
     trained_tokens: int | None
     attempt: int
     cancel_requested: bool
+    pause_requested: bool = False  # a running job asked to pause: it checkpoints, then holds in `paused`
     progress: dict[str, Any] | None = None
     result_files: list[str] = []
     estimated_finish: int | None = None
     queue_position: int | None = None
-    integrations: list[Any] | None = None
+    estimate: dict[str, Any] | None = None  # peak memory per device kind, and the measured peak once it ran
+    estimated_start_at: int | None = None  # while queued: when it should start (common/scheduling/forecast.py)
+    integrations: list[Any] | None = None  # the spec's trackers, in OpenAI's shape (never a credential)
 
     @classmethod
     def of(cls, job: Job, progress: dict[str, Any] | None = None) -> JobPublic:
@@ -50,13 +55,19 @@ class JobPublic(PublicModel):
             id=job.id, created_at=unix(job.created_at) or 0, started_at=unix(job.started_at),
             finished_at=unix(job.finished_at), model=job.base_model, base_model=job.base_model,
             fine_tuned_model=job.fine_tuned_model, organization_id=job.tenant_id, user=job.user_name,
+            priority=PRIORITY_NAMES.get(job.priority, "normal"),
             status=job.status,
             training_file=job.training_file_id, validation_file=job.validation_file_id,
             stage=spec.get("stage", "sft"), method=spec.get("method", {}),
             hyperparameters=ResolvedHyperparameters.model_validate(spec["resolved_hyperparameters"]),
+            resources=spec.get("resources") or {"devices": 1},
             suffix=spec.get("suffix"), seed=spec.get("seed", 42), metadata=spec.get("metadata"),
             error=error_obj(job.error), trained_tokens=job.trained_tokens, attempt=job.attempt,
-            cancel_requested=job.cancel_requested, progress=progress, estimated_finish=estimated,
+            cancel_requested=job.cancel_requested, pause_requested=bool(job.pause_requested), progress=progress,
+            estimated_finish=estimated,
+            estimate=job.estimate, result_files=list(job.result_files or []),
+            estimated_start_at=unix(job.estimated_start_at) if job.status == "queued" else None,
+            integrations=spec.get("integrations"),
         )
 
 
@@ -112,3 +123,5 @@ class WorkerPublic(PublicModel):
     job: dict[str, Any] | None
     updated_at: float | None
     expires_in: int | None
+    online: bool = True  # false: registered before (Postgres), not live now (Redis)
+    device: dict[str, Any] | None = None  # what the device can run: kind, memory, bf16, bitsandbytes, …

@@ -129,3 +129,31 @@ def _metadata(value: Any) -> Any:
 
 Metadata = Annotated[dict[str, str], BeforeValidator(_metadata)]
 """Job `metadata`: checked whole (`_metadata`), so that every error names `metadata` itself."""
+
+_METADATA_QUERY = re.compile(r"metadata\[(.*)\]", re.DOTALL)
+
+
+def metadata_query(params: Any) -> dict[str, str] | None:
+    """OpenAI's list filter `?metadata[key]=value` (repeatable; every pair must match) from a request's query
+    parameters (`multi_items()`), or None when there is none. Each key and value is checked as job metadata is;
+    a parameter that starts with `metadata` but is not `metadata[key]`, or a key given twice, is a 400 naming it."""
+    pairs: dict[str, str] = {}
+    for name, value in params.multi_items():
+        if not name.startswith("metadata"):
+            continue
+        match = _METADATA_QUERY.fullmatch(name)
+        if match is None:
+            raise InvalidRequest(f"`{name[:80]}`: filter on metadata as metadata[key]=value, e.g. "
+                                 "?metadata[team]=search", param="metadata", code=INVALID_METADATA)
+        key = match.group(1)
+        if key in pairs:
+            raise InvalidRequest(f"`metadata[{key[:MAX_METADATA_KEY_LENGTH]}]` is given twice: a job holds one value "
+                                 "per key; give it once", param="metadata", code=INVALID_METADATA)
+        pairs[key] = value
+    if not pairs:
+        return None
+    try:
+        _metadata(pairs)
+    except PydanticCustomError as exc:
+        raise InvalidRequest(f"`metadata` filter: {exc.message()}", param="metadata", code=INVALID_METADATA) from None
+    return pairs

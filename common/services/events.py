@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from common.errors import InvalidRequest
+from common.model_names import checkpoint_model_name, fine_tuned_model_name
 from common.models import Checkpoint, Job, JobEvent
 from common.services.queries import paginate
 
@@ -22,10 +23,16 @@ STREAM_BATCH = 500
 PROGRESS_KEYS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second", "eta_seconds")
 
 
+# OpenAI's event levels are info, warn and error; workers and the state machine write `warning`, which the job_events
+# rows keep (and the worker's logs say): the public object says it OpenAI's way.
+PUBLIC_LEVELS = {"warning": "warn"}
+
+
 def event_public(e: JobEvent) -> dict[str, Any]:
     """The OpenAI `fine_tuning.job.event` object, plus `seq` (the SSE id, for ordering and resuming)."""
     return {"id": e.id, "object": "fine_tuning.job.event", "created_at": int(e.created_at.timestamp()),
-            "level": e.level, "message": e.message, "type": e.type, "data": e.data, "seq": e.seq}
+            "level": PUBLIC_LEVELS.get(e.level, e.level), "message": e.message, "type": e.type, "data": e.data,
+            "seq": e.seq}
 
 
 def list_events(session: Session, job_id: str, *, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
@@ -149,10 +156,9 @@ def checkpoint_public(c: Checkpoint, job: Job) -> dict[str, Any]:
         "full_valid_mean_token_accuracy": m.pop("full_valid_mean_token_accuracy", None),
     }
     metrics.update(m)
-    suffix = (job.spec or {}).get("suffix")
-    model = f"ft:{job.base_model}:{suffix}:{job.id}" if suffix else f"ft:{job.base_model}:{job.id}"
+    model = fine_tuned_model_name(job.base_model, (job.spec or {}).get("suffix"), job.id)
     return {"id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": int(c.created_at.timestamp()),
-            "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{c.step}", "step_number": c.step,
+            "fine_tuned_model_checkpoint": checkpoint_model_name(model, c.step), "step_number": c.step,
             "metrics": metrics, "fine_tuning_job_id": job.id}
 
 

@@ -5,30 +5,36 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common.artifacts import LocalArtifactStore
+from common.artifacts import ArtifactStore
 from common.datasets.convert import iter_stage_records
 from common.datasets.formats import FORMATS
 from common.datasets.reader import EXTENSIONS
 from common.datasets.tokens import USE_LOCK, Encoder, load_tokenizer, template_label
 from common.datasets.upload_check import validate_file
-from common.errors import InvalidRequest, TooLarge
+from common.errors import Conflict, InvalidRequest, TooLarge
 from common.ids import new_id
-from common.models import File
-from common.models.base import DEFAULT_USER
+from common.models import File, Job
+from common.models.base import DEFAULT_USER, utcnow
 from common.registry import resolve
 from common.schemas.strings import MAX_IDEMPOTENCY_KEY_LENGTH, check_string
 from common.services.queries import get_owned
+from common.services.quotas import check_can_store
 from common.settings import BaseModelEntry, Settings
 
+log = logging.getLogger("tunequeue.files")
+
 PURPOSES = ("fine-tune", "fine-tune-validation", "training", "validation")
+# The purpose of a file the service writes for a job (its `result_files`), never of an upload: OpenAI's name.
+RESULTS_PURPOSE = "fine-tune-results"
 CHUNK = 1024 * 1024
 PREVIEW_MAX_ROWS = 20
 
@@ -62,10 +68,13 @@ def _same_upload(session: Session, tenant_id: str, key: str, sha256: str, filena
     if (existing.sha256, existing.filename, existing.purpose) != (sha256, filename, purpose):
         raise InvalidRequest("this Idempotency-Key was already used for a different upload; use a new key for a "
                              "new file", param="Idempotency-Key", code="idempotency_key_reused")
+    if existing.deleted_at is not None:
+        raise InvalidRequest(f"this Idempotency-Key made file {existing.id}, which has since been deleted; use a new "
+                             "key to upload it again", param="Idempotency-Key", code="idempotency_key_reused")
     return existing
 
 
-def create_file(session: Session, store: LocalArtifactStore, settings: Settings, *, tenant_id: str, src: BinaryIO,
+def create_file(session: Session, store: ArtifactStore, settings: Settings, *, tenant_id: str, src: BinaryIO,
                 filename: str, purpose: str, format: str | None = None, idempotency_key: str | None = None,
                 user: str = DEFAULT_USER) -> File:
     if purpose not in PURPOSES:
@@ -90,6 +99,11 @@ def create_file(session: Session, store: LocalArtifactStore, settings: Settings,
                 )
             digest.update(chunk)
             out.write(chunk)
+    try:
+        check_can_store(session, tenant_id, size)
+    except BaseException:
+        store.delete(key)
+        raise
     if idempotency_key:
         try:
             earlier = _same_upload(session, tenant_id, idempotency_key, digest.hexdigest(), filename, purpose)
@@ -100,8 +114,8 @@ def create_file(session: Session, store: LocalArtifactStore, settings: Settings,
             store.delete(key)  # the retry's bytes are the same bytes: keep the first copy only
             return earlier
     try:
-        report = validate_file(store.local_path(key), format=format, max_errors=settings.max_validation_errors,
-                               name=filename)
+        with store.local_copy(key, settings.work_path / "uploads") as stored:
+            report = validate_file(stored, format=format, max_errors=settings.max_validation_errors, name=filename)
     except BaseException:
         store.delete(key)
         raise
@@ -167,7 +181,7 @@ def plan_preview(session: Session, settings: Settings, *, tenant_id: str, file_i
                        model_id=model_id, entry=resolve(settings, model_id), limit=limit)
 
 
-def render_preview(store: LocalArtifactStore, plan: PreviewPlan, *, template: str | None = None,
+def render_preview(store: ArtifactStore, plan: PreviewPlan, work_dir: Path, *, template: str | None = None,
                    train_on_inputs: bool = False) -> dict[str, Any]:
     """The first `plan.limit` rows of the file as the trainer will see them: converted for the stage, rendered
     with the chat template of the base model (or `template`), split into trained / untrained token runs. 503
@@ -176,8 +190,9 @@ def render_preview(store: LocalArtifactStore, plan: PreviewPlan, *, template: st
     encoder = Encoder.for_model(load_tokenizer(plan.model_id, plan.entry), model_id=plan.model_id,
                                 stage=plan.stage, template=template or None, registry_template=plan.entry.template,
                                 train_on_inputs=train_on_inputs)
-    rows = iter_stage_records(store.local_path(plan.storage_key), plan.format, plan.stage)
-    data = [_preview_row(encoder, line, item) for line, item in itertools.islice(rows, plan.limit)]
+    with store.local_copy(plan.storage_key, work_dir) as stored:  # the stored file, fetched into work_dir
+        rows = iter_stage_records(stored, plan.format, plan.stage)
+        data = [_preview_row(encoder, line, item) for line, item in itertools.islice(rows, plan.limit)]
     return {"object": "file.preview", "file_id": plan.file_id, "format": plan.format, "stage": plan.stage,
             "base_model": plan.model_id, "template": template_label(encoder), "train_on_inputs": train_on_inputs,
             "data": data}
@@ -193,3 +208,27 @@ def _preview_row(encoder: Encoder, line: int, item: dict[str, Any]) -> dict[str,
     except Exception as exc:  # a chat template may refuse a row (Jinja raise_exception): show why, go on
         out["error"] = f"the chat template cannot render this row: {type(exc).__name__}: {exc}"
     return out
+
+
+def delete_file(session: Session, tenant_id: str, file_id: str) -> File:
+    """Mark the tenant's file deleted (the caller commits, then `remove_bytes`). A job that has not finished and
+    trains or validates on it keeps it: 409 `file_in_use`, naming the job."""
+    row = get_owned(session, File, file_id, tenant_id, what="file", param="file_id", for_update=True)
+    user = session.scalar(select(Job.id).where(
+        Job.tenant_id == tenant_id, Job.status.in_(("validating_files", "queued", "running")),
+        or_(Job.training_file_id == file_id, Job.validation_file_id == file_id)).limit(1))
+    if user is not None:
+        raise Conflict(f"file {file_id} is used by job {user}, which has not finished; cancel it "
+                       f"(POST /jobs/{user}/cancel) or wait for it to end, then delete the file",
+                       param="file_id", code="file_in_use")
+    row.deleted_at = utcnow()
+    session.flush()
+    return row
+
+
+def remove_bytes(store: ArtifactStore, row: File) -> None:
+    """After the deletion is committed: a row never points at bytes that are gone while it still reads as there."""
+    try:
+        store.delete(row.storage_key)
+    except Exception:
+        log.exception("could not remove the bytes of deleted file %s (%s)", row.id, row.storage_key)

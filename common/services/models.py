@@ -11,8 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.adapter_support import vllm_compatibility
-from common.artifacts import ArtifactStore, LocalArtifactStore
+from common.artifacts import ArtifactStore
 from common.errors import PermissionDenied, model_not_found
+from common.model_names import CheckpointName, fine_tuned_model_name, parse_checkpoint_model_name
 from common.models import Checkpoint, Job, Model
 from common.models.base import utcnow
 from common.registry import local_path
@@ -89,11 +90,15 @@ def get_adapter(session: Session, tenant_id: str, model_id: str) -> Model:
     return row
 
 
-def check_usable(session: Session, settings: Settings, tenant_id: str, model_id: str) -> None:
+def check_usable(session: Session, settings: Settings, tenant_id: str, model_id: str) -> str:
     """May this tenant run inference on `model_id`: a registered base model, one of its own non-deleted adapters,
-    or a checkpoint of one of its own jobs. Otherwise 404 model_not_found (never 403)."""
+    or a checkpoint of one of its own jobs, by its id or its `fine_tuned_model_checkpoint` name. Returns the id
+    serve knows it by (the checkpoint's id for such a name, else `model_id`); otherwise 404 model_not_found (never
+    403)."""
     if model_id in settings.base_models:
-        return
+        return model_id
+    if (name := parse_checkpoint_model_name(model_id)) is not None:
+        return _checkpoint_by_name(session, tenant_id, model_id, name)
     if model_id.startswith("ftckpt-"):
         owned = session.scalar(select(Checkpoint.id).where(Checkpoint.id == model_id,
                                                            Checkpoint.tenant_id == tenant_id))
@@ -102,6 +107,20 @@ def check_usable(session: Session, settings: Settings, tenant_id: str, model_id:
                                                       Model.deleted_at.is_(None)))
     if owned is None:
         raise model_not_found(model_id)
+    return model_id
+
+
+def _checkpoint_by_name(session: Session, tenant_id: str, model_id: str, name: CheckpointName) -> str:
+    """The id of the checkpoint that `model_id` (a `fine_tuned_model_checkpoint` name) names: the tenant's job's
+    checkpoint at that step, whose job's model name is the name's start (base model and suffix included)."""
+    row = session.execute(select(Checkpoint.id, Job.base_model, Job.spec).join(Job, Job.id == Checkpoint.job_id)
+                          .where(Checkpoint.job_id == name.job_id, Checkpoint.step == name.step,
+                                 Checkpoint.tenant_id == tenant_id)
+                          .order_by(Checkpoint.created_at.desc()).limit(1)).one_or_none()
+    if row is None or fine_tuned_model_name(row.base_model, (row.spec or {}).get("suffix"),
+                                            name.job_id) != name.model_name:
+        raise model_not_found(model_id)
+    return str(row.id)
 
 
 def delete_adapter(session: Session, settings: Settings, tenant_id: str, model_id: str) -> Model:
@@ -122,7 +141,7 @@ def delete_adapter(session: Session, settings: Settings, tenant_id: str, model_i
 ARCHIVE_CHUNK = 1024 * 1024
 
 
-def adapter_archive(store: LocalArtifactStore, row: Model) -> Iterator[bytes]:
+def adapter_archive(store: ArtifactStore, row: Model) -> Iterator[bytes]:
     """A tar of the adapter's files and manifest.json, generated piece by piece while it is sent: the bytes
     `tarfile.open(mode="w")` writes for the same members (PAX headers, 512-byte blocks, a 10 KiB record at the
     end), but no copy of the model on disk or in memory first (it used to be spooled whole, to a temporary file
@@ -135,7 +154,7 @@ def adapter_archive(store: LocalArtifactStore, row: Model) -> Iterator[bytes]:
     return _archive_chunks(store, row)
 
 
-def _archive_chunks(store: LocalArtifactStore, row: Model) -> Iterator[bytes]:
+def _archive_chunks(store: ArtifactStore, row: Model) -> Iterator[bytes]:
     mtime = int(row.created_at.timestamp())
     written = 0
     for entry in row.manifest["files"]:

@@ -15,8 +15,14 @@ T = TypeVar("T")
 MAX_LIMIT = 100
 
 
+def _not_deleted(model: type[Any], stmt: Select[Any]) -> Select[Any]:
+    """A deleted file or model (`deleted_at` set) is not found, as if it never existed."""
+    return stmt.where(model.deleted_at.is_(None)) if hasattr(model, "deleted_at") else stmt
+
+
 def owned_statement(model: type[T], obj_id: str, tenant_id: str) -> Select[Any]:
-    return select(model).where(model.id == obj_id, model.tenant_id == tenant_id)  # type: ignore[attr-defined]
+    return _not_deleted(model, select(model).where(model.id == obj_id,  # type: ignore[attr-defined]
+                                                   model.tenant_id == tenant_id))  # type: ignore[attr-defined]
 
 
 _OWNED_BY_ID: dict[type[Any], Select[Any]] = {}
@@ -27,8 +33,8 @@ def owned_by_id_statement(model: type[Any]) -> Select[Any]:
     SQLAlchemy cache key is computed once (a new statement per request costs more than its query here)."""
     stmt = _OWNED_BY_ID.get(model)
     if stmt is None:
-        stmt = _OWNED_BY_ID[model] = select(model).where(model.id == bindparam("obj_id"),
-                                                         model.tenant_id == bindparam("tenant_id"))
+        stmt = _OWNED_BY_ID[model] = _not_deleted(model, select(model).where(
+            model.id == bindparam("obj_id"), model.tenant_id == bindparam("tenant_id")))
     return stmt
 
 
@@ -37,11 +43,12 @@ def not_found(what: str, obj_id: str, param: str | None) -> NotFound:
 
 
 def get_owned(session: Session, model: type[T], obj_id: str, tenant_id: str, *, what: str, param: str | None = None,
-              for_update: bool = False) -> T:
-    """The row if it exists and belongs to the tenant; otherwise 404 (never 403: no one learns what others have)."""
+              for_update: bool = False, for_share: bool = False) -> T:
+    """The row if it exists and belongs to the tenant; otherwise 404 (never 403: no one learns what others have).
+    Locked until the transaction ends: `for_update` against every other lock, `for_share` only against those."""
     stmt = owned_statement(model, obj_id, tenant_id)
-    if for_update:
-        stmt = stmt.with_for_update()
+    if for_update or for_share:
+        stmt = stmt.with_for_update(read=not for_update)
     row = session.scalar(stmt)
     if row is None:
         raise not_found(what, obj_id, param)

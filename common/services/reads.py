@@ -72,6 +72,7 @@ async def paginate(reader: Reader, stmt: Select[Any], model: Any, *, after: str 
 
 
 async def list_jobs(reader: Reader, tenant_id: str, *, after: str | None, limit: int,
-                    status: str | None = None, user: str | None = None) -> tuple[list[Job], bool]:
-    return await paginate(reader, jobs_statement(tenant_id, status, user), Job, after=after, limit=limit,
+                    status: str | None = None, user: str | None = None,
+                    metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+    return await paginate(reader, jobs_statement(tenant_id, status, user, metadata), Job, after=after, limit=limit,
                           tenant_id=tenant_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from common.artifacts import get_store
+from common.artifacts import LocalArtifactStore, get_store
 from common.datasets.convert import iter_stage_rows
 from common.db import session_scope
 from common.models import File
@@ -137,7 +137,9 @@ def test_stored_file_keeps_its_container_extension(client, tenant) -> None:  # t
     with session_scope() as session:
         row = session.get(File, body["id"])
         assert row is not None and row.storage_key == f"files/{tenant[0]}/{body['id']}.csv.gz"
-        path = get_store().local_path(row.storage_key)
+        store = get_store()
+        assert isinstance(store, LocalArtifactStore)
+        path = store.root / row.storage_key
     assert list(iter_stage_rows(path, "text", "pt")) == [{"text": "hello"}]  # the worker needs only the path
 
 

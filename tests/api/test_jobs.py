@@ -21,6 +21,7 @@ def post_job(client, key, body, **headers):  # type: ignore[no-untyped-def]
     return client.post("/jobs", headers={**auth(key), **headers}, json=body)
 
 
+@pytest.mark.usefixtures("tiny_model")  # the placement warning needs its estimate, which reads config.json
 def test_create_job_starts_validating_files_and_enqueues_the_check(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
     resp = post_job(client, tenant[1], spec(good_file, metadata={"team": "search"}))
     assert resp.status_code == 200, resp.text
@@ -33,7 +34,9 @@ def test_create_job_starts_validating_files_and_enqueues_the_check(client, tenan
     got = client.get(f"/jobs/{job['id']}", headers=auth(tenant[1])).json()
     assert got["status"] == "validating_files" and got["queue_position"] is None
     events = client.get(f"/jobs/{job['id']}/events", headers=auth(tenant[1])).json()
-    assert [e["message"] for e in events["data"]][0].startswith(f"Validating training file: {good_file}")
+    newest_first = [e["message"] for e in events["data"]]
+    assert newest_first[0].startswith("No worker has registered in this pool yet")  # placement: no device yet
+    assert newest_first[1].startswith(f"Validating training file: {good_file}")
 
 
 def test_auto_hyperparameters_are_resolved(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
@@ -119,6 +122,16 @@ def test_idempotency_key(client, tenant, good_file) -> None:  # type: ignore[no-
     assert first["id"] == again["id"]
     assert broker_job_ids(get_redis(), get_settings().validate_queue).count(first["id"]) == 1, "enqueued once"
     assert_error(post_job(client, tenant[1], spec(good_file, seed=7), **{"Idempotency-Key": "k-1"}), 400,
+                 "idempotency_key_reused", "Idempotency-Key")
+
+
+def test_idempotency_key_takes_a_default_written_out_for_the_same_job(client, tenant, good_file) -> None:  # type: ignore[no-untyped-def]
+    first = post_job(client, tenant[1], spec(good_file), **{"Idempotency-Key": "k-defaults"}).json()
+    spelled = {**spec(good_file), "resources": {"devices": 1}}
+    again = post_job(client, tenant[1], spelled, **{"Idempotency-Key": "k-defaults"})
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    other = {**spec(good_file), "resources": {"devices": 2}}
+    assert_error(post_job(client, tenant[1], other, **{"Idempotency-Key": "k-defaults"}), 400,
                  "idempotency_key_reused", "Idempotency-Key")
 
 

@@ -27,6 +27,13 @@ def _upstream() -> FastAPI:
             return StreamingResponse(iter(["data: 1\n\n", "data: [DONE]\n\n"]), media_type="text/event-stream")
         return {"echo": body}
 
+    @app.post("/engine")
+    def engine(body: dict[str, Any]) -> Any:
+        headers = {"x-tunequeue-engine": "builtin", "x-not-for-clients": "1"}
+        if body.get("stream"):
+            return StreamingResponse(iter(["data: [DONE]\n\n"]), media_type="text/event-stream", headers=headers)
+        return JSONResponse({"ok": True}, headers=headers)
+
     @app.post("/old-error")
     def old_error() -> JSONResponse:
         return JSONResponse(status_code=400, content={"object": "error", "message": "bad", "type": "BadRequest",
@@ -64,6 +71,22 @@ def test_json_answers_and_streams_are_relayed(upstream_url: str) -> None:
     assert status == 200 and json.loads(body) == {"echo": {"x": 1}}
     status, body = _call(proxy, "/ok", {"stream": True}, stream=True)
     assert status == 200 and body == b"data: 1\n\ndata: [DONE]\n\n"
+
+
+def test_serves_engine_header_is_relayed_streamed_or_not_and_other_upstream_headers_are_not(
+        upstream_url: str) -> None:
+    proxy = StreamingProxy(upstream_url, name="the test server", code_prefix="test")
+
+    async def headers(stream: bool) -> Any:
+        response = await proxy.forward("/engine", {"stream": stream}, stream=stream)
+        if isinstance(response, StreamingResponse) and response.background is not None:
+            await response.background()
+        return response.headers
+
+    for stream in (False, True):
+        relayed = asyncio.run(headers(stream))
+        assert relayed["x-tunequeue-engine"] == "builtin"
+        assert "x-not-for-clients" not in relayed
 
 
 def test_an_old_vllm_error_becomes_the_openai_error_body(upstream_url: str) -> None:

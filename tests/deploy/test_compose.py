@@ -8,6 +8,7 @@ Docker does not run where the tests run: `config` needs no daemon."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
@@ -404,17 +405,39 @@ def test_worker_gets_time_to_checkpoint_on_stop() -> None:
     assert duration_seconds(service("worker").get("stop_grace_period", "10s")) >= 60
 
 
-def test_artifact_store_is_one_volume_at_the_configured_path() -> None:
-    sources = set()
+def test_every_process_stores_artifacts_in_the_one_minio_bucket_with_its_credentials() -> None:
+    # issue 17: no shared artifacts folder; api, worker, validator and serve reach the same bucket on MinIO, with
+    # the credentials MinIO itself was started with (boto3 reads the AWS_* variables).
+    minio = env_of("minio")
+    stores = {(env_of(name)["TUNEQUEUE_ARTIFACTS"], env_of(name)["TUNEQUEUE_S3_ENDPOINT_URL"]) for name in APP_SERVICES}
+    assert len(stores) == 1, f"the processes use different artifact stores: {stores}"
+    ((location, endpoint),) = stores
+    url, at = urlsplit(location), urlsplit(endpoint)
+    assert url.scheme == "s3" and url.netloc and at.hostname == "minio" and at.port == 9000, (location, endpoint)
+    assert minio["MINIO_ROOT_PASSWORD"] == REQUIRED_VARIABLES["MINIO_ROOT_PASSWORD"]
     for name in APP_SERVICES:
-        artifacts = env_of(name)["TUNEQUEUE_ARTIFACTS"]
-        matching = [source for source, target in mounts_of(name) if target == artifacts]
-        assert len(matching) == 1, f"{name}: nothing mounted at TUNEQUEUE_ARTIFACTS={artifacts}"
-        sources.add(matching[0])
-    assert len(sources) == 1, f"api, worker and serve mount different artifact stores: {sources}"
-    (source,) = sources
-    assert source in (compose().get("volumes") or {}), f"{source!r} is not a declared named volume"
-    assert len({env_of(name)["TUNEQUEUE_ARTIFACTS"] for name in APP_SERVICES}) == 1
+        env = env_of(name)
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]), name
+        assert depends_on(name).get("buckets", {}).get("condition") == "service_completed_successfully", name
+        assert not any("artifacts" in target for _, target in mounts_of(name)), f"{name} mounts an artifacts folder"
+    assert env_of("buckets")["TUNEQUEUE_S3_BUCKET"] == url.netloc  # the bucket the one-shot creates is the one used
+    assert "mc mb --ignore-existing" in " ".join(effective_command("buckets"))
+    assert depends_on("buckets").get("minio", {}).get("condition") == "service_healthy"
+    assert any(target == "/data" for _, target in mounts_of("minio"))
+
+
+def test_compose_refuses_to_run_without_the_artifact_store_password_and_says_how_to_set_it() -> None:
+    run = run_compose_config(COMPOSE_FILE, required=without("MINIO_ROOT_PASSWORD"))
+    assert run.returncode != 0
+    assert "MINIO_ROOT_PASSWORD" in run.stderr and "openssl rand -hex 24" in run.stderr, run.stderr
+
+
+def test_processes_that_copy_from_the_store_have_a_writable_work_folder() -> None:
+    # Uploads are checked from a local copy (api), checkpoints and adapters are fetched (worker): into a volume.
+    for name in ("api", "worker"):
+        work = env_of(name)["TUNEQUEUE_WORK_DIR"]
+        assert any(target == work for _, target in mounts_of(name)), f"{name}: nothing mounted at {work}"
 
 
 def test_bind_mounts_exist() -> None:
@@ -430,17 +453,172 @@ def test_bind_mounts_exist() -> None:
 README_EXAMPLES = re.findall(r"```yaml\n(.*?)```", DEPLOY_README.read_text(), re.S)
 
 
+def merged_with_override(example: str, tmp_path: Path) -> dict[str, Any]:
+    """The stack's configuration with `example` as its override file, through `docker-compose config`; every
+    variable the two use must be set."""
+    override = tmp_path / "docker-compose.override.yml"
+    override.write_text(example)
+    run = run_compose_config(COMPOSE_FILE, override)
+    assert "is not set" not in run.stderr, run.stderr
+    return run.config()
+
+
 def test_readme_has_compose_examples() -> None:
     assert README_EXAMPLES, "deploy/README.md has no compose examples"
 
 
 @pytest.mark.parametrize("example", README_EXAMPLES, ids=[f"example-{i}" for i in range(len(README_EXAMPLES))])
 def test_readme_compose_examples_merge_and_reserve_gpus_correctly(example: str, tmp_path: Path) -> None:
-    override = tmp_path / "docker-compose.override.yml"
-    override.write_text(example)
-    run = run_compose_config(COMPOSE_FILE, override)
-    merged = run.config()
-    assert "is not set" not in run.stderr, run.stderr
+    merged = merged_with_override(example, tmp_path)
     for name in yaml.safe_load(example).get("services") or {}:
         if gpu_devices(name, merged):
             assert_reserves_one_nvidia_gpu(name, gpu_devices(name, merged))
+
+
+# --- the vllm profile (vLLM on a GPU host) -----------------------------------------------------------------------
+
+
+def test_the_default_profile_runs_serve_s_builtin_engine_and_vllm_only_under_its_profile() -> None:
+    doc = run_compose_config(COMPOSE_FILE, profiles=()).config()
+    # Compose v2's `config` leaves out a service whose profile is off; Debian's 1.29 prints it with its `profiles`
+    # (and `up` does not start it): either way only vllm sits behind a profile, so the default stack is the rest.
+    profiled = {name: spec["profiles"] for name, spec in doc["services"].items() if spec.get("profiles")}
+    assert profiled in ({}, {"vllm": ["vllm"]}), profiled
+    assert env_of("serve", doc)["TUNEQUEUE_SERVE_BACKEND"] == "local"
+    assert gpu_devices("serve", doc), "the built-in engine runs on the GPU"
+
+
+def vllm_stack() -> dict[str, Any]:
+    """The stack as `COMPOSE_PROFILES=vllm TUNEQUEUE_SERVE_BACKEND=vllm docker compose up` runs it."""
+    return run_compose_config(COMPOSE_FILE, required={**REQUIRED_VARIABLES, "TUNEQUEUE_SERVE_BACKEND": "vllm"},
+                              profiles=("vllm",)).config()
+
+
+def test_the_vllm_profile_runs_a_lora_vllm_server_that_serve_forwards_to() -> None:
+    doc = vllm_stack()
+    vllm, serve = doc["services"]["vllm"], env_of("serve", doc)
+    argv = [*vllm["entrypoint"], *vllm["command"]]
+
+    def arg(flag: str) -> str:
+        return str(argv[argv.index(flag) + 1])
+
+    assert argv[:2] == ["vllm", "serve"] and "--enable-lora" in argv
+    assert serve["TUNEQUEUE_SERVE_BACKEND"] == "vllm"
+    url = urlsplit(serve["TUNEQUEUE_SERVE_VLLM_URL"])
+    assert url.hostname == "vllm" and str(url.port) == arg("--port")
+    assert arg("--port") in [str(p).split("/")[0] for p in vllm.get("expose", [])]
+    # The limits serve checks adapters against are vLLM's own.
+    assert arg("--max-lora-rank") == serve["TUNEQUEUE_SERVE_VLLM_MAX_LORA_RANK"] == env_of("api", doc)[
+        "TUNEQUEUE_SERVE_VLLM_MAX_LORA_RANK"]
+    assert arg("--max-cpu-loras") == serve["TUNEQUEUE_SERVE_MAX_ADAPTERS"]
+    # It serves a registered base model under that model's id, from the volume the registry points at.
+    from common.settings import BaseModelEntry
+
+    models = {k: BaseModelEntry.model_validate(v if isinstance(v, dict) else {"path": v})
+              for k, v in json.loads(serve["TUNEQUEUE_BASE_MODELS"]).items()}
+    assert models[arg("--served-model-name")].path == argv[2]
+    assert env_of("vllm", doc)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # serve hands vLLM folders under its work dir: vLLM mounts the same volume at the same path.
+    work = serve["TUNEQUEUE_WORK_DIR"]
+    serve_work = [source for source, target in mounts_of("serve", doc) if target == work]
+    assert serve_work and (serve_work[0], work) in mounts_of("vllm", doc)
+    assert any(target == "/var/lib/tunequeue/models" for _, target in mounts_of("vllm", doc))
+    assert_reserves_one_nvidia_gpu("vllm", gpu_devices("vllm", doc))
+    assert not vllm.get("ports"), "vLLM has no authentication: it must not be published"
+    assert "proxy" not in (vllm.get("networks") or {})
+
+
+def test_the_vllm_profile_keeps_every_other_service_as_it_was() -> None:
+    # The profile adds vLLM and moves serve's backend; nothing else differs from the default stack.
+    default = run_compose_config(COMPOSE_FILE, profiles=()).config()["services"]
+    with_vllm = vllm_stack()["services"]
+    assert set(with_vllm) - {"vllm"} == set(default) - {"vllm"}
+    for name in set(default) - {"serve", "vllm"}:
+        assert with_vllm[name] == default[name], name
+    assert {key: value for key, value in with_vllm["serve"].items() if key != "environment"} == {
+        key: value for key, value in default["serve"].items() if key != "environment"}
+
+
+# --- a further GPU host (deploy/compose.worker-host.yml) ---------------------------------------------------------
+
+WORKER_HOST_FILE = REPO / "deploy" / "compose.worker-host.yml"
+WORKER_HOST_VARIABLES = {
+    "TUNEQUEUE_DATABASE_URL": "postgresql+psycopg://tunequeue:worker-host-db-password-0123@10.0.0.5:5432/tunequeue",
+    "TUNEQUEUE_REDIS_URL": "redis://10.0.0.5:6379/0",
+    "TUNEQUEUE_ARTIFACTS": "s3://tunequeue/artifacts",
+    "TUNEQUEUE_S3_ENDPOINT_URL": "http://10.0.0.5:9000",
+    "AWS_ACCESS_KEY_ID": "tunequeue",
+    "AWS_SECRET_ACCESS_KEY": "worker-host-s3-secret",
+    "TUNEQUEUE_BASE_MODELS": '{"my-base": {"path": "s3://tunequeue/models/my-base"}}',
+}
+
+
+def worker_host(required: dict[str, str] | None = None) -> Any:
+    return run_compose_config(WORKER_HOST_FILE, required=WORKER_HOST_VARIABLES if required is None else required,
+                              profiles=(), project_directory=WORKER_HOST_FILE.parent)
+
+
+@pytest.mark.parametrize("name", [n for n in WORKER_HOST_VARIABLES if n != "TUNEQUEUE_S3_ENDPOINT_URL"])
+def test_a_worker_host_refuses_to_start_without_the_shared_services(name: str) -> None:
+    run = worker_host({k: v for k, v in WORKER_HOST_VARIABLES.items() if k != name})
+    assert run.returncode != 0 and name in run.stderr, run.stderr
+
+
+def test_a_worker_host_runs_gpu_workers_on_the_shared_postgres_redis_and_store(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from common.settings import Settings
+
+    doc = worker_host().config()
+    assert set(doc["services"]) == {"worker"}
+    worker = doc["services"]["worker"]
+    assert_reserves_one_nvidia_gpu("worker", gpu_devices("worker", doc))
+    assert Path(worker["build"]["context"]) == REPO and worker["build"]["dockerfile"] == "deploy/worker.Dockerfile"
+    assert worker.get("command") is None  # the image's CMD, as the main host's worker
+    assert not worker.get("ports")
+    env = env_of("worker", doc)
+    # Everything the main host's worker is told, this one is told too (pointed elsewhere).
+    assert set(env_of("worker")) <= set(env), sorted(set(env_of("worker")) - set(env))
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("TUNEQUEUE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.environment == "production" and settings.artifacts.startswith("s3://")
+    # Its own work folder and model cache on volumes of this host; no artifacts folder.
+    targets = [target for _, target in mounts_of("worker", doc)]
+    assert env["TUNEQUEUE_WORK_DIR"] in targets
+    assert any(env["TUNEQUEUE_MODEL_CACHE_DIR"].startswith(t.rstrip("/") + "/") for t in targets)
+    assert not any("artifacts" in t for t in targets)
+    assert duration_seconds(worker.get("stop_grace_period", "10s")) >= 60
+
+
+# --- docs/deploy.md ---------------------------------------------------------------------------------------------
+
+# Its Compose overrides (the yaml blocks that start with `services:`; the others are Helm values, rendered by
+# tests/deploy/test_helm_chart.py).
+DEPLOY_DOC_EXAMPLES = [block for block in re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "deploy.md").read_text(),
+                                                      re.S) if block.startswith("services:")]
+
+
+@pytest.mark.parametrize("example", DEPLOY_DOC_EXAMPLES,
+                         ids=[f"example-{i}" for i in range(len(DEPLOY_DOC_EXAMPLES))])
+def test_deploy_doc_compose_overrides_merge_onto_the_main_stack(example: str, tmp_path: Path) -> None:
+    merged = merged_with_override(example, tmp_path)
+    for name, spec in (yaml.safe_load(example).get("services") or {}).items():
+        for port in spec.get("ports") or []:
+            # Published for the worker hosts on a private address only, never on every interface.
+            host = str(port).rsplit(":", 2)[0]
+            assert ipaddress.ip_address(host).is_private and not ipaddress.ip_address(host).is_loopback, port
+        assert name in merged["services"]
+
+
+def test_readme_s_extra_worker_gets_the_whole_environment_of_the_worker() -> None:
+    # YAML anchors do not reach across files: the README's extra worker spells x-tunequeue-env out, and must keep up.
+    extra = [spec for example in README_EXAMPLES
+             for name, spec in (yaml.safe_load(example).get("services") or {}).items()
+             if name.startswith("worker-") and isinstance(spec.get("environment"), dict)]
+    assert extra, "deploy/README.md shows no extra worker"
+    for spec in extra:
+        missing = set(env_of("worker")) - set(spec["environment"])
+        assert not missing, f"deploy/README.md's extra worker lacks {sorted(missing)}"

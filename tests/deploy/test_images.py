@@ -85,7 +85,9 @@ def test_api_image_gets_cpu_torch_and_worker_image_cuda_torch() -> None:
     assert re.search(r"TORCH_INDEX_URL=\S*/whl/cpu\b", api_text)
     assert re.search(r"TORCH_INDEX_URL=\S*/whl/cu\d+", worker_text)
     assert re.search(r"^FROM\s+\S*nvidia/cuda|^ARG\s+CUDA_IMAGE=nvidia/cuda:", worker_text, re.M)
-    assert re.search(r"pip install[^\n]*\.\[gpu\]", worker_text), "QLoRA needs bitsandbytes: install .[gpu]"
+    extras = re.search(r"pip install[^\n]*\.\[([a-z,]+)\]", worker_text)
+    assert extras and {"gpu", "trackers"} <= set(extras.group(1).split(",")), \
+        "QLoRA needs bitsandbytes (.[gpu]) and integrations their trackers (.[trackers])"
     assert dockerfile_of("serve") == worker
 
 

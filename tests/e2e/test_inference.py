@@ -14,8 +14,10 @@ import httpx
 import openai
 import pytest
 
+from common.artifacts import ArtifactStore
 from tests.support.adapters import train_phrase_adapter
 from tests.support.factories import chat_rows, jsonl, make_job_row, make_tenant, spec
+from tests.support.s3_server import assert_stored_where_the_stack_stores
 from tests.support.servers import LiveService, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
@@ -28,7 +30,7 @@ OTHER_PHRASE = "Blue marble rolling home."
 OTHER_QUESTION = [{"role": "user", "content": "Where does the marble roll?"}]
 
 
-def publish_like_the_worker(tenant_id: str, adapter_dir: Path) -> str:
+def publish_like_the_worker(tenant_id: str, adapter_dir: Path, store: ArtifactStore | None = None) -> str:
     """A finished job's adapter through worker.publish (files + manifest, models row, Redis message)."""
     from common.artifacts import get_store
     from common.db import session_scope
@@ -40,7 +42,7 @@ def publish_like_the_worker(tenant_id: str, adapter_dir: Path) -> str:
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        key, manifest = upload_adapter(get_store(), job, 0, adapter_dir)
+        key, manifest = upload_adapter(store or get_store(), job, 0, adapter_dir)
         row = record_model(session, job, 0, key, manifest)
         assert row is not None
         model_id = row.id
@@ -59,10 +61,10 @@ def serve_adapters(service: LiveService) -> list[str]:
     return [a for base in bases.values() for a in base["adapters"]]
 
 
-def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveService, tiny_model: Path,
+def test_trained_adapters_answer_through_the_openai_sdk(stack: LiveService, tiny_model: Path,
                                                          tmp_path: Path) -> None:
     tenant_id, key = make_tenant()
-    http = httpx.Client(base_url=live_service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     upload = http.post("/files", files={"file": ("train.jsonl", io.BytesIO(jsonl(chat_rows(16, answer=PHRASE))))},
                        data={"purpose": "fine-tune"})
     assert upload.status_code == 200, upload.text
@@ -71,20 +73,21 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
 
     # While the worker trains, a second adapter (trained here in-process) is published as the worker would.
     other = publish_like_the_worker(
-        tenant_id, train_phrase_adapter(tiny_model, tmp_path / "other", OTHER_QUESTION, OTHER_PHRASE))
-    client = openai.OpenAI(base_url=f"{live_service.url}/v1", api_key=key, max_retries=0, timeout=60)
+        tenant_id, train_phrase_adapter(tiny_model, tmp_path / "other", OTHER_QUESTION, OTHER_PHRASE), stack.store)
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60)
 
-    done = wait_for(http, job["id"], {"succeeded", "failed", "cancelled"}, live_service)
+    done = wait_for(http, job["id"], {"succeeded", "failed", "cancelled"}, stack)
     succeeded_at = time.monotonic()
-    assert done["status"] == "succeeded", f"{done}\n{live_service.logs()}"
+    assert done["status"] == "succeeded", f"{done}\n{stack.logs()}"
     tuned = done["fine_tuned_model"]
+    assert http.get(f"/files/{upload.json()['id']}/content").content == jsonl(chat_rows(16, answer=PHRASE))
     stream = client.chat.completions.create(model=tuned, messages=QUESTION, temperature=0, stream=True)  # type: ignore[arg-type]
     chunks: list[Any] = []
     for chunk in stream:
         if not chunks:
             print(f"\njob succeeded → first token from its adapter: {time.monotonic() - succeeded_at:.2f}s")
         chunks.append(chunk)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PHRASE, live_service.logs()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == PHRASE, stack.logs()
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason == "stop"
 
     listed = {m.id: m for m in client.models.list()}
@@ -103,8 +106,19 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
     # was saved at the last step: it holds the final weights, so it answers the trained phrase like the model.
     checkpoints = http.get(f"/jobs/{job['id']}/checkpoints").json()["data"]
     assert checkpoints, "the job saved no checkpoint"
+    assert stack.store is not None
+    assert_stored_where_the_stack_stores(stack.store, tenant_id, job["id"])
     assert checkpoints[0]["step_number"] == done["progress"]["total_steps"], checkpoints
     assert ask(client, checkpoints[0]["id"], QUESTION) == PHRASE
+    # … and by its OpenAI name, `fine_tuned_model_checkpoint`; a name whose step, base or suffix is not the job's
+    # names nothing.
+    name = checkpoints[0]["fine_tuned_model_checkpoint"]
+    assert name == f"{tuned}:ckpt-step-{checkpoints[0]['step_number']}"
+    assert ask(client, name, QUESTION) == PHRASE
+    for wrong in (f"{tuned}:ckpt-step-{checkpoints[0]['step_number'] + 1000}",
+                  name.replace("ft:tiny-llama:", "ft:other-base:", 1)):
+        with pytest.raises(openai.NotFoundError):
+            ask(client, wrong, QUESTION)
 
     # Two adapters asked at the same moment, several times over: each answers as itself.
     answers: dict[str, list[str]] = {tuned: [], other: []}
@@ -137,7 +151,7 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
 
     # Another tenant: neither the adapter nor its existence.
     _, stranger_key = make_tenant()
-    stranger = openai.OpenAI(base_url=f"{live_service.url}/v1", api_key=stranger_key, max_retries=0)
+    stranger = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stranger_key, max_retries=0)
     with pytest.raises(openai.NotFoundError) as info:
         ask(stranger, tuned, QUESTION)
     assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"  # type: ignore[index]
@@ -145,26 +159,28 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
         stranger.models.delete(tuned)
     with pytest.raises(openai.NotFoundError):
         ask(stranger, checkpoints[0]["id"], QUESTION)
+    with pytest.raises(openai.NotFoundError):
+        ask(stranger, name, QUESTION)
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{live_service.url}/v1", api_key="wrong", max_retries=0).models.list()
+        openai.OpenAI(base_url=f"{stack.url}/v1", api_key="wrong", max_retries=0).models.list()
 
     # A client that hangs up mid-stream frees its place in the batch.
-    with httpx.stream("POST", f"{live_service.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                       json={"model": "tiny-llama", "messages": QUESTION, "stream": True, "max_tokens": 1900, "n": 8},
                       timeout=30) as hung:
         assert hung.status_code == 200
         next(hung.iter_bytes())
     deadline = time.monotonic() + 3  # 8 × 1900 tokens would take far longer
     while time.monotonic() < deadline:
-        running = httpx.get(f"{live_service.serve_url}/status",
-                            headers=live_service.serve_headers()).json()["bases"]["tiny-llama"]["running"]
+        running = httpx.get(f"{stack.serve_url}/status",
+                            headers=stack.serve_headers()).json()["bases"]["tiny-llama"]["running"]
         if running == 0:
             break
         time.sleep(0.1)
     assert running == 0
 
     # Delete: gone from the list, refused, and unloaded by serve.
-    assert other in serve_adapters(live_service)
+    assert other in serve_adapters(stack)
     with pytest.raises(openai.PermissionDeniedError):
         client.models.delete("tiny-llama")
     deleted = client.models.delete(other)
@@ -175,7 +191,7 @@ def test_trained_adapters_answer_through_the_openai_sdk(live_service: LiveServic
     with pytest.raises(openai.NotFoundError):
         client.models.delete(other)
     deadline = time.monotonic() + 5
-    while other in serve_adapters(live_service) and time.monotonic() < deadline:
+    while other in serve_adapters(stack) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert other not in serve_adapters(live_service)
+    assert other not in serve_adapters(stack)
     assert ask(client, tuned, QUESTION) == PHRASE

@@ -158,7 +158,7 @@ def test_3_double_delivery_trains_once(cluster: Cluster) -> None:
     started = [e for e in events(db_url(cluster), job_id)
                if e.type == "state" and (e.data or {}).get("status") == "running"]
     assert len(started) == 1 and job_row(db_url(cluster), job_id).attempt == 1
-    wait_until(lambda: "not claimable" in cluster.logs(), 20, "the second copy to be acked and dropped")
+    wait_until(lambda: "nothing is claimable" in cluster.logs(), 20, "the second copy to be acked and dropped")
 
 
 def test_4_redis_restart_loses_no_job(tiny_model: Path, tmp_path: Path) -> None:

@@ -23,23 +23,23 @@ import pytest
 import torch
 
 from tests.support.quality import (
-    HELD_OUT_SEED,
+    HELD_OUT_ROWS,
     SEEDS,
     implicit_reward_accuracy,
     kto_rows,
     logprob_accuracy,
-    pair_logprobs,
     preference_rows,
     reward_accuracy,
     reward_margins,
     train_stage,
 )
+from tests.support.score_pairs import score
 
 pytestmark = [pytest.mark.slow, pytest.mark.quality, pytest.mark.filterwarnings(
     # peft reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model; not ours
     "ignore:.*is_gradient_checkpointing.*:FutureWarning")]
 
-HELD_OUT = preference_rows(16, held_out=True, seed=HELD_OUT_SEED)
+HELD_OUT = HELD_OUT_ROWS
 # 32 rows, one epoch of batch 8: four optimizer steps.
 HYPERPARAMETERS: dict[str, Any] = {"n_epochs": 1, "batch_size": 8, "learning_rate": 5e-4, "max_seq_length": 64}
 
@@ -55,18 +55,10 @@ def training_rows(stage: str, seed: int) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("stage", ["dpo", "orpo", "kto"])
 def test_held_out_preference_accuracy_rises_from_chance(stage: str, seed: int, real_model: Path,
                                                         tmp_path: Path) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     started = time.monotonic()
     adapter = train_stage(tmp_path / stage, real_model, training_rows(stage, seed), stage, seed, **HYPERPARAMETERS)
-    tokenizer = AutoTokenizer.from_pretrained(real_model)
-    base = AutoModelForCausalLM.from_pretrained(real_model, dtype=torch.float32)
-    policy_model = PeftModel.from_pretrained(base, adapter).eval()
     per_token = stage == "orpo"  # ORPO's odds ratio is of per-token averages
-    policy = pair_logprobs(policy_model, tokenizer, HELD_OUT, per_token=per_token)
-    with policy_model.disable_adapter():
-        reference = pair_logprobs(policy_model, tokenizer, HELD_OUT, per_token=per_token)
+    policy, reference = score(real_model, adapter, per_token=per_token)  # in a fresh interpreter (its docstring)
     before, after = logprob_accuracy(reference), logprob_accuracy(policy)
     implicit = implicit_reward_accuracy(policy, reference)
     implicit_note = "" if stage == "orpo" else f", implicit reward accuracy 0.50 -> {implicit:.2f}"

@@ -218,15 +218,16 @@ def training_children(job_id: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def tenant_key(database_url: str) -> str:
-    """A new tenant's member key, written straight into the cluster's database."""
+def tenant_key(database_url: str, roles: tuple[str, ...] = ("member",)) -> str:
+    """A new tenant's member key, written straight into the cluster's database (and, given more `roles`, one key
+    per role of the same tenant, joined by spaces: `key_member, key_admin = tenant_key(url, roles).split()`)."""
     engine = create_engine(database_url)
     try:
         with Session(engine) as session:
             tenant = auth.create_tenant(session, f"faults-{secrets.token_hex(4)}")
-            _, key = auth.create_key(session, tenant)
+            keys = [auth.create_key(session, tenant, role=role)[1] for role in roles]
             session.commit()
-            return key
+            return " ".join(keys)
     finally:
         engine.dispose()
 

@@ -29,11 +29,12 @@ from tests.support.servers import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 NGINX_CONF = REPO / "deploy" / "nginx.conf"
-# Profiles to enable so that `config` shows every service (none is behind a profile now: nginx always runs).
-PROFILES: tuple[str, ...] = ()
+# Profiles to enable so that `config` shows every service: `vllm` (the vLLM server serve can forward to).
+PROFILES: tuple[str, ...] = ("vllm",)
 # The variables docker-compose.yml requires (`${VAR:?…}`: secrets with no safe default), as an operator sets them.
 REQUIRED_VARIABLES = {"TUNEQUEUE_SERVE_TOKEN": "compose-config-serve-token-0123456789abcdef",
-                      "POSTGRES_PASSWORD": "compose-config-db-password-0123456789"}
+                      "POSTGRES_PASSWORD": "compose-config-db-password-0123456789",
+                      "MINIO_ROOT_PASSWORD": "compose-config-minio-password-0123456789"}
 
 
 def require_tool(name: str, package: str) -> str:
@@ -81,16 +82,18 @@ class ComposeRun:
         return doc
 
 
-def run_compose_config(*files: Path, required: dict[str, str] | None = None) -> ComposeRun:
+def run_compose_config(*files: Path, required: dict[str, str] | None = None,
+                       profiles: tuple[str, ...] = PROFILES, project_directory: Path = REPO) -> ComposeRun:
     """`compose -f FILE... config` in the repository, with no variables but PATH/HOME and the `required` ones
-    (default REQUIRED_VARIABLES) set: what a host with no .env file gets once the secrets are given. Compose 1.x is
-    given the files without their top-level `name`."""
+    (default REQUIRED_VARIABLES) set: what a host with no .env file gets once the secrets are given; `profiles`
+    enabled (default: every profile); relative paths from `project_directory` (the first file's folder, as when
+    compose is run on it alone). Compose 1.x is given the files without their top-level `name`."""
     argv, reads_name = compose_command()
     paths = [file if reads_name else without_name(file) for file in files]
     base_env = {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
     base_env.update(REQUIRED_VARIABLES if required is None else required)
-    command = [*argv, *(arg for f in paths for arg in ("-f", str(f))), "--project-directory", str(REPO)]
-    command += [arg for profile in PROFILES for arg in ("--profile", profile)]
+    command = [*argv, *(arg for f in paths for arg in ("-f", str(f))), "--project-directory", str(project_directory)]
+    command += [arg for profile in profiles for arg in ("--profile", profile)]
     done = subprocess.run([*command, "config"], cwd=REPO, env=base_env, capture_output=True,
                           text=True, timeout=60)
     return ComposeRun(done.returncode, done.stdout, done.stderr)

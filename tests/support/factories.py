@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import secrets
+from datetime import datetime
 from typing import Any
 
 from common import auth
 from common.db import session_scope
+from common.settings import get_settings
 
 
 def make_tenant(role: str = "member") -> tuple[str, str]:
@@ -49,8 +51,10 @@ def spec(training_file: str, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def make_job_row(tenant_id: str, status: str = "queued") -> str:
-    """A job row straight in the table (no file upload, no enqueue), for state-machine tests."""
+def make_job_row(tenant_id: str, status: str = "queued", *, queue: str | None = None, user_name: str = "default",
+                 priority: int = 1, created_at: datetime | None = None) -> str:
+    """A job row straight in the table (no file upload, no enqueue), for state-machine and scheduling tests; in the
+    run's worker pool (settings.celery_queue) unless `queue` names another."""
     from common.ids import new_id
     from common.models import File, Job
     from common.schemas.job_spec import JobSpec, stored_spec
@@ -62,6 +66,7 @@ def make_job_row(tenant_id: str, status: str = "queued") -> str:
         session.flush()
         job = Job(id=new_id("ftjob"), tenant_id=tenant_id, base_model="tiny-llama", training_file_id=file.id,
                   spec=stored_spec(JobSpec(base_model="tiny-llama", training_file=file.id), 1), status=status,
-                  attempt=0)
+                  attempt=0, queue=queue or get_settings().celery_queue, user_name=user_name, priority=priority,
+                  **({"created_at": created_at} if created_at is not None else {}))
         session.add(job)
         return job.id

@@ -82,6 +82,10 @@ def preference_rows(n: int, *, held_out: bool = False, seed: int = 0) -> list[di
             for user, item, qty in _orders(items, n, seed)]
 
 
+# The held-out pairs every preference test scores (tests/quality/test_preferences.py, tests/support/score_pairs.py).
+HELD_OUT_ROWS = preference_rows(16, held_out=True, seed=HELD_OUT_SEED)
+
+
 def kto_rows(n: int, *, seed: int = 0) -> list[dict[str, Any]]:
     """Unpaired feedback from the training pairs: even rows the order line (desirable), odd rows the chatty one."""
     return [{"prompt": pair["prompt"], "completion": pair["chosen"] if i % 2 == 0 else pair["rejected"],

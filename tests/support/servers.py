@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from common.artifacts import ArtifactStore
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -37,6 +39,7 @@ class LiveService:
     procs: dict[str, subprocess.Popen[bytes]]
     serve_url: str = ""
     serve_token: str = ""
+    store: ArtifactStore | None = None  # the store the stack's processes use (TUNEQUEUE_ARTIFACTS), when set
 
     def serve_headers(self, tenant_id: str | None = None) -> dict[str, str]:
         """What the API sends serve (common/serve_token.py): the token, and the tenant when given."""

@@ -116,8 +116,8 @@ def test_the_owner_hands_its_job_back_and_rings_the_workers(tenant) -> None:  # 
 
 @pytest.mark.parametrize(("status", "queue"), [("queued", "celery_queue"), ("validating_files", "validate_queue")])
 def test_the_reconciler_republishes_what_the_broker_lost(tenant, settings, status, queue) -> None:  # type: ignore[no-untyped-def]
-    lost = make_job_row(tenant[0], status)
-    held = make_job_row(tenant[0], status)
+    lost = make_job_row(tenant[0], status, queue=settings.celery_queue)
+    held = make_job_row(tenant[0], status, queue=settings.celery_queue)
     get_redis().rpush(getattr(settings, queue), f'{{"headers": {{"argsrepr": "(\'{held}\',)"}}}}')
     with session_scope() as session:
         missing = reconcile_queued(session, settings, get_redis(), status=status)
@@ -128,7 +128,7 @@ def test_the_reconciler_republishes_what_the_broker_lost(tenant, settings, statu
 
 def test_the_reconciler_writes_its_event_under_the_job_row_lock(tenant, settings) -> None:  # type: ignore[no-untyped-def]
     """SSE readers follow `seq`: while another writer's event is uncommitted, the reconciler's waits."""
-    job_id = make_job_row(tenant[0], "queued")
+    job_id = make_job_row(tenant[0], "queued", queue=settings.celery_queue)
     with another_writer_holds_an_event(job_id) as session, pytest.raises(OperationalError, match="lock timeout"):
         reconcile_queued(session, settings, get_redis())
     assert job_events(job_id) == []

@@ -12,7 +12,10 @@ tenants in turn (worker/serve/fairness.py).
 
 Streams are Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`; the response starts once the
 first tokens exist, so that errors found before that (a deleted adapter, one that does not fit its base) still get
-a proper status."""
+a proper status.
+
+Under the vLLM backend a request goes to vLLM unless its adapter is one vLLM cannot run and the built-in engine
+can (worker/serve/vllm.py `engine_for`); every answer names the engine that made it in `x-tunequeue-engine`."""
 
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from common import http_errors
 from common.errors import InvalidRequest, TuneQueueError
@@ -37,10 +40,12 @@ from common.schemas.inference import (
 )
 from common.serve_token import serve_token
 from common.settings import Settings, get_settings
+from worker.serve.catalog import Target
 from worker.serve.engine import Event, GenRequest, Sampling
 from worker.serve.guard import RequireServeToken, tenant_of
 from worker.serve.limits import LimitBody
 from worker.serve.server import ModelServer
+from worker.serve.vllm import ENGINE_HEADER, EngineName
 
 DISCONNECT_POLL_SECONDS = 1.0
 
@@ -74,9 +79,13 @@ def create_app(settings: Settings | None = None, server: ModelServer | None = No
     @app.get("/status")
     def status() -> dict[str, Any]:
         """What is loaded: base models, their adapters (most recently used last; every tenant's: token only),
-        queue depths, tokenisations (run, refused by length, running now) and the sequences tenants hold."""
+        queue depths, tokenisations (run, refused by length, running now) and the sequences tenants hold. Under the
+        vLLM backend, `vllm`: the adapters loaded into vLLM and those the built-in engine answers in its place."""
         pool = model_server.pool
-        return {"backend": settings.serve_backend, "device": str(pool.device), "dtype": str(pool.dtype),
+        vllm = model_server.vllm
+        routing = {} if vllm is None else {"vllm": {"adapters": list(vllm.loaded), "builtin_adapters": sorted(
+            model_id for model_id, engine in list(vllm.engines.items()) if engine == "builtin")}}
+        return {"backend": settings.serve_backend, **routing, "device": str(pool.device), "dtype": str(pool.dtype),
                 "listening": bool(model_server.listener and model_server.listener.ready.is_set()),
                 "bases": {name: {**base.engine.stats(), "mib": base.nbytes // 2**20}
                           for name, base in list(pool.loaded.items())},
@@ -108,13 +117,23 @@ def _token_limit(body: ChatCompletionRequest | CompletionRequest, prompts: list[
     return limit if limit is not None else min(default, context - longest)
 
 
-async def _generate(server: ModelServer, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Any:
+async def _generate(server: ModelServer, body: ChatCompletionRequest | CompletionRequest,
+                    request: Request) -> Response:
     tenant_id = tenant_of(request)
     body.check_supported()
     target = await asyncio.to_thread(server.catalog.for_tenant, body.model, tenant_id)
-    if server.vllm is not None:
+    engine: EngineName = "builtin" if server.vllm is None else await server.vllm.route(target)
+    if server.vllm is not None and engine == "vllm":
         payload = {**body.model_dump(mode="json", exclude_unset=True), "model": await server.vllm.ensure(target)}
-        return await server.vllm.forward(request.url.path, payload, bool(body.stream))
+        response = await server.vllm.forward(request.url.path, payload, bool(body.stream))
+    else:
+        response = await _generate_builtin(server, body, request, target, tenant_id)
+    response.headers[ENGINE_HEADER] = engine
+    return response
+
+
+async def _generate_builtin(server: ModelServer, body: ChatCompletionRequest | CompletionRequest, request: Request,
+                            target: Target, tenant_id: str) -> Response:
     # The tenant's slots are taken before any work on the request, and handed to the engine with it.
     release = server.slots.acquire(tenant_id, body.choices * len(body.prompts)
                                    if isinstance(body, CompletionRequest) else body.choices)
@@ -144,7 +163,7 @@ async def _generate(server: ModelServer, body: ChatCompletionRequest | Completio
         return StreamingResponse(_stream(job, first, builder, echo, body.include_usage, request),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
-        return await _collect(job, first, builder, echo, request)
+        return JSONResponse(await _collect(job, first, builder, echo, request))
     finally:
         job.cancel()
 

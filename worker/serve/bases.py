@@ -1,7 +1,9 @@
 """Base models: each loaded once, on its first request, with its adapter bank and engine thread.
 
 A memory budget decides how many stay: loading one that does not fit unloads the least recently used idle
-base models first; when the others are all busy the request is refused with 503 and can be retried."""
+base models first; when the others are all busy the request is refused with 503 and can be retried. While a
+training process holds the same device (announced on tunequeue:models, common/model_events.py), the idle base
+models are released to make room for it and loaded again when it ends."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from typing import Any
 import torch
 
 from common.errors import NotReady, model_not_found
-from common.registry import local_path
+from common.model_cache import get_model_cache
+from common.registry import is_s3, local_path
 from common.settings import BaseModelEntry, Settings
+from worker.gpu import visible_devices
 from worker.serve.engine import Engine
 from worker.serve.lora import LoraAdapter, LoraBank
 from worker.serve.text import chat_template
@@ -51,6 +55,18 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def device_key(device: torch.device) -> str:
+    """How a worker names this device in its training announcements: `cpu`, or `cuda:<NVML index>` (a CUDA index
+    is an index into CUDA_VISIBLE_DEVICES when that lists NVML indices)."""
+    if device.type != "cuda":
+        return "cpu"
+    index = device.index or 0
+    visible = visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible and index < len(visible) and visible[index].isdigit():
+        return f"cuda:{visible[index]}"
+    return f"cuda:{index}"
 
 
 def default_budget(device: torch.device) -> int:
@@ -94,6 +110,8 @@ class BasePool:
             self.device)
         self.loaded: dict[str, LoadedBase] = {}
         self._lock = threading.Lock()
+        self.training: set[str] = set()  # jobs training on this device now (yield_to_training)
+        self.released: list[str] = []  # base models released for them, loaded again when they end
 
     def get(self, base_id: str, *, evict: bool = True) -> LoadedBase:
         """The loaded base model, loading it now if needed (blocking: call it from a worker thread).
@@ -141,11 +159,21 @@ class BasePool:
                            "are busy; retry shortly", param="model", code="model_overloaded")
 
     def _load(self, base_id: str, *, evict: bool = True) -> LoadedBase:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         entry = self.settings.base_models.get(base_id)
         if entry is None:
             raise model_not_found(base_id)
+        if is_s3(entry):  # fetched into this host's model cache, in use while it loads (then it is in memory)
+            try:
+                with get_model_cache(self.settings).use(entry.path, name=base_id) as cached:
+                    return self._load_entry(base_id, entry.model_copy(update={"path": str(cached.path),
+                                                                              "revision": None}), evict)
+            except NotReady as exc:
+                raise NotReady(exc.message, param="model", code=exc.code) from exc
+        return self._load_entry(base_id, entry, evict)
+
+    def _load_entry(self, base_id: str, entry: BaseModelEntry, evict: bool) -> LoadedBase:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         path = local_path(entry)
         if path is not None and not (path / "config.json").is_file():
             raise NotReady(f"base model {base_id!r} is registered at {path}, which holds no model (run `make up` or "
@@ -154,14 +182,26 @@ class BasePool:
         source = str(path) if path is not None else entry.path
         kw: dict[str, Any] = {"revision": entry.revision, "trust_remote_code": entry.trust_remote_code}
         started = time.monotonic()
+        model: Any = None
+        out_of_memory = False
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kw)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, use_safetensors=True, **kw)
+            model = model.to(self.device).eval()  # type: ignore[arg-type]
         except OSError as exc:  # a hub id that is neither cached nor reachable, a folder without weights
             raise NotReady(f"could not load base model {base_id!r} from {source} ({type(exc).__name__}: {exc}); "
                            "check TUNEQUEUE_BASE_MODELS on the serve host", param="model",
                            code="base_model_unavailable") from exc
-        model = model.to(self.device).eval()  # type: ignore[arg-type]
+        except torch.OutOfMemoryError:
+            out_of_memory, model = True, None
+        if out_of_memory:
+            # The budget counts serve's own models only: another process on the device (vLLM beside serve's
+            # built-in engine, a training run) can hold memory it assumed free. Out of the except block (its
+            # traceback gone) the half-moved model is unreferenced, and its memory can go back.
+            self._free_device()
+            raise NotReady(f"no device memory to load base model {base_id!r} on {self.device}: another process "
+                           "holds it (vLLM: lower its --gpu-memory-utilization; training: retry when it ends); set "
+                           "TUNEQUEUE_SERVE_MEMORY_MB to what serve may use", param="model", code="model_overloaded")
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
         bank = LoraBank(model, self.settings.serve_max_adapters, dtype=self.dtype, device=self.device)
         base = LoadedBase(id=base_id, model=model, tokenizer=tokenizer,
@@ -185,9 +225,40 @@ class BasePool:
         base.engine.stop()
         base.engine.bank.close()
         del base
+        self._free_device()
+
+    def _free_device(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def yield_to_training(self, job_id: str) -> list[str]:
+        """A training process started on this device: release the idle base models (no request waiting or
+        running) to make room for it. Busy ones stay; a request for a released one loads it again on demand.
+        Returns the ids released."""
+        with self._lock:
+            self.training.add(job_id)
+            idle = [b.id for b in self.loaded.values() if not b.engine.busy]
+            self.released += [b for b in idle if b not in self.released]  # before they go: a reader sees both
+            for base_id in idle:
+                log.info("releasing idle base model %s: job %s trains on this device", base_id, job_id)
+                self.unload(base_id)
+            return idle
+
+    def training_ended(self, job_id: str) -> list[str]:
+        """A training process on this device ended: once none is left, load the released base models again (in the
+        calling thread). Returns the ids loaded."""
+        with self._lock:
+            self.training.discard(job_id)
+            if self.training:
+                return []
+            again, self.released = self.released, []
+        for base_id in again:
+            try:
+                self.get(base_id, evict=False)
+            except Exception as exc:  # loaded on its next request instead
+                log.info("did not reload base model %s after training: %s", base_id, exc)
+        return again
 
     def close(self) -> None:
         for base_id in list(self.loaded):

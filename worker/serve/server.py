@@ -1,5 +1,6 @@
 """`ModelServer`: what the serve process holds — the catalog of ids, the loaded base models, the artifact store, the
-vLLM backend when configured, the tokeniser's threads and each tenant's sequences in flight — and the listener on
+vLLM backend when configured (the loaded base models then serve only the adapters vLLM cannot run), the tokeniser's
+threads and each tenant's sequences in flight — and the listener on
 `tunequeue:models` (common/model_events.py) that makes a published adapter available at once and a deleted one
 disappear."""
 
@@ -9,15 +10,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import threading
 from typing import Any
 
 from common.artifacts import ArtifactStore, get_store
 from common.errors import model_not_found
-from common.model_events import MODELS_CHANNEL
+from common.model_events import models_channel
 from common.redis_client import sync_redis
 from common.settings import Settings
-from worker.serve.bases import BasePool, LoadedBase
+from worker.serve.bases import BasePool, LoadedBase, device_key
 from worker.serve.catalog import Catalog, Target
 from worker.serve.fairness import TenantSlots
 from worker.serve.lora import LoraAdapter, parse_adapter, read_adapter_files
@@ -70,6 +72,9 @@ class ModelServer:
         return self.load_adapter(self.catalog.resolve(model_id), base)
 
     def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") in ("training_started", "training_ended"):
+            self.on_training(event)
+            return
         model_id = event.get("model")
         if not isinstance(model_id, str):
             return
@@ -86,13 +91,34 @@ class ModelServer:
             # Postgres look-up of the first request.
             target = self.catalog.published(model_id, event["base_model"], event["storage_key"], event["tenant_id"])
             log.info("adapter %s published: available", model_id)
-            if target.base_model in self.settings.base_models and self.vllm is None:
+            if target.base_model in self.settings.base_models:
                 threading.Thread(target=self.preload, args=(target,), name="serve-preload", daemon=True).start()
+
+    def on_training(self, event: dict[str, Any]) -> None:
+        """A training process started or ended: only one on this host and this serve's device concerns it. Under the
+        vLLM backend this concerns the built-in engine's base models (those loaded for adapters vLLM cannot run);
+        vLLM manages its own memory."""
+        if event.get("host") != socket.gethostname() \
+                or event.get("device") != device_key(self.pool.device) or not isinstance(event.get("job"), str):
+            return
+        if event["event"] == "training_started":
+            self.pool.yield_to_training(event["job"])
+        else:
+            threading.Thread(target=self.pool.training_ended, args=(event["job"],), name="serve-reload",
+                             daemon=True).start()
 
     def preload(self, target: Target) -> None:
         """A new adapter is likely asked for soon: load its base model if it fits without unloading another, and
-        put the adapter into a free slot, so that its first request starts at once. Never evicts anything."""
+        put the adapter into a free slot, so that its first request starts at once. Never evicts anything.
+        Under the vLLM backend only an adapter vLLM cannot run is preloaded, into the built-in engine that will
+        answer it; vLLM loads the others on their first request. Nothing is preloaded while a training process
+        holds serve's device (yield_to_training): a request still loads what it needs."""
+        if self.pool.training:
+            log.info("did not preload %s: a training process holds this device", target.adapter_id)
+            return
         try:
+            if self.vllm is not None and self.vllm.engine_for(target) != "builtin":
+                return
             base = self.pool.get(target.base_model, evict=False)
             adapter = self.load_adapter(target, base)
         except Exception as exc:
@@ -126,7 +152,8 @@ class ModelEvents(threading.Thread):
             try:
                 client = sync_redis(self.url, timeout=10)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(MODELS_CHANNEL)
+                channel = models_channel(client)
+                pubsub.subscribe(channel)
                 self.ready.set()
                 while not self._stop_event.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -134,10 +161,10 @@ class ModelEvents(threading.Thread):
                         try:
                             self.handler(json.loads(message["data"]))
                         except Exception:
-                            log.exception("bad message on %s: %r", MODELS_CHANNEL, message.get("data"))
+                            log.exception("bad message on %s: %r", channel, message.get("data"))
                 pubsub.close()
                 client.close()
             except Exception as exc:
                 self.ready.clear()
-                log.warning("listening on %s failed (%s); retrying", MODELS_CHANNEL, exc)
+                log.warning("listening on the models channel failed (%s); retrying", exc)
                 self._stop_event.wait(2)

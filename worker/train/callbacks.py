@@ -4,7 +4,9 @@
 - a checkpoint event once a checkpoint directory is completely written;
 - cancel (SIGTERM → `stop`): end at the next step boundary;
 - preempt (SIGUSR1 → `preempt`): save a checkpoint at the next step boundary, then end;
-- early stopping on the validation loss; test-only fault injection (`fault.oom_at_step`).
+- early stopping on the validation loss; test-only fault injection (`fault.oom_at_step`);
+- with several ranks (worker/train/ranks.py): the ranks agree on cancel and preempt at each step boundary, and a
+  checkpoint is reported once every rank has written its part of it.
 
 The stages' metrics arrive as the Trainer logs them (`StageTrainer.log`: the window's mean, `eval_` before an
 evaluation's); they leave under OpenAI's names (`EVALUATION_KEYS`, `train_mean_token_accuracy`).
@@ -12,8 +14,6 @@ evaluation's); they leave under OpenAI's names (`EVALUATION_KEYS`, `train_mean_t
 
 from __future__ import annotations
 
-import resource
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from worker.cpuinfo import peak_rss_bytes
+from worker.train.ranks import agree
 from worker.train.reporter import Reporter
 
 # An evaluation's logs → the event's keys: the loss, next-token accuracy over the trained tokens (sft, pt) and
@@ -34,8 +36,7 @@ def peak_memory_mb() -> float:
     """CUDA: the peak of allocated tensors; CPU: the process's peak resident set size."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    return peak_rss_bytes() / 2**20
 
 
 class ProgressCallback(TrainerCallback):
@@ -87,6 +88,11 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         last = state.global_step >= state.max_steps
+        stop, preempt = agree([self.stop.is_set(), self.preempt.is_set()], args.device)
+        if stop:
+            self.stop.set()
+        if preempt:
+            self.preempt.set()
         if self.stop.is_set():
             self.cancelled = True
             control.should_training_stop = True
@@ -141,6 +147,8 @@ class ProgressCallback(TrainerCallback):
                                       f"improve on {self._best_eval:.4f} for {self.patience} evaluations")
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's RNG state is in the folder before the parent uploads it
         path = (Path(str(args.output_dir)) / f"checkpoint-{state.global_step}").absolute()
         self.last_checkpoint = str(path)
         self.reporter.checkpoint(step=state.global_step, path=str(path), metrics={

@@ -56,6 +56,8 @@ class JobConfig(_Lenient):
                                                 "from: weights, optimizer, scheduler, RNG and step.")
     init_adapter_dir: Path | None = Field(default=None, description="A published adapter to start from instead "
                                           "of a fresh one (spec.from_model).")
+    eval_sample_max_tokens: int = Field(default=128, ge=1, description="spec.hyperparameters.eval_samples: the "
+                                        "most tokens of one generated answer (TUNEQUEUE_EVAL_SAMPLE_MAX_TOKENS).")
     fault: Fault | None = Field(default=None, description="Test-only fault injection.")
 
     @property

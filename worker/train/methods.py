@@ -16,8 +16,8 @@ from worker.train.precision import train_saved_modules_in_fp32
 from worker.train.protocol import TRAINING_ERROR
 
 SERVING_WARNING = (
-    "method.lora.modules_to_save trains {names} in full and stores them in the adapter; vLLM and most serving "
-    "engines refuse such adapters (TuneQueue's own serve loads them). Publish a merged model for those engines."
+    "method.lora.modules_to_save trains {names} in full and stores them in the adapter; TuneQueue's serve (its own "
+    "engine and vLLM alike) and most serving engines refuse such adapters. Publish a merged model to serve it."
 )
 
 

@@ -97,6 +97,28 @@ class ResultEvent(TypedDict):
     stage: str
     method: str
     merged_dir: NotRequired[str]
+    # what the attempt really held, beside its estimate (common/memory_estimate.py): the process's peak RSS and
+    # its RSS once the training stack was imported (bytes), and on CUDA torch's max allocated
+    peak_memory: NotRequired[dict[str, int | None]]
+
+
+class EvalSample(TypedDict):
+    """One validation prompt, its reference answer from the file, and the model's greedy answer (new tokens only,
+    decoded without special tokens)."""
+
+    prompt: str
+    reference: str
+    answer: str
+
+
+class EvalSamplesEvent(TypedDict):
+    """hyperparameters.eval_samples: the answers generated at the evaluation of `step` (worker/train/samples.py);
+    the parent stores them as one `eval_samples` job event with data {step, samples}."""
+
+    type: Literal["eval_samples"]
+    step: int
+    samples: list[EvalSample]
+    seconds: NotRequired[float]  # how long the generation took
 
 
 class ErrorEvent(TypedDict):
@@ -108,10 +130,10 @@ class ErrorEvent(TypedDict):
     param: str | None
 
 
-Event = ProgressEvent | CheckpointEvent | LogEvent | ResultEvent | ErrorEvent
+Event = ProgressEvent | CheckpointEvent | LogEvent | ResultEvent | ErrorEvent | EvalSamplesEvent
 
 _SHAPES: dict[str, Any] = {"progress": ProgressEvent, "checkpoint": CheckpointEvent, "log": LogEvent,
-                           "result": ResultEvent, "error": ErrorEvent}
+                           "result": ResultEvent, "error": ErrorEvent, "eval_samples": EvalSamplesEvent}
 
 
 def encode(event: Event) -> str:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections.abc import Callable
 from typing import Literal, TextIO
 
+from worker.cpuinfo import peak_rss_bytes
 from worker.train.protocol import (
     CheckpointEvent,
     ErrorEvent,
+    EvalSample,
+    EvalSamplesEvent,
     Event,
     LogEvent,
     ProgressEvent,
@@ -30,20 +34,29 @@ def _finite(value: float | None) -> float | None:
 
 
 class Reporter:
-    """Writes events to `stream` (stdout by default) and keeps them in `events` for in-process callers."""
+    """Writes events to `stream` (stdout by default) and keeps them in `events` for in-process callers.
+    `errors_only`: a rank other than 0 of a job of several devices (worker/train/ranks.py), which writes only its
+    own error events; rank 0 reports everything else for all of them."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, errors_only: bool = False) -> None:
         self._stream = stream
+        self.errors_only = errors_only
         self._lock = threading.Lock()
         self.events: list[Event] = []
+        # called with each event after it is written (the job's trackers, worker/train/trackers.py)
+        self.observers: list[Callable[[Event], None]] = []
 
     def emit(self, event: Event) -> None:
+        if self.errors_only and event["type"] != "error":
+            return
         line = encode(event)
         with self._lock:
             self.events.append(event)
             stream = self._stream or sys.stdout
             stream.write(line + "\n")
             stream.flush()
+        for observer in list(self.observers):
+            observer(event)
 
     def progress(
         self,
@@ -92,6 +105,8 @@ class Reporter:
         }
         self.emit(event)
 
+    baseline_rss_bytes: int | None = None  # the process's RSS once the training stack is imported (__main__)
+
     def log(self, message: str, level: Literal["info", "warning"] = "info") -> None:
         event: LogEvent = {"type": "log", "level": level, "message": message}
         self.emit(event)
@@ -122,8 +137,32 @@ class Reporter:
         }
         if merged_dir is not None:
             event["merged_dir"] = merged_dir
+        event["peak_memory"] = peak_memory(self.baseline_rss_bytes)
+        self.emit(event)
+
+    def eval_samples(self, *, step: int, samples: list[EvalSample], seconds: float | None = None) -> None:
+        event: EvalSamplesEvent = {
+            "type": "eval_samples",
+            "step": int(step),
+            "samples": [{"prompt": s["prompt"], "reference": s["reference"], "answer": s["answer"]} for s in samples],
+        }
+        if seconds is not None and math.isfinite(seconds):
+            event["seconds"] = round(float(seconds), 3)
         self.emit(event)
 
     def error(self, code: str, message: str, param: str | None = None) -> None:
         event: ErrorEvent = {"type": "error", "code": code, "message": message, "param": param}
         self.emit(event)
+
+
+def peak_memory(baseline_rss_bytes: int | None) -> dict[str, int | None]:
+    """The peak the attempt held: RSS (and its growth over `baseline_rss_bytes`), and on CUDA torch's max
+    allocated on the training device."""
+    cuda = None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = int(torch.cuda.max_memory_allocated())
+    peak = peak_rss_bytes()
+    return {"rss_peak_bytes": peak, "rss_baseline_bytes": baseline_rss_bytes,
+            "rss_growth_bytes": peak - baseline_rss_bytes if baseline_rss_bytes is not None else None,
+            "cuda_max_allocated_bytes": cuda}

@@ -8,6 +8,9 @@ It runs in four steps, each a function below:
 3. `build_trainer`: the `TrainingArguments` and the `StageTrainer` with the progress callback;
 4. `run_trainer`: the first log event, `StageTrainer.train()` (resuming when the parent fetched a checkpoint),
    the published weights (+ a merged model) and the result event.
+
+Under torchrun (`resources.devices` > 1, worker/train/ranks.py) every rank runs all four; each trains
+`per_device_batches` rows per step, and rank 0 alone reports and publishes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
-from common.schemas.job_spec import ADAPTER_METHODS, ResolvedHyperparameters, step_intervals
+from common.schemas.job_spec import ADAPTER_METHODS, ResolvedHyperparameters, per_device_batches, step_intervals
 from common.text.templates import choose_template
 from worker.train.callbacks import ProgressCallback
 from worker.train.config import JobConfig
@@ -30,11 +33,14 @@ from worker.train.errors import TrainingCancelled, TrainingPreempted
 from worker.train.loading import load_base_model, load_tokenizer
 from worker.train.methods import apply_method, quantization_config
 from worker.train.precision import fp32_activations
+from worker.train.ranks import Ranks
 from worker.train.reporter import Reporter
 from worker.train.runtime import DeviceChoices, decide_device_choices, needs_gradient_checkpointing
+from worker.train.samples import Samples, SamplesCallback, prepare_samples
 from worker.train.saving import save_merged, save_published
 from worker.train.stages import make_stage
 from worker.train.stages.base import RowDataset, Stage, StageData, StageTrainer
+from worker.train.trackers import check_libraries, start_trackers
 
 CHECKPOINTS_KEPT = 3  # the parent uploads each one as its event arrives, and may delete it after
 
@@ -85,10 +91,13 @@ def split_validation(job: JobConfig) -> JobConfig:
                                   "validation_file": folder / "validation.jsonl"})
 
 
-def plan_steps(hp: ResolvedHyperparameters, rows: int) -> tuple[int, int | None, int | None]:
+def plan_steps(hp: ResolvedHyperparameters, rows: int, ranks: int = 1) -> tuple[int, int | None, int | None]:
     """(total steps, save interval, eval interval) for the real number of training rows (packing changes it),
-    with the spec's rule for the "auto" intervals (common/schemas/job_spec.py `step_intervals`)."""
-    per_epoch = max(1, math.ceil(math.ceil(rows / hp.micro_batch_size) / hp.gradient_accumulation_steps))
+    with the spec's rule for the "auto" intervals (common/schemas/job_spec.py `step_intervals`). With several
+    ranks each takes every `ranks`-th micro-batch (accelerate's sharded loader evens the last ones out)."""
+    micro, accumulation = per_device_batches(hp, ranks)
+    per_rank = math.ceil(math.ceil(rows / micro) / ranks)
+    per_epoch = max(1, math.ceil(per_rank / accumulation))
     total = hp.max_steps or per_epoch * hp.n_epochs
     save, evaluate = step_intervals(hp, total, per_epoch)
     return total, save, evaluate
@@ -107,12 +116,26 @@ class Plan:
     total_steps: int
     save_steps: int | None  # None: no checkpoints
     eval_steps: int | None  # None: no evaluation
+    samples: Samples | None = None  # hyperparameters.eval_samples: the prompts each evaluation answers
+    ranks: Ranks = field(default_factory=Ranks)  # torchrun's ranks; one without it
+
+    def per_device(self) -> tuple[int, int]:
+        """(micro-batch, accumulation steps) on each rank: micro × accumulation × ranks = batch_size."""
+        return per_device_batches(self.job.spec.hyperparameters, self.ranks.world_size)
+
+    def describe_batch(self) -> str:
+        """E.g. "8 (2 × 2 × 2 ranks)": the global batch, and how each step makes it."""
+        micro, accumulation = self.per_device()
+        ranks = f" × {self.ranks.world_size} ranks" if self.ranks.distributed else ""
+        return f"{self.job.spec.hyperparameters.batch_size} ({micro} × {accumulation}{ranks})"
 
     def describe_cadence(self) -> str:
         saves = f"a checkpoint every {self.save_steps} steps" if self.save_steps else "no checkpoints"
         if not self.data.eval:
             return saves
         evaluates = f"evaluation every {self.eval_steps} steps" if self.eval_steps else "no evaluation"
+        if self.eval_steps and self.samples:
+            evaluates += f" with {len(self.samples.samples)} generated samples"
         return f"{saves}, {evaluates}"
 
 
@@ -120,6 +143,8 @@ def plan_attempt(job: JobConfig, reporter: Reporter, *, padding_free: bool | Non
     """Everything but the weights. Refuses (TrainingError) a job this device cannot train before anything loads;
     the stage's warnings about its rows (cut, skipped) are reported as they come."""
     device = decide_device_choices(job.spec)
+    ranks = Ranks.from_env()
+    ranks.bind_device()
     set_seed(job.spec.seed)
     job = split_validation(job)
     tokenizer = load_tokenizer(job.base_model)
@@ -132,8 +157,10 @@ def plan_attempt(job: JobConfig, reporter: Reporter, *, padding_free: bool | Non
         padding_free = device.attention in ("flash_attention_2", "sdpa")
     stage = make_stage(job, tokenizer, template, padding_free=padding_free)
     data = stage.prepare(lambda message: reporter.log(message, "warning"))
-    total, save_steps, eval_steps = plan_steps(job.spec.hyperparameters, len(data.train))
-    return Plan(job, device, tokenizer, stage, data, padding_free, total, save_steps, eval_steps)
+    total, save_steps, eval_steps = plan_steps(job.spec.hyperparameters, len(data.train), ranks.world_size)
+    samples = prepare_samples(job, tokenizer, template, lambda message: reporter.log(message, "warning")) \
+        if data.eval and eval_steps else None
+    return Plan(job, device, tokenizer, stage, data, padding_free, total, save_steps, eval_steps, samples, ranks)
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -211,13 +238,15 @@ def training_arguments(plan: Plan, *, gradient_checkpointing: bool, group_by_len
     job, device = plan.job, plan.device
     hp = job.spec.hyperparameters
     evaluates = bool(plan.data.eval and plan.eval_steps)
+    micro, accumulation = plan.per_device()
     return TrainingArguments(
+        **_distributed_arguments(plan),
         output_dir=str(job.checkpoints_dir.absolute()),
         num_train_epochs=hp.n_epochs,
         max_steps=hp.max_steps or -1,
-        per_device_train_batch_size=hp.micro_batch_size,
-        per_device_eval_batch_size=hp.micro_batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         learning_rate=hp.learning_rate,
         lr_scheduler_type=hp.lr_scheduler if hp.lr_scheduler != "constant" else "constant_with_warmup",
         warmup_steps=hp.warmup_ratio,  # a float below 1 is a fraction of the steps
@@ -250,6 +279,21 @@ def training_arguments(plan: Plan, *, gradient_checkpointing: bool, group_by_len
     )
 
 
+def _distributed_arguments(plan: Plan) -> dict[str, Any]:
+    """The Trainer's settings for a job of several ranks: the backend (gloo on a CPU, NCCL on CUDA) and, for full
+    and freeze on CUDA, FSDP2 sharding each decoder layer (worker/train/ranks.py `Ranks.strategy`), whose
+    checkpoints and published weights are whole (FULL_STATE_DICT); DDP otherwise, the Trainer's default."""
+    if not plan.ranks.distributed:
+        return {}
+    cuda = plan.device.device == "cuda"
+    arguments: dict[str, Any] = {"ddp_backend": plan.ranks.backend(cuda), "ddp_find_unused_parameters": False}
+    if plan.ranks.strategy(plan.job.spec.method.type, cuda) == "fsdp":
+        arguments["fsdp"] = True
+        arguments["fsdp_config"] = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                    "state_dict_type": "FULL_STATE_DICT"}
+    return arguments
+
+
 def build_trainer(plan: Plan, loaded: Loaded, reporter: Reporter, stop: threading.Event,
                   preempt: threading.Event | None, *, group_by_length: bool) -> tuple[StageTrainer, ProgressCallback]:
     """`group_by_length` applies to unpacked sft/pt rows that are padded (not padding-free)."""
@@ -271,6 +315,10 @@ def build_trainer(plan: Plan, loaded: Loaded, reporter: Reporter, stop: threadin
         loraplus_lr_ratio=method.lora.loraplus_lr_ratio if method.type in ADAPTER_METHODS and method.lora else None,
     )
     trainer.remove_callback(PrinterCallback)  # with tqdm off it print()s every log dict to stdout
+    if plan.samples is not None and data.eval and plan.eval_steps:  # after the evaluation's progress event
+        trainer.add_callback(SamplesCallback(reporter, plan.tokenizer, plan.samples,
+                                             batch_size=hp.micro_batch_size, autocast_dtype=plan.device.autocast_dtype,
+                                             stop=stop, preempt=preempt))
     return trainer, callback
 
 
@@ -284,15 +332,17 @@ def _trainable(model: torch.nn.Module) -> int:
 
 def _first_log(plan: Plan, loaded: Loaded) -> str:
     job = plan.job
-    hp, method, resume = job.spec.hyperparameters, job.spec.method, job.resume_from_checkpoint
+    method, resume = job.spec.method, job.resume_from_checkpoint
     notes = "; ".join(plan.data.notes)
     adapter = method.type in ADAPTER_METHODS
     return (
         f"loaded base model {job.base_model.id} ({_millions(loaded.base_params)} params), stage {job.spec.stage}: "
         f"{plan.stage.describe(plan.data)}{'; ' + notes if notes else ''}; {plan.total_steps} steps of "
-        f"{hp.batch_size} ({hp.micro_batch_size} × {hp.gradient_accumulation_steps}), {plan.describe_cadence()}; "
+        f"{plan.describe_batch()}, {plan.describe_cadence()}; "
         f"training {_millions(_trainable(loaded.model))} {method.type} parameters; "
         f"{plan.device.describe(adapter, loaded.gradient_checkpointing)}"
+        + (f"; on {plan.ranks.describe(method.type, plan.device.device == 'cuda')}" if plan.ranks.distributed
+           else "")
         + (f"; resuming from {resume.name}" if resume else "")
     )
 
@@ -312,11 +362,17 @@ def run_trainer(plan: Plan, loaded: Loaded, trainer: StageTrainer, callback: Pro
     if callback.preempted:
         raise TrainingPreempted(state.global_step, callback.last_checkpoint)
 
+    adapter = spec.method.type in ADAPTER_METHODS
+    model, state_dict = _for_saving(trainer, loaded.model, plan.ranks)
+    if not plan.ranks.reports:  # rank 0 publishes for all of them
+        return TrainResult(adapter_dir=job.adapter_dir.absolute(), first_loss=callback.first_loss,
+                           last_loss=callback.last_loss, train_loss=float(output.training_loss),
+                           trained_tokens=int(state.num_input_tokens_seen), steps=state.global_step,
+                           stage=spec.stage, method=spec.method.type, model=loaded.model, trainer=trainer)
     if job.checkpoints_dir.is_dir() and not any(job.checkpoints_dir.iterdir()):
         job.checkpoints_dir.rmdir()  # the Trainer makes it even when it saves nothing
-    adapter = spec.method.type in ADAPTER_METHODS
-    adapter_dir = save_published(loaded.model, plan.tokenizer, job.adapter_dir.absolute(),
-                                 pissa_init_dir=loaded.pissa_init_dir)
+    adapter_dir = save_published(model, plan.tokenizer, job.adapter_dir.absolute(),
+                                 pissa_init_dir=loaded.pissa_init_dir, state_dict=state_dict)
     merged_dir = None
     if spec.publish.merged and adapter:
         merged_dir = save_merged(job, adapter_dir, plan.tokenizer, reward_model=plan.stage.task_type == "SEQ_CLS",
@@ -331,6 +387,16 @@ def run_trainer(plan: Plan, loaded: Loaded, trainer: StageTrainer, callback: Pro
     return result
 
 
+def _for_saving(trainer: StageTrainer, model: torch.nn.Module, ranks: Ranks) -> tuple[torch.nn.Module,
+                                                                                      dict[str, Any] | None]:
+    """The model to publish and, under FSDP, its full state dict gathered from the shards (a collective: every
+    rank calls this). Under DDP and on one rank every rank holds the whole model: no state dict needed."""
+    if not ranks.distributed or getattr(trainer, "is_fsdp_enabled", False) is not True:
+        return model, None
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    return trainer.accelerator.unwrap_model(trainer.model), state_dict
+
+
 def train(job: JobConfig, reporter: Reporter, *, stop: threading.Event | None = None,
           preempt: threading.Event | None = None, padding_free: bool | None = None,
           group_by_length: bool = False) -> TrainResult:
@@ -343,7 +409,22 @@ def train(job: JobConfig, reporter: Reporter, *, stop: threading.Event | None = 
     either way. `group_by_length` batches rows of similar length (less padding,
     but batches no longer mix lengths; off by default, the benchmark measures it)."""
     stop = stop or threading.Event()
+    check_libraries(job)  # a tracker this worker cannot import: refused before anything loads
     plan = plan_attempt(job, reporter, padding_free=padding_free)
     loaded = load_model(plan, reporter)
     trainer, callback = build_trainer(plan, loaded, reporter, stop, preempt, group_by_length=group_by_length)
-    return run_trainer(plan, loaded, trainer, callback, reporter, stop)
+    if not job.spec.integrations or not plan.ranks.reports:  # rank 0 alone reports to the trackers
+        return run_trainer(plan, loaded, trainer, callback, reporter, stop)
+    trackers = start_trackers(plan.job, reporter, plan.total_steps)  # the ones the job names, none else
+    reporter.observers.append(trackers.observe)
+    status = "FAILED"
+    try:
+        result = run_trainer(plan, loaded, trainer, callback, reporter, stop)
+        status = "FINISHED"
+        return result
+    except (TrainingCancelled, TrainingPreempted):
+        status = "KILLED"
+        raise
+    finally:
+        reporter.observers.remove(trackers.observe)
+        trackers.close(status)

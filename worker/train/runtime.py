@@ -15,11 +15,11 @@ import functools
 import importlib.util
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from common.schemas.job_spec import ADAPTER_METHODS, ResolvedJobSpec
+from worker.cpuinfo import CPU_BF16_FLAGS, cpu_flags
 from worker.train.errors import TrainingError
 from worker.train.protocol import UNSUPPORTED_ON_WORKER
 
@@ -27,7 +27,6 @@ OPTIMIZERS_CUDA = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit",
                    "paged_adamw": "paged_adamw_32bit", "paged_adamw_8bit": "paged_adamw_8bit"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # CPU flags of native bf16 arithmetic: x86 (AVX-512 BF16, AMX) and aarch64 (the BF16 extension).
-CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 # bf16 frozen weights on a CPU only when the probe's bf16 matmul beats fp32 by at least this much (measured on
 # an AMD EPYC with avx512_bf16 and no AMX: 3.5-5.5×, docs/job-spec.md); below it, fp32 is as fast and exact.
 CPU_BF16_MIN_SPEEDUP = 1.3
@@ -40,20 +39,6 @@ class CpuBf16:
 
     fast: bool
     reason: str
-
-
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); None where that cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return frozenset(flags) if flags else None
 
 
 def bf16_matmul_speedup(repeats: int = 3) -> float:

@@ -32,16 +32,18 @@ def staged(target: Path) -> Iterator[Path]:
     os.replace(staging, target)
 
 
-def save_published(model: Any, tokenizer: Any, target: Path, *, pissa_init_dir: Path | None = None) -> Path:
+def save_published(model: Any, tokenizer: Any, target: Path, *, pissa_init_dir: Path | None = None,
+                   state_dict: dict[str, Any] | None = None) -> Path:
     """An adapter method writes PEFT's adapter_config.json + adapter_model.safetensors (a PiSSA adapter converted
     to a plain LoRA of the original base); full/freeze write the whole model. The tokenizer, with the chat
-    template it was trained with, goes along."""
+    template it was trained with, goes along. `state_dict`: the full weights gathered from FSDP's shards."""
+    extra: dict[str, Any] = {"state_dict": state_dict} if state_dict is not None else {}
     with staged(target) as staging:
         if pissa_init_dir is not None:
             model.save_pretrained(str(staging), safe_serialization=True,
-                                  path_initial_model_for_weight_conversion=str(pissa_init_dir))
+                                  path_initial_model_for_weight_conversion=str(pissa_init_dir), **extra)
         else:
-            model.save_pretrained(str(staging), safe_serialization=True)
+            model.save_pretrained(str(staging), safe_serialization=True, **extra)
         tokenizer.save_pretrained(staging)
         (staging / "README.md").unlink(missing_ok=True)  # PEFT's model card template; nothing of ours
     return target

@@ -62,7 +62,7 @@ AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
 def packed_attention(model: torch.nn.Module) -> Iterator[None]:
     """Inside the block, a model on sdpa attends per packed row (`varlen_sdpa`); others are unchanged. The
     backward pass needs no switch: autograd replays the recorded operations."""
-    config: Any = getattr(model, "config", None)
+    config: Any = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model in `module`
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         yield
         return

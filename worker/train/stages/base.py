@@ -66,7 +66,11 @@ def padded_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor,
 
 def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
     """The decoder stack and LM head of a causal LM (inside a PeftModel too), or (None, None) when the model
-    does not expose them; then callers fall back to the full forward."""
+    does not expose them; then callers fall back to the full forward. Also (None, None) in a job of several ranks:
+    DDP synchronises gradients, and FSDP gathers the root's weights, only for a forward through their wrapper."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        return None, None
     wrapped: Any = model
     base: Any = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else model
     backbone = getattr(base, "base_model", None)
@@ -163,6 +167,8 @@ class StageTrainer(Trainer):
     def training_step(self, model: torch.nn.Module, inputs: Batch, num_items_in_batch: Any = None) -> torch.Tensor:
         tokens = inputs.pop("num_tokens", None)
         if tokens is not None:
+            if self.args.world_size > 1:  # every rank's tokens: each rank trains its own rows
+                tokens = self.accelerator.reduce(torch.tensor(int(tokens), device=self.args.device), reduction="sum")
             self.state.num_input_tokens_seen += int(tokens)
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -170,6 +176,12 @@ class StageTrainer(Trainer):
                      num_items_in_batch: Any = None) -> Any:
         inputs.pop("num_tokens", None)
         loss, metrics = self.stage.loss(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.model_accepts_loss_kwargs \
+                and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # A token-level loss divided by every rank's token count (the Trainer gathers it); DDP then averages
+            # the ranks' gradients, so undo that mean: the sum over ranks is the whole batch's token mean, as on
+            # one device (transformers' own compute_loss does the same).
+            loss = loss * self.args.world_size
         mode = "train" if model.training else "eval"
         for key, value in metrics.items():
             self._metrics[mode][key].append(float(value))
