@@ -41,6 +41,20 @@ def database() -> Iterator[str]:
     shutil.rmtree(ROOT, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def model_builds_leave_transformers_whole() -> Iterator[None]:
+    """After each test file: no model build left transformers' no-op stand-ins in place of `tie_weights`,
+    `init_weights` or the torch.nn.init functions (two threads building at once can, worker/model_build_lock.py).
+    A file that does fails here, instead of a later file in the same process loading models with NaN heads."""
+    yield
+    from worker.model_build_lock import MODEL_BUILD_LOCK, swapped_out_functions
+
+    with MODEL_BUILD_LOCK:
+        swapped = swapped_out_functions()
+    assert not swapped, (f"a model build in this file left {swapped} swapped for transformers' no-ops: build models "
+                         "under worker.model_build_lock.MODEL_BUILD_LOCK wherever another thread may build too")
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     from worker.tiny_model import build_tiny_model

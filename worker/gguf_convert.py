@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import REAL_MODEL_ID
+from worker.model_build_lock import MODEL_BUILD_LOCK
 
 # Written last: its presence, matching the source and the dtype, means a complete earlier build (idempotence).
 MANIFEST = "tunequeue_gguf_model.json"
@@ -149,7 +150,8 @@ def build_model_from_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: Any
     staging.chmod(0o755)  # mkdtemp's 0700 would survive the rename
     trash = None
     try:
-        _convert(source, staging, torch_dtype)
+        with MODEL_BUILD_LOCK:  # builds two models; tests convert in processes where serve's threads run
+            _convert(source, staging, torch_dtype)
         for item in staging.iterdir():
             item.chmod(0o644)  # safetensors writes its file 0600; the model is for every process that serves it
         files = {item.name: item.stat().st_size for item in sorted(staging.iterdir()) if item.is_file()}

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from worker.model_build_lock import MODEL_BUILD_LOCK
+
 
 def train_phrase_adapter(base: Path, out: Path, messages: list[dict[str, str]], answer: str, *, steps: int = 40,
                          seed: int = 0, r: int = 8) -> Path:
@@ -18,8 +20,9 @@ def train_phrase_adapter(base: Path, out: Path, messages: list[dict[str, str]], 
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0))
+    with MODEL_BUILD_LOCK:  # a serve test's preload thread may be building a model meanwhile
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0))
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full = str(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False))
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -45,7 +48,8 @@ def random_adapter(base: Path, out: Path, seed: int, **config: Any) -> Path:
     torch.manual_seed(seed)
     options: dict[str, Any] = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "init_lora_weights": False}
     options.update(config)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(**options))
+    with MODEL_BUILD_LOCK:  # a serve test's preload thread may be building a model meanwhile
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(**options))
     if options.get("use_dora"):
         with torch.no_grad():
             for name, param in model.named_parameters():

@@ -7,8 +7,10 @@ prints `{"policy": [[chosen, rejected], …], "reference": […]}`: the log-prob
 
 The preference tests score here rather than in the pytest process: under pytest-xdist one process runs many test
 files, and a CI run saw the base model load there with its tied LM head missing (filled with garbage, every score
-NaN), while the same adapter scored correctly in a fresh interpreter. A fresh interpreter loads the model as the
-worker's training child and serve do."""
+NaN), while the same adapter scored correctly in a fresh interpreter. The cause was an earlier file's two threads
+building models at once (worker/model_build_lock.py says how, and tests/conftest.py now fails the file that does
+it); a fresh interpreter still keeps the scores independent of whatever else the process ran, and loads the model
+as the worker's training child and serve do."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from common.model_cache import get_model_cache
 from common.registry import is_s3, local_path
 from common.settings import BaseModelEntry, Settings
 from worker.gpu import visible_devices
+from worker.model_build_lock import MODEL_BUILD_LOCK
 from worker.serve.engine import Engine
 from worker.serve.lora import LoraAdapter, LoraBank
 from worker.serve.text import chat_template
@@ -186,7 +187,8 @@ class BasePool:
         out_of_memory = False
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, use_safetensors=True, **kw)
+            with MODEL_BUILD_LOCK:  # the preload and reload threads build too (worker/model_build_lock.py)
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, use_safetensors=True, **kw)
             model = model.to(self.device).eval()  # type: ignore[arg-type]
         except OSError as exc:  # a hub id that is neither cached nor reachable, a folder without weights
             raise NotReady(f"could not load base model {base_id!r} from {source} ({type(exc).__name__}: {exc}); "

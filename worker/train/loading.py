@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from worker.model_build_lock import MODEL_BUILD_LOCK
 from worker.train.config import BaseModelRef
 from worker.train.errors import TrainingError
 from worker.train.protocol import BASE_MODEL_UNAVAILABLE
@@ -74,14 +75,15 @@ def load_base_model(
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        if reward_model:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # the new value head's initial weights
-                model = AutoModelForSequenceClassification.from_pretrained(ref.path, num_labels=1, **kwargs)
-            if pad_token_id is not None:
-                model.config.pad_token_id = pad_token_id
-            return model
-        return AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+        with MODEL_BUILD_LOCK:  # tests train in a process where serve's threads may build too
+            if reward_model:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)  # the new value head's initial weights
+                    model = AutoModelForSequenceClassification.from_pretrained(ref.path, num_labels=1, **kwargs)
+                if pad_token_id is not None:
+                    model.config.pad_token_id = pad_token_id
+                return model
+            return AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as exc:
